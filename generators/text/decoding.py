@@ -1,0 +1,115 @@
+"""Pieces of a token-by-token decoding loop: sampling, detokenizing, stop strings.
+
+Kept apart from the plugin so each is tested alone and the batched scheduler can reuse them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..base import SamplingParams
+
+
+class Sampler:
+    """Picks the next token from logits with the request's sampling parameters.
+
+    Uses transformers' own logits processors, in the order `generate()` applies them, so a
+    given seed and setting behave as users of transformers expect.
+    """
+
+    def __init__(self, params: SamplingParams, seed: int, device: Any) -> None:
+        import torch
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.greedy = params.temperature == 0.0
+        procs: list[Any] = []
+        if params.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if not self.greedy:
+            if params.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k:
+                procs.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                procs.append(TopPLogitsWarper(params.top_p))
+            if params.min_p > 0.0:
+                procs.append(MinPLogitsWarper(params.min_p))
+        self.processors = LogitsProcessorList(procs)
+        # Sampling draws from a CPU generator so a seed gives the same tokens on any device.
+        self.rng = torch.Generator(device="cpu").manual_seed(seed)
+        self._torch = torch
+
+    def __call__(self, input_ids: Any, logits: Any) -> int:
+        """input_ids: (1, T) tokens so far; logits: (1, V) for the next position."""
+        torch = self._torch
+        scores = self.processors(input_ids, logits) if self.processors else logits
+        if self.greedy:
+            return int(torch.argmax(scores, dim=-1).item())
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=self.rng).item())
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas without re-decoding everything.
+
+    Same approach as TGI/vLLM: decode a short window, and hold back while the window ends in
+    an incomplete UTF-8 sequence (U+FFFD) so multi-byte characters are never split.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return full[len(prefix) :]
+        return ""
+
+
+class StopStringFilter:
+    """Holds back text that might be the start of a stop string; reports when one appears."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        """Return the text that is safe to show now."""
+        if not self.stops:
+            return delta
+        self.pending += delta
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[: min(hits)], ""
+            return out
+        hold = 0
+        for s in self.stops:  # longest suffix of pending that is a prefix of a stop string
+            for n in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:n]):
+                    hold = max(hold, n)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out

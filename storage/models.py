@@ -1,0 +1,97 @@
+"""SQLAlchemy 2.0 typed models.
+
+Every row that belongs to a person carries `owner` (a fixed local user while auth is off),
+so turning auth on needs no migration. Chat messages form a tree (each has a parent):
+regenerations and edits are siblings, never overwrites.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+LOCAL_OWNER = "local"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+IdPk = Annotated[str, mapped_column(String(32), primary_key=True, default=new_id)]
+Owner = Annotated[str, mapped_column(String(128), index=True, default=LOCAL_OWNER)]
+Created = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow)]
+Updated = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)]
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Session(Base):
+    """A chat, a story or an image session."""
+
+    __tablename__ = "sessions"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    kind: Mapped[str] = mapped_column(String(16))  # chat | story | image
+    title: Mapped[str] = mapped_column(String(200), default="")
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # model, system prompt, sampler
+    active_leaf_id: Mapped[str | None] = mapped_column(String(32))  # current branch of the message tree
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="session", cascade="all, delete-orphan", passive_deletes=True, order_by="Message.seq"
+    )
+
+    __table_args__ = (Index("ix_sessions_owner_kind_updated", "owner", "kind", "updated_at"),)
+
+
+class Message(Base):
+    """One message of a chat; `parent_id` makes the tree of branches."""
+
+    __tablename__ = "messages"
+    id: Mapped[IdPk]
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)  # creation order within the session
+    role: Mapped[str] = mapped_column(String(16))  # system | user | assistant
+    content: Mapped[str] = mapped_column(Text, default="")
+    # ok | streaming | cancelled | error | interrupted
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    model: Mapped[str | None] = mapped_column(String(200))
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+    session: Mapped[Session] = relationship(back_populates="messages")
+
+
+class Generation(Base):
+    """One call to a generator: what was asked, how it went, how fast."""
+
+    __tablename__ = "generations"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"), index=True)
+    generator: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16), default="ui")  # ui | api
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    # running | ok | cancelled | error | interrupted
+    outcome: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    time_to_first_token_s: Mapped[float | None]
+    tokens_per_s: Mapped[float | None]
+    started_at: Mapped[Created]
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,277 @@
+"""Repository functions. Each takes an open ORM session and never opens or commits one.
+
+    with store.begin() as s:
+        chat = repository.create_session(s, owner, "chat", "New chat")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session as OrmSession
+
+from .db import StorageError
+from .models import Generation, Message, Session, new_id, utcnow
+
+EXPORT_FORMAT = "aigc-studio.session.v1"
+
+
+class NotFoundError(StorageError):
+    """The row does not exist, or it belongs to someone else (the two look the same)."""
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def create_session(s: OrmSession, owner: str, kind: str, title: str = "", settings: dict[str, Any] | None = None) -> Session:
+    row = Session(id=new_id(), owner=owner, kind=kind, title=title, settings=dict(settings or {}))
+    s.add(row)
+    s.flush()
+    return row
+
+
+def get_session(s: OrmSession, owner: str, session_id: str, kind: str | None = None) -> Session:
+    row = s.get(Session, session_id) if session_id else None
+    if row is None or row.owner != owner or (kind is not None and row.kind != kind):
+        raise NotFoundError(f"No {kind or 'session'} with id {session_id!r} was found; it may have been deleted.")
+    return row
+
+
+def list_sessions(s: OrmSession, owner: str, kind: str, query: str = "", limit: int = 200) -> list[Session]:
+    """Newest first; `query` matches the title or any message text (case-insensitive)."""
+    stmt = select(Session).where(Session.owner == owner, Session.kind == kind)
+    q = query.strip()
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        in_messages = select(Message.session_id).where(Message.content.ilike(pattern, escape="\\"))
+        stmt = stmt.where(or_(Session.title.ilike(pattern, escape="\\"), Session.id.in_(in_messages)))
+    return list(s.scalars(stmt.order_by(Session.updated_at.desc()).limit(limit)))
+
+
+def rename_session(s: OrmSession, owner: str, session_id: str, title: str) -> Session:
+    row = get_session(s, owner, session_id)
+    row.title = title.strip()[:200]
+    return row
+
+
+def update_settings(s: OrmSession, owner: str, session_id: str, settings: dict[str, Any]) -> Session:
+    row = get_session(s, owner, session_id)
+    row.settings = {**row.settings, **settings}
+    return row
+
+
+def delete_session(s: OrmSession, owner: str, session_id: str) -> None:
+    row = get_session(s, owner, session_id)
+    s.execute(delete(Message).where(Message.session_id == row.id))
+    s.delete(row)
+
+
+# ------------------------------------------------------------------ message tree
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Where a message sits among its siblings (alternatives): 1-based index of count."""
+
+    index: int
+    count: int
+
+
+def messages_of(s: OrmSession, session_id: str) -> list[Message]:
+    return list(s.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq)))
+
+
+def add_message(
+    s: OrmSession,
+    session: Session,
+    parent_id: str | None,
+    role: str,
+    content: str,
+    *,
+    status: str = "ok",
+    model: str | None = None,
+    generation_id: str | None = None,
+) -> Message:
+    """Append a message under `parent_id` and make it the session's active leaf."""
+    if parent_id is not None:
+        parent = s.get(Message, parent_id)
+        if parent is None or parent.session_id != session.id:
+            raise NotFoundError("The message to reply under no longer exists in this chat.")
+    seq = (s.scalar(select(func.max(Message.seq)).where(Message.session_id == session.id)) or 0) + 1
+    msg = Message(
+        id=new_id(),
+        session_id=session.id,
+        parent_id=parent_id,
+        seq=seq,
+        role=role,
+        content=content,
+        status=status,
+        model=model,
+        generation_id=generation_id,
+    )
+    s.add(msg)
+    session.active_leaf_id = msg.id
+    session.updated_at = utcnow()
+    s.flush()
+    return msg
+
+
+def get_message(s: OrmSession, session: Session, message_id: str) -> Message:
+    msg = s.get(Message, message_id)
+    if msg is None or msg.session_id != session.id:
+        raise NotFoundError("That message no longer exists in this chat.")
+    return msg
+
+
+def set_message_content(s: OrmSession, message_id: str, content: str, status: str | None = None) -> None:
+    msg = s.get(Message, message_id)
+    if msg is None:
+        raise NotFoundError("That message no longer exists (was the chat deleted?).")
+    msg.content = content
+    if status is not None:
+        msg.status = status
+
+
+def active_path(s: OrmSession, session: Session) -> list[tuple[Message, Branch]]:
+    """Messages from the root to the active leaf, each with its place among its siblings."""
+    msgs = messages_of(s, session.id)
+    return path_with_branches(msgs, session.active_leaf_id)
+
+
+def path_with_branches(msgs: Sequence[Message], leaf_id: str | None) -> list[tuple[Message, Branch]]:
+    by_id = {m.id: m for m in msgs}
+    siblings: dict[str | None, list[Message]] = {}
+    for m in msgs:  # msgs are in seq order, so sibling lists are in creation order
+        siblings.setdefault(m.parent_id, []).append(m)
+    path: list[Message] = []
+    node = by_id.get(leaf_id) if leaf_id else None
+    while node is not None:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id else None
+    path.reverse()
+    out = []
+    for m in path:
+        sib = siblings[m.parent_id]
+        out.append((m, Branch(sib.index(m) + 1, len(sib))))
+    return out
+
+
+def switch_branch(s: OrmSession, session: Session, message_id: str, step: int) -> Message:
+    """Show the sibling `step` places away from `message_id`; the active leaf becomes the
+    newest message under it. Returns the sibling now shown."""
+    msgs = messages_of(s, session.id)
+    by_id = {m.id: m for m in msgs}
+    msg = by_id.get(message_id)
+    if msg is None:
+        raise NotFoundError("That message no longer exists in this chat.")
+    sibs = [m for m in msgs if m.parent_id == msg.parent_id]
+    target = sibs[(sibs.index(msg) + step) % len(sibs)]
+    leaf = target
+    while True:  # follow the newest child down to a leaf
+        kids = [m for m in msgs if m.parent_id == leaf.id]
+        if not kids:
+            break
+        leaf = kids[-1]
+    session.active_leaf_id = leaf.id
+    return target
+
+
+# ------------------------------------------------------------------ generations
+
+
+def start_generation(
+    s: OrmSession,
+    owner: str,
+    generator: str,
+    params: dict[str, Any],
+    *,
+    session_id: str | None = None,
+    source: str = "ui",
+    seed: int | None = None,
+) -> Generation:
+    row = Generation(
+        id=new_id(), owner=owner, generator=generator, params=params, session_id=session_id, source=source, seed=seed
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def finish_generation(s: OrmSession, generation_id: str, outcome: str, **fields: Any) -> Generation:
+    row = s.get(Generation, generation_id)
+    if row is None:
+        raise NotFoundError(f"Generation {generation_id!r} not found.")
+    row.outcome = outcome
+    row.finished_at = utcnow()
+    for key, value in fields.items():
+        setattr(row, key, value)
+    return row
+
+
+def generations_of(s: OrmSession, owner: str, session_id: str | None = None, limit: int = 100) -> list[Generation]:
+    stmt = select(Generation).where(Generation.owner == owner)
+    if session_id is not None:
+        stmt = stmt.where(Generation.session_id == session_id)
+    return list(s.scalars(stmt.order_by(Generation.started_at.desc()).limit(limit)))
+
+
+# ------------------------------------------------------------------ export / import
+
+
+def export_session(s: OrmSession, session: Session) -> dict[str, Any]:
+    """The whole session as plain JSON-able data: every branch, not only the visible one."""
+    return {
+        "format": EXPORT_FORMAT,
+        "kind": session.kind,
+        "title": session.title,
+        "settings": session.settings,
+        "created_at": session.created_at.isoformat(),
+        "active_leaf_id": session.active_leaf_id,
+        "messages": [
+            {
+                "id": m.id,
+                "parent_id": m.parent_id,
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "model": m.model,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in messages_of(s, session.id)
+        ],
+    }
+
+
+def import_session(s: OrmSession, owner: str, data: dict[str, Any], kind: str | None = None) -> Session:
+    """Recreate an exported session under new ids (importing twice gives two copies)."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise StorageError(f"This is not an AIGC Studio export (expected \"format\": \"{EXPORT_FORMAT}\").")
+    if kind is not None and data.get("kind") != kind:
+        raise StorageError(f"This export holds a {data.get('kind')!r} session, not a {kind!r} one.")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise StorageError("The export has no list of messages.")
+    session = create_session(s, owner, str(data["kind"]), str(data.get("title", ""))[:200], data.get("settings") or {})
+    new_ids: dict[str, str] = {}
+    for raw in messages:
+        if not isinstance(raw, dict) or raw.get("role") not in ("system", "user", "assistant"):
+            raise StorageError("A message in the export has no valid role (system, user or assistant).")
+        parent = raw.get("parent_id")
+        if parent is not None and parent not in new_ids:
+            raise StorageError("A message in the export refers to a parent that comes after it or is missing.")
+        msg = add_message(
+            s,
+            session,
+            new_ids.get(parent) if parent else None,
+            raw["role"],
+            str(raw.get("content", "")),
+            status=str(raw.get("status", "ok")),
+            model=raw.get("model"),
+        )
+        new_ids[str(raw.get("id"))] = msg.id
+    leaf = data.get("active_leaf_id")
+    session.active_leaf_id = new_ids.get(leaf) if leaf else (msg.id if messages else None)
+    return session

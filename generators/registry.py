@@ -103,6 +103,20 @@ class Registry:
             self._slots[spec.name] = _Slot(gen, threading.BoundedSemaphore(self.concurrency))
             return gen
 
+    def reconfigure(self, name: str, **option_updates: Any) -> Generator:
+        """Replace a model's load options (e.g. quantization); it reloads on next use."""
+        with self._lock:
+            slot = self._slot(name)
+            if slot.in_use:
+                raise BusyError(f"Model {name!r} is generating right now; try again when it is done.")
+            old = slot.generator
+            options = {**old.options.model_dump(), **option_updates}
+            new = type(old)(name, options, cache_dir=self.cache_dir)  # validates before anything changes
+            old.unload()
+            self._lru.pop(name, None)
+            slot.generator = new
+            return new
+
     def remove(self, name: str) -> None:
         with self._lock:
             slot = self._slot(name)

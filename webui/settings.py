@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(7860, ge=0, le=65535)
     data_dir: Path = Field(Path("data"), description="database, model cache and outputs")
+    model_cache_dir: Path | None = Field(None, description="converted model cache; default DATA_DIR/models")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/studio.db")
     models: list[ModelEntry] = Field(default_factory=default_models)
     model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")

@@ -91,7 +91,7 @@ class TransformersLM(TextGenerator):
         if src.is_gguf:
             if not self.cache_dir:
                 raise LoadFailedError("A GGUF source needs a cache folder (set the data folder).")
-            location = str(ensure_gguf_cache(src.location, str(Path(self.cache_dir) / "models"), progress))
+            location = str(ensure_gguf_cache(src.location, self.cache_dir, progress))
         progress(f"Loading {self.name} weights on {self.device}…")
         local_only = not opts.allow_download
         kwargs: dict[str, Any] = {"dtype": self._dtype(torch), "local_files_only": local_only}

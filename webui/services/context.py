@@ -50,6 +50,10 @@ class AppContext:
     cancels: CancelTokens = field(default_factory=CancelTokens)
     default_owner: str = LOCAL_OWNER
 
+    def owner_for(self, username: str | None) -> str:
+        """The owner of a request: the logged-in user, or the local user while auth is off."""
+        return username or self.default_owner
+
     @property
     def default_model(self) -> str:
         return self.settings.default_model_name()

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""AIGC Studio: chat, story and image generation in the browser, self-hosted.
+
+    python launch.py                     # http://127.0.0.1:7860 with the default models
+    python launch.py --port 8000 --data-dir ~/studio --quantization 8bit
+    python launch.py --config studio.toml
+
+Every flag can also be set as an AIGC_* environment variable (AIGC_PORT=8000) or in the
+config file (TOML or YAML, same names, plus a `models` list). Flags win over the
+environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger("aigc_studio")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="launch.py",
+        description="AIGC Studio: a self-hosted studio for chat, story writing and image synthesis.",
+        epilog="Environment variables: AIGC_HOST, AIGC_PORT, AIGC_DATA_DIR, AIGC_DB_URL, AIGC_MODEL, "
+        "AIGC_QUANTIZATION, AIGC_DEVICE, AIGC_SHARE, AIGC_MODELS (JSON list).",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--data-dir", type=Path, help="folder for the database, model cache and outputs (default ./data)")
+    p.add_argument("--model-cache-dir", type=Path, help="where converted models are cached (default DATA_DIR/models)")
+    p.add_argument("--db-url", help="SQLAlchemy database URL (default sqlite:///DATA_DIR/studio.db)")
+    p.add_argument("--config", type=Path, help="TOML or YAML file with these settings and a `models` list")
+    p.add_argument("--model", help="default model: a configured name, a Hugging Face id, a folder or a .gguf file")
+    p.add_argument("--quantization", choices=["none", "8bit", "4bit"], help="bitsandbytes quantization of language models")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
+    p.add_argument("--share", action="store_true", default=None, help="also open a public Gradio link")
+    p.add_argument(
+        "--share-without-auth",
+        action="store_true",
+        help="allow --share although no users are configured (anyone with the link can use the studio)",
+    )
+    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default 1)")
+    p.add_argument("--memory-budget-gb", type=float, help="unload least recently used models beyond this much memory")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default INFO)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Heavy imports after argument parsing, so --help is instant.
+    from webui.settings import SettingsError, load_settings
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("config", "share_without_auth")}
+    try:
+        settings = load_settings(cli, args.config)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if settings.share and not args.share_without_auth:
+        print(
+            "error: --share opens a public link that anyone can use, and no users are configured.\n"
+            "Add --share-without-auth if that is really what you want.",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.share:
+        log.warning("PUBLIC LINK WITHOUT AUTH: anyone with the link can use this studio and see its chats.")
+
+    from storage.db import StorageError
+    from webui.server import create_context, launch
+
+    try:
+        ctx = create_context(settings)
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        demo = launch(ctx, quiet=True)
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 2
+    print(f"AIGC Studio is ready: {demo.local_url}", flush=True)
+    if demo.share_url:
+        print(f"Public link: {demo.share_url}", flush=True)
+    elif settings.share:
+        print("The public link could not be created (no connection to the share server); serving locally only.", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("Shutting down…", flush=True)
+    demo.close()
+    ctx.store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up AIGC Studio on a fresh Debian machine with Python 3.11. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3.11}"
+
+# Debian packages: Chromium and its driver for the browser tests.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "==> Installing Debian packages (chromium, chromium-driver)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> Creating the virtual environment .venv"
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+echo "==> Installing torch (CPU build) first"
+$PIP install -q "$(grep -E '^torch==' requirements.txt)"
+echo "==> Installing the pinned dependencies"
+$PIP install -q -r requirements.txt -r requirements-dev.txt
+$PIP install -q --no-deps -r requirements-nodeps.txt
+echo "==> Installing AIGC Studio itself (registers the built-in generator plugins)"
+$PIP install -q --no-deps -e .
+echo
+echo "Done. Start the studio:   .venv/bin/python launch.py"
+echo "Run the tests:            ./test.sh"

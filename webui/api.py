@@ -1,0 +1,166 @@
+"""HTTP API on the same server as the UI: OpenAI-compatible chat completions and a read API.
+
+    GET  /v1/models
+    POST /v1/chat/completions      (stream: true → server-sent events)
+    GET  /api/chats?q=TEXT         list chats
+    GET  /api/chats/{id}           one chat: every message of every branch, and the visible one
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
+
+from generators.base import ChatMessage, InvalidOptionsError, StudioError, TextRequest, describe_validation_error
+from storage.db import StorageError
+from storage.repository import NotFoundError
+
+from .protocol import ChatCompletionRequest, chunk_body, completion_body, error_body, usage
+from .services import chat as chat_service
+from .services.context import AppContext
+from .services.generation import RunResult, sampling_params, stream_text
+
+log = logging.getLogger(__name__)
+
+FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", None: "stop"}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The one place API errors become OpenAI-shaped JSON."""
+    if isinstance(exc, StudioError):
+        return JSONResponse(error_body(str(exc), exc.code, exc.code), status_code=exc.http_status)
+    if isinstance(exc, NotFoundError):
+        return JSONResponse(error_body(str(exc), "not_found_error", "not_found"), status_code=404)
+    if isinstance(exc, StorageError):
+        return JSONResponse(error_body(str(exc), "storage_error", "storage_error"), status_code=500)
+    log.exception("Unexpected API error")
+    return JSONResponse(error_body("Internal error; the server log has the details.", "server_error"), status_code=500)
+
+
+def install_error_handlers(app: Any) -> None:
+    async def on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        return JSONResponse(error_body("Invalid request — " + "; ".join(parts)), status_code=400)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
+def build_router(ctx: AppContext) -> APIRouter:
+    router = APIRouter()
+
+    def owner_of(_request: Request) -> str:
+        return ctx.default_owner  # per-user API keys arrive with auth
+
+    @router.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        data = [
+            {"id": d["name"], "object": "model", "created": 0, "owned_by": "aigc-studio", "loaded": d["loaded"]}
+            for d in ctx.registry.describe()
+            if d["modality"] == "text"
+        ]
+        return {"object": "list", "data": data}
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Any:
+        try:
+            raw = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return JSONResponse(error_body("The request body is not valid JSON."), status_code=400)
+        try:
+            body = ChatCompletionRequest.model_validate(raw)
+        except Exception as exc:  # pydantic ValidationError
+            msg = describe_validation_error(exc, "field") if hasattr(exc, "errors") else str(exc)
+            return JSONResponse(error_body(msg), status_code=400)
+        try:
+            model = body.model or ctx.default_model
+            ctx.registry.get(model)
+            params = sampling_params(body.sampling())
+            messages = tuple(
+                ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages  # type: ignore[arg-type]
+            )
+            text_request = TextRequest(messages=messages, params=params)
+        except StudioError as exc:
+            return error_response(exc)
+        owner = owner_of(request)
+        cid = "chatcmpl-" + uuid.uuid4().hex
+        cancel = threading.Event()
+        runs = stream_text(ctx, owner, model, text_request, cancel=cancel, source="api")
+        if not body.stream:
+            return await _complete(runs, cid, model)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse(runs, cid, model, cancel, include_usage), media_type="text/event-stream")
+
+    @router.get("/api/chats")
+    def api_list_chats(request: Request, q: str = "") -> Any:
+        chats = chat_service.list_chats(ctx, owner_of(request), q)
+        return {"data": [{"id": c.id, "title": c.title, "updated_at": c.updated_at.isoformat()} for c in chats]}
+
+    @router.get("/api/chats/{chat_id}")
+    def api_get_chat(request: Request, chat_id: str) -> Any:
+        try:
+            owner = owner_of(request)
+            data = chat_service.export_json(ctx, owner, chat_id)
+            view = chat_service.get_chat(ctx, owner, chat_id)
+        except (StudioError, StorageError) as exc:
+            return error_response(exc)
+        data["id"] = chat_id
+        data["visible"] = [
+            {"id": m.id, "role": m.role, "content": m.content, "status": m.status, "branch": [m.branch, m.branches]}
+            for m in view.messages
+        ]
+        return data
+
+    return router
+
+
+async def _complete(runs: Iterator[tuple[str, RunResult]], cid: str, model: str) -> JSONResponse:
+    def drain() -> RunResult:
+        result = RunResult()
+        for _delta, result in runs:
+            pass
+        return result
+
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        result = await run_in_threadpool(drain)
+    except StudioError as exc:
+        return error_response(exc)
+    body = completion_body(cid, model, result.text, FINISH[result.finish_reason], result.prompt_tokens, result.completion_tokens)
+    return JSONResponse(body)
+
+
+async def _sse(
+    runs: Iterator[tuple[str, RunResult]], cid: str, model: str, cancel: threading.Event, include_usage: bool
+) -> AsyncIterator[str]:
+    def event(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    yield event(chunk_body(cid, model, {"role": "assistant", "content": ""}))
+    try:
+        async for delta, result in iterate_in_threadpool(runs):
+            if delta:
+                yield event(chunk_body(cid, model, {"content": delta}))
+            if result.outcome != "running":
+                yield event(chunk_body(cid, model, {}, FINISH[result.finish_reason]))
+                if include_usage:
+                    yield event(chunk_body(cid, model, {}, use=usage(result.prompt_tokens, result.completion_tokens)))
+    except StudioError as exc:  # headers are sent already: report the error in the stream
+        yield event(error_body(str(exc), exc.code, exc.code))
+    except BaseException:
+        cancel.set()  # the client went away: stop generating within one token
+        raise
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,54 @@
+"""Wire settings → registry + store → Gradio app + HTTP API, and serve them on one port."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from generators.registry import ModelSpec, Registry
+from storage import Store
+
+from .api import build_router, install_error_handlers
+from .app import build_app
+from .services.context import AppContext
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_context(settings: Settings) -> AppContext:
+    """Build the long-lived objects of one app instance."""
+    data_dir = settings.data_dir.resolve()
+    store = Store(settings.database_url, data_dir)
+    recovered = store.recover_interrupted()
+    if recovered:
+        log.warning("%d reply/replies were cut off by the last shutdown; they are kept and marked interrupted", recovered)
+    budget = int(settings.memory_budget_gb * 2**30) if settings.memory_budget_gb else None
+    registry = Registry.discover(
+        [ModelSpec(m.name, m.plugin, dict(m.options)) for m in settings.model_list()],
+        memory_budget_bytes=budget,
+        cache_dir=str(settings.model_cache_dir or data_dir / "models"),
+        concurrency=settings.concurrency,
+    )
+    return AppContext(settings=settings, registry=registry, store=store)
+
+
+def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Start the UI and the API on settings.host:settings.port. Returns the running Blocks."""
+    demo = build_app(ctx)
+    router = build_router(ctx)
+    demo.queue(default_concurrency_limit=ctx.settings.concurrency)
+    app_kwargs: dict[str, Any] = {"routes": list(router.routes)}
+    demo.launch(
+        server_name=ctx.settings.host,
+        server_port=ctx.settings.port,
+        share=ctx.settings.share,
+        prevent_thread_lock=True,
+        quiet=quiet,
+        app_kwargs=app_kwargs,
+        show_error=True,
+    )
+    install_error_handlers(demo.app)
+    return demo

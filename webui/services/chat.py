@@ -1,0 +1,261 @@
+"""Chat use cases: post a message, stream a reply, regenerate, edit, branch, list, export.
+
+Every function takes the AppContext and an owner and returns plain dataclasses, so the
+Gradio tab and the HTTP API call exactly the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from generators.base import ChatMessage, InvalidOptionsError, SamplingParams, TextRequest
+from storage import repository as repo
+from storage.db import StorageError
+
+from .context import AppContext
+from .generation import sampling_params, stream_text
+
+KIND = "chat"
+MAX_MESSAGE_CHARS = 100_000
+TITLE_CHARS = 60
+STATUS_NOTE = {"cancelled": "stopped", "error": "failed", "interrupted": "interrupted", "streaming": "writing…"}
+
+
+@dataclass(frozen=True)
+class ViewMessage:
+    id: str
+    role: str
+    content: str
+    status: str
+    branch: int  # 1-based position among alternatives
+    branches: int
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatView:
+    """A UI-ready snapshot of one chat: the visible branch, oldest first."""
+
+    id: str
+    title: str
+    messages: tuple[ViewMessage, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    notice: str = ""
+    focus: str = ""  # the message whose alternatives were just flipped, if any
+
+
+@dataclass(frozen=True)
+class ChatSummary:
+    id: str
+    title: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    """What a reply is generated with; stored on the chat so it is remembered."""
+
+    model: str
+    params: SamplingParams
+    system_prompt: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"model": self.model, "system_prompt": self.system_prompt, "params": self.params.model_dump(mode="json")}
+
+
+def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | None, system_prompt: str = "") -> ReplySettings:
+    """Validate the model name and sampler values of a request."""
+    name = model or ctx.default_model
+    ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
+    return ReplySettings(name, sampling_params(params), (system_prompt or "").strip())
+
+
+def _view(s: Any, chat: Any, notice: str = "") -> ChatView:
+    path = repo.active_path(s, chat)
+    msgs = tuple(
+        ViewMessage(m.id, m.role, m.content, m.status, b.index, b.count, m.model) for m, b in path if m.role != "system"
+    )
+    return ChatView(chat.id, chat.title, msgs, dict(chat.settings), notice)
+
+
+def _clean_text(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InvalidOptionsError("Type a message first.")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise InvalidOptionsError(f"The message is {len(text):,} characters long; the limit is {MAX_MESSAGE_CHARS:,}.")
+    return text
+
+
+# ------------------------------------------------------------------ reading
+
+
+def get_chat(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
+    with ctx.store.begin() as s:
+        return _view(s, repo.get_session(s, owner, chat_id, KIND))
+
+
+def list_chats(ctx: AppContext, owner: str, query: str = "") -> list[ChatSummary]:
+    with ctx.store.begin() as s:
+        return [ChatSummary(c.id, c.title or "Untitled chat", c.updated_at) for c in repo.list_sessions(s, owner, KIND, query)]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def add_user_message(ctx: AppContext, owner: str, chat_id: str | None, text: str, settings: ReplySettings) -> ChatView:
+    """Save the user's message under the visible branch (creating the chat if needed)."""
+    text = _clean_text(text)
+    with ctx.store.begin() as s:
+        if chat_id:
+            chat = repo.get_session(s, owner, chat_id, KIND)
+        else:
+            title = " ".join(text.split())[:TITLE_CHARS]
+            chat = repo.create_session(s, owner, KIND, title)
+        chat.settings = settings.as_json()
+        repo.add_message(s, chat, chat.active_leaf_id, "user", text)
+        return _view(s, chat)
+
+
+def edit_message(ctx: AppContext, owner: str, chat_id: str, message_id: str, text: str) -> ChatView:
+    """An edited user message becomes a new branch beside the original (which is kept)."""
+    text = _clean_text(text)
+    with ctx.store.begin() as s:
+        chat = repo.get_session(s, owner, chat_id, KIND)
+        original = repo.get_message(s, chat, message_id)
+        if original.role != "user":
+            raise InvalidOptionsError("Only your own messages can be edited; use Regenerate for a new reply.")
+        repo.add_message(s, chat, original.parent_id, "user", text)
+        return _view(s, chat, "Edited — the original message is kept as an alternative.")
+
+
+def prepare_regenerate(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
+    """Step back to the user message of the last reply, so the next reply becomes its sibling."""
+    with ctx.store.begin() as s:
+        chat = repo.get_session(s, owner, chat_id, KIND)
+        path = repo.active_path(s, chat)
+        if not path:
+            raise InvalidOptionsError("There is nothing to regenerate yet: send a message first.")
+        last = path[-1][0]
+        if last.role == "assistant":
+            if last.parent_id is None:
+                raise InvalidOptionsError("This reply has no message before it to answer again.")
+            chat.active_leaf_id = last.parent_id
+        return _view(s, chat)
+
+
+def switch_branch(ctx: AppContext, owner: str, chat_id: str, message_id: str, step: int) -> ChatView:
+    with ctx.store.begin() as s:
+        chat = repo.get_session(s, owner, chat_id, KIND)
+        shown = repo.switch_branch(s, chat, message_id, step)
+        return replace(_view(s, chat), focus=shown.id)
+
+
+def stream_reply(
+    ctx: AppContext,
+    owner: str,
+    chat_id: str,
+    settings: ReplySettings,
+    cancel: threading.Event | None = None,
+    progress: Any = None,
+) -> Iterator[ChatView]:
+    """Answer the visible branch's last user message; yields the chat as the reply grows.
+
+    The reply is saved while it streams, so Stop, an error or a crash keeps what was shown.
+    """
+    with ctx.store.begin() as s:
+        chat = repo.get_session(s, owner, chat_id, KIND)
+        path = repo.active_path(s, chat)
+        if not path or path[-1][0].role != "user":
+            raise InvalidOptionsError("The last message is not yours: send a message or press Regenerate.")
+        history = [ChatMessage(m.role, m.content) for m, _ in path if m.content or m.role == "user"]  # type: ignore[arg-type]
+        if settings.system_prompt:
+            history.insert(0, ChatMessage("system", settings.system_prompt))
+        chat.settings = settings.as_json()
+        parent_id = path[-1][0].id
+        reply = repo.add_message(s, chat, parent_id, "assistant", "", status="streaming", model=settings.model)
+        base = _view(s, chat)
+    request = TextRequest(messages=tuple(history), params=settings.params)
+
+    def attach(generation_id: str) -> None:
+        with ctx.store.begin() as s:
+            msg = repo.get_message(s, repo.get_session(s, owner, chat_id, KIND), reply.id)
+            msg.generation_id = generation_id
+
+    def save(text: str, status: str | None) -> None:
+        with ctx.store.begin() as s:
+            repo.set_message_content(s, reply.id, text, status)
+
+    def with_reply(text: str, status: str, notice: str = "") -> ChatView:
+        msgs = base.messages[:-1] + (replace(base.messages[-1], content=text, status=status),)
+        return replace(base, messages=msgs, notice=notice)
+
+    yield base
+    notice = ""
+    for delta, result in stream_text(
+        ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress
+    ):
+        if result.outcome == "running":
+            yield with_reply(result.text, "streaming")
+            continue
+        if result.dropped_messages:
+            notice = (
+                f"The {result.dropped_messages} oldest message(s) were left out so the conversation fits "
+                "the model's context window (the system prompt was kept)."
+            )
+        elif result.outcome == "cancelled":
+            notice = f"Stopped after {result.completion_tokens} tokens; the partial reply is saved."
+        yield with_reply(result.text, result.outcome, notice)
+
+
+# ------------------------------------------------------------------ managing
+
+
+def rename_chat(ctx: AppContext, owner: str, chat_id: str, title: str) -> ChatView:
+    if not title.strip():
+        raise InvalidOptionsError("A chat title cannot be empty.")
+    with ctx.store.begin() as s:
+        chat = repo.rename_session(s, owner, chat_id, title)
+        return _view(s, chat)
+
+
+def delete_chat(ctx: AppContext, owner: str, chat_id: str) -> None:
+    with ctx.store.begin() as s:
+        repo.delete_session(s, owner, chat_id)
+
+
+def export_json(ctx: AppContext, owner: str, chat_id: str) -> dict[str, Any]:
+    with ctx.store.begin() as s:
+        return repo.export_session(s, repo.get_session(s, owner, chat_id, KIND))
+
+
+def export_markdown(ctx: AppContext, owner: str, chat_id: str) -> str:
+    """The visible branch as Markdown (the JSON export keeps every branch)."""
+    view = get_chat(ctx, owner, chat_id)
+    lines = [f"# {view.title or 'Untitled chat'}", ""]
+    system = view.settings.get("system_prompt")
+    if system:
+        lines += [f"> **System:** {system}", ""]
+    for m in view.messages:
+        who = "You" if m.role == "user" else f"Assistant ({m.model})" if m.model else "Assistant"
+        note = f" _({STATUS_NOTE[m.status]})_" if m.status in STATUS_NOTE else ""
+        lines += [f"### {who}{note}", "", m.content, ""]
+    return "\n".join(lines)
+
+
+def import_json(ctx: AppContext, owner: str, raw: bytes | str | dict[str, Any]) -> ChatView:
+    try:
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidOptionsError(f"That file is not valid JSON ({exc}). Pick a chat exported as JSON.") from None
+    try:
+        with ctx.store.begin() as s:
+            chat = repo.import_session(s, owner, data, kind=KIND)
+            return _view(s, chat, "Imported.")
+    except StorageError as exc:
+        raise InvalidOptionsError(str(exc)) from None

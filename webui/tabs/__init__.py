@@ -1,0 +1,1 @@
+"""One module per workspace; each has build(ctx) that lays out and wires its components."""

@@ -1,0 +1,173 @@
+"""The Chat workspace: a sidebar of chats, the conversation, sampler settings.
+
+Layout first, listeners at the bottom. Every click lands in a service function of
+`webui.services.chat` within two hops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from generators.base import SamplingParams
+
+from ..errors import ui_errors
+from ..services import chat as svc
+from ..services.context import AppContext
+from . import chat_sidebar
+from .chat_view import alternatives_label, chatbot_messages, default_focus
+
+PARAM_FIELDS = SamplingParams.model_fields
+
+
+def _slider(name: str, label: str, minimum: float, maximum: float, step: float) -> gr.Slider:
+    field = PARAM_FIELDS[name]
+    return gr.Slider(minimum, maximum, value=field.default, step=step, label=label, info=field.description)
+
+
+def build(ctx: AppContext) -> None:
+    """Lay out the Chat tab inside the current Blocks and wire its events."""
+    text_models = ctx.registry.names("text")
+    chat_id = gr.State(None)
+    msg_ids = gr.State([])
+    focus_id = gr.State(None)
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=240):
+            side = chat_sidebar.build_layout()
+        with gr.Column(scale=4):
+            with gr.Row():
+                model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=3)
+                system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=1)
+            chatbot = gr.Chatbot(
+                label="Conversation",
+                height=480,
+                editable="user",
+                buttons=["copy", "copy_all"],
+                feedback_options=None,
+                placeholder="Start a conversation: type below and press Enter.",
+            )
+            notice = gr.Markdown(elem_id="chat-notice")
+            with gr.Row():
+                message = gr.Textbox(show_label=False, placeholder="Message (Enter to send, Shift+Enter for a new line)", scale=8, lines=1, max_lines=12, elem_id="chat-input")
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+                stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+            with gr.Row():
+                regenerate = gr.Button("↻ Regenerate", size="sm", scale=0, min_width=140, elem_id="chat-regenerate")
+                prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
+                alt_label = gr.Markdown("", elem_id="chat-alternatives")
+                next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="chat-next")
+            with gr.Accordion("Sampler settings", open=False):
+                with gr.Row():
+                    temperature = _slider("temperature", "Temperature", 0.0, 2.0, 0.05)
+                    top_p = _slider("top_p", "Top-p", 0.01, 1.0, 0.01)
+                    top_k = _slider("top_k", "Top-k", 0, 200, 1)
+                    min_p = _slider("min_p", "Min-p", 0.0, 1.0, 0.01)
+                with gr.Row():
+                    repetition_penalty = _slider("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.01)
+                    max_new_tokens = _slider("max_new_tokens", "Max new tokens", 1, 2048, 1)
+                    seed = gr.Number(None, label="Seed", precision=0, info="empty = random", minimum=0)
+                    stop_strings = gr.Textbox(label="Stop strings", placeholder="one per line", lines=2)
+
+    sampler = {temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed, stop_strings}
+    gen_inputs = {chat_id, model, system_prompt} | sampler
+
+    # ------------------------------------------------------------ handlers
+    def settings_from(values: dict[Any, Any]) -> svc.ReplySettings:
+        stops = tuple(s for s in (values[stop_strings] or "").splitlines() if s)
+        params = {
+            "temperature": values[temperature],
+            "top_p": values[top_p],
+            "top_k": int(values[top_k]),
+            "min_p": values[min_p],
+            "repetition_penalty": values[repetition_penalty],
+            "max_new_tokens": int(values[max_new_tokens]),
+            "seed": None if values[seed] is None else int(values[seed]),
+            "stop": stops,
+        }
+        return svc.reply_settings(ctx, values[model], params, values[system_prompt] or "")
+
+    def render(view: svc.ChatView, focus: str | None = None) -> dict[Any, Any]:
+        focus = view.focus or focus
+        focus = focus if any(m.id == focus for m in view.messages) else default_focus(view)
+        return {
+            chatbot: chatbot_messages(view),
+            msg_ids: [m.id for m in view.messages],
+            chat_id: view.id,
+            focus_id: focus,
+            notice: view.notice,
+            alt_label: alternatives_label(view, focus),
+        }
+
+    def owner(request: gr.Request) -> str:
+        return ctx.owner_for(getattr(request, "username", None))
+
+    @ui_errors
+    def post_message(values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
+        view = svc.add_user_message(ctx, owner(request), values[chat_id], values[message], settings_from(values))
+        ctx.cancels.fresh(request.session_hash or "")
+        return {**render(view), message: ""}
+
+    @ui_errors
+    def stream(values: dict[Any, Any], request: gr.Request) -> Any:
+        if not values[chat_id]:
+            return
+        cancel = ctx.cancels.current(request.session_hash or "")
+        for view in svc.stream_reply(ctx, owner(request), values[chat_id], settings_from(values), cancel, progress=gr.Info):
+            yield render(view)
+
+    @ui_errors
+    def prepare_regenerate(cid: str | None, request: gr.Request) -> dict[Any, Any]:
+        if not cid:
+            raise gr.Error("Open or start a chat first.")
+        ctx.cancels.fresh(request.session_hash or "")
+        return render(svc.prepare_regenerate(ctx, owner(request), cid))
+
+    @ui_errors
+    def edit(cid: str | None, ids: list[str], data: gr.EditData, request: gr.Request) -> dict[Any, Any]:
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        if not cid or index >= len(ids):
+            raise gr.Error("That message is not part of a saved chat.")
+        ctx.cancels.fresh(request.session_hash or "")
+        return render(svc.edit_message(ctx, owner(request), cid, ids[index], str(data.value)))
+
+    def start_fresh() -> dict[Any, Any]:
+        return {**render(svc.ChatView("", "", ())), chat_id: None}
+
+    def stop_generation(request: gr.Request) -> None:
+        ctx.cancels.cancel(request.session_hash or "")
+
+    @ui_errors
+    def focus_message(cid: str | None, ids: list[str], data: gr.SelectData, request: gr.Request) -> dict[Any, Any]:
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        if not cid or index >= len(ids):
+            return {}
+        return render(svc.get_chat(ctx, owner(request), cid), ids[index])
+
+    def flip(step: int) -> Any:
+        @ui_errors
+        def handler(cid: str | None, focus: str | None, request: gr.Request) -> dict[Any, Any]:
+            if not cid or not focus:
+                raise gr.Error("Nothing to flip: this chat has no alternative replies yet.")
+            return render(svc.switch_branch(ctx, owner(request), cid, focus, step))
+
+        return handler
+
+    # ------------------------------------------------------------ wiring
+    view_outputs = [chatbot, msg_ids, chat_id, focus_id, notice, alt_label]
+    generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.concurrency}
+    refresh_list = chat_sidebar.wire(ctx, side, chat_id, render, view_outputs)
+
+    for trigger in (message.submit, send.click):
+        trigger(post_message, gen_inputs | {message}, view_outputs + [message], queue=False).success(
+            stream, gen_inputs, view_outputs, **generate
+        ).then(refresh_list, [side.search, chat_id], side.chats)
+    for trigger in (regenerate.click, chatbot.retry):
+        trigger(prepare_regenerate, chat_id, view_outputs, queue=False).success(stream, gen_inputs, view_outputs, **generate)
+    chatbot.edit(edit, [chat_id, msg_ids], view_outputs, queue=False).success(stream, gen_inputs, view_outputs, **generate)
+    chatbot.clear(start_fresh, None, view_outputs, queue=False)  # the trash icon: a new chat, saved ones stay
+    chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, queue=False)
+    stop.click(stop_generation, None, None, queue=False)
+    prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, queue=False)
+    next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, queue=False)

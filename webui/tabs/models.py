@@ -1,0 +1,76 @@
+"""The Models view: every configured model, its state and memory; load, unload, quantization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from generators.base import CAP_QUANTIZATION
+
+from ..errors import ui_errors
+from ..services.context import AppContext
+
+COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Source"]
+
+
+def model_rows(ctx: AppContext) -> list[list[Any]]:
+    rows = []
+    for d in ctx.registry.describe():
+        opts = d["options"]
+        rows.append([
+            d["name"],
+            d["plugin"],
+            d["modality"],
+            "loaded" if d["loaded"] else "not loaded",
+            round(d["memory_bytes"] / 2**20, 1),
+            d.get("device") or opts.get("device", "-"),
+            opts.get("quantization", "-"),
+            opts.get("source", "-"),
+        ])
+    return rows
+
+
+def build(ctx: AppContext) -> None:
+    names = ctx.registry.names()
+    table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
+    with gr.Row():
+        model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
+        quantization = gr.Radio(["none", "8bit", "4bit"], value="none", label="Quantization (bitsandbytes)", scale=2)
+        device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="Device", scale=2)
+    with gr.Row():
+        load = gr.Button("Load", variant="primary")
+        unload = gr.Button("Unload")
+        apply = gr.Button("Apply quantization / device")
+        refresh = gr.Button("Refresh")
+    status = gr.Markdown()
+
+    @ui_errors
+    def do_load(name: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        progress(0, desc=f"Loading {name}…")
+        gen = ctx.registry.load(name, lambda msg: progress(0.5, desc=msg))
+        return {table: model_rows(ctx), status: f"**{name}** loaded ({gen.memory_bytes() / 2**20:.0f} MB)."}
+
+    @ui_errors
+    def do_unload(name: str) -> dict[Any, Any]:
+        ctx.registry.unload(name)
+        return {table: model_rows(ctx), status: f"**{name}** unloaded; its memory is released."}
+
+    @ui_errors
+    def do_apply(name: str, quant: str, dev: str) -> dict[Any, Any]:
+        gen = ctx.registry.get(name)
+        if CAP_QUANTIZATION not in gen.info.capabilities:
+            raise gr.Error(f"{name} ({gen.info.plugin}) has no quantization or device options.")
+        ctx.registry.reconfigure(name, quantization=quant, device=dev)
+        return {table: model_rows(ctx), status: f"**{name}** will load with quantization={quant}, device={dev}."}
+
+    def pick(name: str) -> dict[Any, Any]:
+        opts = ctx.registry.get(name).options.model_dump() if name else {}
+        return {quantization: opts.get("quantization", "none"), device: opts.get("device", "auto")}
+
+    outputs = [table, status]
+    load.click(do_load, model, outputs, concurrency_id="generate")
+    unload.click(do_unload, model, outputs)
+    apply.click(do_apply, [model, quantization, device], outputs)
+    refresh.click(lambda: model_rows(ctx), None, table, queue=False)
+    model.change(pick, model, [quantization, device], queue=False)

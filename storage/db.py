@@ -66,8 +66,8 @@ class Store:
         self.url = url
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(url)
         try:
+            self.engine = make_engine(url)
             upgrade_to_head(self.engine)
         except Exception as exc:
             raise StorageError(f"Could not open or migrate the database at {url}: {exc}") from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import iterate_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from generators.base import ChatMessage, InvalidOptionsError, StudioError, TextRequest, describe_validation_error
+from generators.base import ChatMessage, StudioError, TextRequest, describe_validation_error
 from storage.db import StorageError
 from storage.repository import NotFoundError
 
@@ -101,7 +100,7 @@ def build_router(ctx: AppContext) -> APIRouter:
         if not body.stream:
             return await _complete(runs, cid, model)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(runs, cid, model, cancel, include_usage), media_type="text/event-stream")
+        return _CancellingStream(runs, cancel, _sse(runs, cid, model, include_usage), media_type="text/event-stream")
 
     @router.get("/api/chats")
     def api_list_chats(request: Request, q: str = "") -> Any:
@@ -133,8 +132,6 @@ async def _complete(runs: Iterator[tuple[str, RunResult]], cid: str, model: str)
             pass
         return result
 
-    from starlette.concurrency import run_in_threadpool
-
     try:
         result = await run_in_threadpool(drain)
     except StudioError as exc:
@@ -143,9 +140,30 @@ async def _complete(runs: Iterator[tuple[str, RunResult]], cid: str, model: str)
     return JSONResponse(body)
 
 
-async def _sse(
-    runs: Iterator[tuple[str, RunResult]], cid: str, model: str, cancel: threading.Event, include_usage: bool
-) -> AsyncIterator[str]:
+class _CancellingStream(StreamingResponse):
+    """A streamed reply that stops its generation when the client goes away.
+
+    Starlette stops iterating on disconnect without closing the iterator, so the
+    generation is cancelled (within one token) and closed here, which records it.
+    """
+
+    def __init__(self, runs: Iterator[Any], cancel: threading.Event, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._runs = runs
+        self._cancel = cancel
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cancel.set()
+            try:
+                await run_in_threadpool(self._runs.close)  # type: ignore[attr-defined]
+            except ValueError:  # still executing in a worker: it ends by itself within one token
+                pass
+
+
+async def _sse(runs: Iterator[tuple[str, RunResult]], cid: str, model: str, include_usage: bool) -> AsyncIterator[str]:
     def event(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -160,7 +178,4 @@ async def _sse(
                     yield event(chunk_body(cid, model, {}, use=usage(result.prompt_tokens, result.completion_tokens)))
     except StudioError as exc:  # headers are sent already: report the error in the stream
         yield event(error_body(str(exc), exc.code, exc.code))
-    except BaseException:
-        cancel.set()  # the client went away: stop generating within one token
-        raise
     yield "data: [DONE]\n\n"

@@ -159,15 +159,22 @@ def build(ctx: AppContext) -> None:
     generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.concurrency}
     refresh_list = chat_sidebar.wire(ctx, side, chat_id, render, view_outputs)
 
-    for trigger in (message.submit, send.click):
-        trigger(post_message, gen_inputs | {message}, view_outputs + [message], queue=False).success(
-            stream, gen_inputs, view_outputs, **generate
-        ).then(refresh_list, [side.search, chat_id], side.chats)
-    for trigger in (regenerate.click, chatbot.retry):
-        trigger(prepare_regenerate, chat_id, view_outputs, queue=False).success(stream, gen_inputs, view_outputs, **generate)
-    chatbot.edit(edit, [chat_id, msg_ids], view_outputs, queue=False).success(stream, gen_inputs, view_outputs, **generate)
-    chatbot.clear(start_fresh, None, view_outputs, queue=False)  # the trash icon: a new chat, saved ones stay
-    chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, queue=False)
-    stop.click(stop_generation, None, None, queue=False)
-    prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, queue=False)
-    next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, queue=False)
+    private = {"api_visibility": "private"}
+    for i, trigger in enumerate((send.click, message.submit)):
+        names = {"api_name": "send"} if i == 0 else private
+        trigger(post_message, gen_inputs | {message}, view_outputs + [message], queue=False, **names).success(
+            stream, gen_inputs, view_outputs, **generate, **({"api_name": "reply"} if i == 0 else private)
+        ).then(refresh_list, [side.search, chat_id], side.chats, **private)
+    for i, trigger in enumerate((regenerate.click, chatbot.retry)):
+        names = {"api_name": "regenerate"} if i == 0 else private
+        trigger(prepare_regenerate, chat_id, view_outputs, queue=False, **names).success(
+            stream, gen_inputs, view_outputs, **generate, **private
+        )
+    chatbot.edit(edit, [chat_id, msg_ids], view_outputs, queue=False, **private).success(
+        stream, gen_inputs, view_outputs, **generate, **private
+    )
+    chatbot.clear(start_fresh, None, view_outputs, queue=False, **private)  # the trash icon: a new chat, saved ones stay
+    chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, queue=False, **private)
+    stop.click(stop_generation, None, None, queue=False, api_name="stop")
+    prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, queue=False, api_name="previous_version")
+    next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, queue=False, api_name="next_version")

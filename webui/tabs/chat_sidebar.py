@@ -32,6 +32,7 @@ class Sidebar:
     export_json: gr.Button
     download: gr.File
     upload: gr.UploadButton
+    open_id: gr.Textbox  # hidden: lets API clients open a chat by id
 
 
 def build_layout() -> Sidebar:
@@ -51,7 +52,10 @@ def build_layout() -> Sidebar:
             export_json = gr.Button("Export .json", size="sm")
         download = gr.File(label="Download", visible=False, interactive=False)
         upload = gr.UploadButton("Import .json", file_types=[".json"], size="sm")
-    return Sidebar(new, search, chats, title, rename, delete, confirm_row, confirm, cancel, export_md, export_json, download, upload)
+    open_id = gr.Textbox(visible=False)
+    return Sidebar(
+        new, search, chats, title, rename, delete, confirm_row, confirm, cancel, export_md, export_json, download, upload, open_id
+    )
 
 
 def _export_path(title: str, suffix: str, content: str) -> str:
@@ -127,20 +131,27 @@ def wire(
         return {**render(view), side.title: view.title, side.chats: refresh_list(query, view.id, request)}
 
     list_outputs = view_outputs + [side.title, side.confirm_row]
-    side.chats.select(open_chat, side.chats, list_outputs, queue=False)
-    side.search.change(refresh_list, [side.search, chat_id], side.chats, queue=False)
-    side.new.click(new_chat, None, view_outputs + [side.chats, side.title], queue=False)
-    side.rename.click(rename, [chat_id, side.title, side.search], side.chats, queue=False)
-    side.delete.click(lambda: gr.Row(visible=True), None, side.confirm_row, queue=False)
-    side.cancel.click(lambda: gr.Row(visible=False), None, side.confirm_row, queue=False)
-    side.confirm.click(delete, [chat_id, side.search], view_outputs + [side.chats, side.title, side.confirm_row], queue=False)
+    private = {"api_visibility": "private"}
+    side.chats.select(open_chat, side.chats, list_outputs, queue=False, api_name="select_chat", **private)
+    side.open_id.submit(open_chat, side.open_id, list_outputs, queue=False, api_name="open_chat")
+    side.search.change(refresh_list, [side.search, chat_id], side.chats, queue=False, api_name="list_chats")
+    side.new.click(new_chat, None, view_outputs + [side.chats, side.title], queue=False, api_name="new_chat")
+    side.rename.click(rename, [chat_id, side.title, side.search], side.chats, queue=False, api_name="rename_chat")
+    side.delete.click(lambda: gr.Row(visible=True), None, side.confirm_row, queue=False, **private)
+    side.cancel.click(lambda: gr.Row(visible=False), None, side.confirm_row, queue=False, **private)
+    side.confirm.click(
+        delete, [chat_id, side.search], view_outputs + [side.chats, side.title, side.confirm_row], queue=False, api_name="delete_chat"
+    )
+
     def export_md(cid: str | None, request: gr.Request) -> Any:
         return export(cid, "md", request)
 
     def export_json(cid: str | None, request: gr.Request) -> Any:
         return export(cid, "json", request)
 
-    side.export_md.click(export_md, chat_id, side.download, queue=False)
-    side.export_json.click(export_json, chat_id, side.download, queue=False)
-    side.upload.upload(import_chat, [side.upload, side.search], view_outputs + [side.title, side.chats], queue=False)
+    side.export_md.click(export_md, chat_id, side.download, queue=False, api_name="export_markdown")
+    side.export_json.click(export_json, chat_id, side.download, queue=False, api_name="export_json")
+    side.upload.upload(
+        import_chat, [side.upload, side.search], view_outputs + [side.title, side.chats], queue=False, api_name="import_chat"
+    )
     return refresh_list

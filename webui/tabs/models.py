@@ -69,8 +69,8 @@ def build(ctx: AppContext) -> None:
         return {quantization: opts.get("quantization", "none"), device: opts.get("device", "auto")}
 
     outputs = [table, status]
-    load.click(do_load, model, outputs, concurrency_id="generate")
-    unload.click(do_unload, model, outputs)
-    apply.click(do_apply, [model, quantization, device], outputs)
-    refresh.click(lambda: model_rows(ctx), None, table, queue=False)
-    model.change(pick, model, [quantization, device], queue=False)
+    load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")
+    unload.click(do_unload, model, outputs, api_name="unload_model")
+    apply.click(do_apply, [model, quantization, device], outputs, api_name="configure_model")
+    refresh.click(lambda: model_rows(ctx), None, table, queue=False, api_name="list_models")
+    model.change(pick, model, [quantization, device], queue=False, api_visibility="private")

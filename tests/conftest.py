@@ -1,0 +1,247 @@
+"""Shared fixtures: tiny random-weight models built here, fake generators, stores, running apps."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+# One GGUF → safetensors conversion for the whole suite (and across runs), outside tmp dirs.
+MODEL_CACHE = Path(os.environ.get("AIGC_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+# ------------------------------------------------------------------ tiny real model
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's tokenizer (with its chat template), read from the packaged GGUF."""
+    from transformers import AutoTokenizer
+
+    from generators.text.model_source import resolve_source
+    from webui.settings import default_models
+
+    gguf = Path(resolve_source(default_models()[0].options["source"]).location)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("smol-tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smol_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Llama (2 layers, width 64) with the real tokenizer: fast and honest."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+# ------------------------------------------------------------------ fakes
+
+
+def make_fake_text_plugin() -> type:
+    """A scripted text generator: deterministic words, honours cancel, can be told to fail."""
+    from generators.base import (
+        CAP_CANCEL,
+        CAP_CHAT,
+        CAP_STREAM,
+        GenerationFailedError,
+        GenerationStats,
+        GeneratorInfo,
+        SamplingParams,
+        StrictModel,
+        TextChunk,
+        TextGenerator,
+    )
+
+    class FakeOptions(StrictModel):
+        words: int = 12
+        delay_s: float = 0.0
+        fail_after: int | None = None
+        memory_mb: int = 100
+        context_window: int = 10_000
+
+    class FakeText(TextGenerator):
+        info = GeneratorInfo(
+            plugin="fake-text",
+            modality="text",
+            family="fake",
+            description="scripted words for tests",
+            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_CANCEL}),
+            params=SamplingParams,
+            load_options=FakeOptions,
+        )
+        load_count = 0
+
+        def _load(self, progress: Any) -> None:
+            type(self).load_count += 1
+            progress("fake load")
+
+        def _unload(self) -> None:
+            pass
+
+        def memory_bytes(self) -> int:
+            return self.options.memory_mb * 2**20 if self.loaded else 0
+
+        def estimated_memory_bytes(self) -> int:
+            return self.options.memory_mb * 2**20
+
+        @property
+        def context_window(self) -> int:
+            return self.options.context_window
+
+        def stream(self, request: Any, cancel: threading.Event | None = None) -> Any:
+            prompt = request.messages[-1].content if request.messages else request.prompt
+            n = min(self.options.words, request.params.max_new_tokens)
+            finish = "length" if n < self.options.words else "stop"
+            done = 0
+            for i in range(n):
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if self.options.fail_after is not None and i >= self.options.fail_after:
+                    raise GenerationFailedError("the fake model broke on purpose")
+                time.sleep(self.options.delay_s)
+                done += 1
+                yield TextChunk(f"w{i}({prompt[:8]}) ")
+            stats = GenerationStats(len(request.messages), done, request.params.seed or 0, 0.01, 100.0)
+            yield TextChunk("", finish_reason=finish, stats=stats)
+
+    return FakeText
+
+
+@pytest.fixture
+def fake_plugin() -> type:
+    return make_fake_text_plugin()
+
+
+@pytest.fixture
+def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
+    """Build an AppContext on a temporary SQLite store with fake models."""
+    from generators.registry import ModelSpec, Registry
+    from storage import Store
+    from webui.services.context import AppContext
+    from webui.settings import ModelEntry, Settings
+
+    made: list[Any] = []
+
+    def build(models: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Any:
+        models = models or {"fake": {}}
+        entries = [ModelEntry(name=n, plugin="fake-text", options=o) for n, o in models.items()]
+        s = Settings(data_dir=tmp_path / "data", models=entries, **settings)
+        store = Store(s.database_url, s.data_dir)
+        reg = Registry({"fake-text": fake_plugin}, cache_dir=str(tmp_path / "cache"))
+        for e in entries:
+            reg.add(ModelSpec(e.name, e.plugin, e.options))
+        ctx = AppContext(settings=s, registry=reg, store=store)
+        made.append(ctx)
+        return ctx
+
+    yield build
+    for ctx in made:
+        ctx.store.close()
+
+
+# ------------------------------------------------------------------ a running app (subprocess)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningApp:
+    """`python launch.py` in a subprocess, as a user starts it."""
+
+    def __init__(self, data_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra = extra or []
+        self.env = env or {}
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> "RunningApp":
+        cmd = [
+            sys.executable, str(ROOT / "launch.py"), "--port", str(self.port), "--data-dir", str(self.data_dir),
+            "--model-cache-dir", str(MODEL_CACHE), *self.extra,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc and self.proc.stdout
+            for line in self.proc.stdout:
+                self.output.append(line)
+                if "AIGC Studio is ready" in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the app did not start:\n" + "".join(self.output[-40:]))
+        return self
+
+    def stop(self, sig: int = 2) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture
+def running_app(tmp_path: Path) -> Iterator[Any]:
+    apps: list[RunningApp] = []
+
+    def start(data_dir: Path | None = None, extra: list[str] | None = None, env: dict[str, str] | None = None) -> RunningApp:
+        app = RunningApp(data_dir or tmp_path / "data", extra, env).start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()

@@ -1,0 +1,98 @@
+"""The Gradio app: builds without launching, and works through gradio_client (fake model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+
+from tests.conftest import free_port
+from webui.app import build_app
+from webui.server import launch
+
+SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 256, None, "")  # temperature … stop strings, in the page's order
+
+
+def test_build_app_without_launching(make_ctx) -> None:
+    demo = build_app(make_ctx())
+    assert isinstance(demo, gr.Blocks)
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert {"send", "reply", "stop", "regenerate", "open_chat", "list_chats", "delete_chat", "import_chat"} <= names
+
+
+@pytest.fixture
+def app(make_ctx):
+    ctx = make_ctx({"fake": {"words": 400, "delay_s": 0.005}, "quick": {"words": 5}}, port=free_port())
+    demo = launch(ctx, quiet=True)
+    yield ctx, Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def send(client: Client, text: str, model: str = "quick"):
+    client.predict(model, "", text, *SAMPLER, api_name="/send")
+    return client.predict(model, "", *SAMPLER, api_name="/reply")
+
+
+def last_text(chatbot: list) -> str:
+    content = chatbot[-1]["content"]
+    return content[0]["text"] if isinstance(content, list) else content
+
+
+def test_send_reply_regenerate_and_flip(app) -> None:
+    ctx, client = app
+    chatbot, notice, alt = send(client, "hello")
+    assert [m["role"] for m in chatbot] == ["user", "assistant"] and last_text(chatbot).startswith("w0(hello)")
+    client.predict(api_name="/regenerate")
+    chatbot, notice, alt = client.predict("quick", "", *SAMPLER, api_name="/reply")
+    assert "2 of 2" in alt
+    chatbot, _, alt = client.predict(api_name="/previous_version")
+    assert "1 of 2" in alt
+    chats = client.predict("", api_name="/list_chats")
+    assert [c[0] for c in chats["choices"]] == ["hello"]
+
+
+def test_stop_cancels_only_this_session(app) -> None:
+    ctx, client = app
+    other = Client(client.src, verbose=False)
+    client.predict("fake", "", "mine", *SAMPLER, api_name="/send")
+    other.predict("quick", "", "theirs", *SAMPLER, api_name="/send")
+    job = client.submit("fake", "", *SAMPLER, api_name="/reply")
+    time.sleep(1.0)
+    other.predict(api_name="/stop")  # someone else's Stop must not stop my reply
+    time.sleep(0.5)
+    assert not job.done()
+    client.predict(api_name="/stop")
+    deadline = time.monotonic() + 20
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    chatbot, notice, _ = job.outputs()[-1]
+    assert "Stopped after" in notice and "(stopped)" in last_text(chatbot)
+
+
+def test_errors_reach_the_page_as_messages(app) -> None:
+    _, client = app
+    with pytest.raises(Exception, match="Type a message first"):
+        client.predict("quick", "", "   ", *SAMPLER, api_name="/send")
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict("gone", "", "hi", *SAMPLER, api_name="/send")
+    with pytest.raises(Exception, match="Open or start a chat"):
+        client.predict(api_name="/regenerate")
+    # and the app still answers
+    chatbot, _, _ = send(client, "still here")
+    assert last_text(chatbot).startswith("w0(still he)")
+
+
+def test_open_rename_delete_through_the_page_api(app) -> None:
+    ctx, client = app
+    send(client, "to be renamed")
+    chat_id = client.predict("", api_name="/list_chats")["value"]
+    fresh = Client(client.src, verbose=False)
+    opened = fresh.predict(chat_id, api_name="/open_chat")
+    assert last_text(opened[0]).startswith("w0(to be re)")
+    renamed = fresh.predict("New title", "", api_name="/rename_chat")
+    assert renamed["choices"][0][0] == "New title"
+    fresh.predict("", api_name="/delete_chat")
+    assert fresh.predict("", api_name="/list_chats")["choices"] == []

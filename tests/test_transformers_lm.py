@@ -1,0 +1,160 @@
+"""The transformers plugin on a tiny random-weight Llama with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from generators.base import ChatMessage, InvalidOptionsError, LoadFailedError, SamplingParams, TextRequest, validate_model
+from generators.text.transformers_lm import TransformersLM
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir: Path) -> TransformersLM:
+    gen = TransformersLM("tiny", {"source": str(tiny_model_dir), "device": "cpu"})
+    gen.load()
+    return gen
+
+
+def chat(text: str, **params: object) -> TextRequest:
+    return TextRequest(messages=(ChatMessage("user", text),), params=SamplingParams(**params))
+
+
+def test_greedy_matches_plain_generate_token_for_token(lm: TransformersLM) -> None:
+    for request in (chat("Hello there, how are you?", temperature=0, max_new_tokens=40),
+                    TextRequest(prompt="Once upon a time", params=SamplingParams(temperature=0, max_new_tokens=40))):
+        text, last = lm.generate(request)
+        ids, _ = lm.encode(request)
+        out = lm.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=40, pad_token_id=lm.tokenizer.eos_token_id)
+        new = out[0, len(ids):].tolist()
+        eos = lm._eos_ids()
+        if new and new[-1] in eos:
+            new = new[:-1]
+        assert last.stats is not None and last.stats.completion_tokens == len(new)
+        assert text == lm.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_seed_repeats_and_differs(lm: TransformersLM) -> None:
+    a, _ = lm.generate(chat("Tell me something", temperature=1.0, seed=7, max_new_tokens=20))
+    b, _ = lm.generate(chat("Tell me something", temperature=1.0, seed=7, max_new_tokens=20))
+    c, _ = lm.generate(chat("Tell me something", temperature=1.0, seed=8, max_new_tokens=20))
+    assert a == b
+    assert a != c
+
+
+def test_random_seed_is_reported_and_reproduces(lm: TransformersLM) -> None:
+    text, last = lm.generate(chat("Hi", temperature=1.0, max_new_tokens=15))
+    assert last.stats is not None
+    again, _ = lm.generate(chat("Hi", temperature=1.0, max_new_tokens=15, seed=last.stats.seed))
+    assert again == text
+
+
+def test_streams_chunk_by_chunk_and_reports_stats(lm: TransformersLM) -> None:
+    chunks = list(lm.stream(chat("Stream please", temperature=0.8, seed=1, max_new_tokens=25)))
+    assert len(chunks) > 3
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.finish_reason in ("stop", "length") and last.stats is not None
+    assert last.stats.prompt_tokens > 0 and last.stats.time_to_first_token_s is not None
+
+
+def test_cancel_stops_within_one_token(lm: TransformersLM) -> None:
+    cancel = threading.Event()
+    produced = 0
+    last = None
+    for chunk in lm.stream(chat("Go on forever", temperature=1.0, seed=3, max_new_tokens=400), cancel):
+        if chunk.text:
+            produced += 1
+            if produced == 3:
+                cancel.set()
+        last = chunk
+    assert last is not None and last.finish_reason == "cancelled"
+    assert last.stats is not None and last.stats.completion_tokens <= 4  # the token in flight at most
+
+
+def test_stop_string_ends_the_reply_and_is_not_shown(lm: TransformersLM) -> None:
+    free, _ = lm.generate(chat("abc", temperature=0, max_new_tokens=30))
+    assert len(free) > 6
+    stop = free[3:6]
+    text, last = lm.generate(chat("abc", temperature=0, max_new_tokens=30, stop=(stop,)))
+    assert last.finish_reason == "stop"
+    assert text == free[: free.index(stop)]
+
+
+def test_oldest_turns_are_dropped_to_fit_and_system_is_kept(tiny_model_dir: Path) -> None:
+    gen = TransformersLM("small-ctx", {"source": str(tiny_model_dir), "context_length": 120})
+    gen.load()
+    history = [ChatMessage("system", "You are terse.")]
+    for i in range(12):
+        history += [ChatMessage("user", f"question number {i} about things"), ChatMessage("assistant", f"answer {i}")]
+    history.append(ChatMessage("user", "final question"))
+    request = TextRequest(messages=tuple(history), params=SamplingParams(max_new_tokens=20, temperature=0))
+    ids, dropped = gen.encode(request)
+    assert dropped > 0 and len(ids) <= 100
+    text = gen.tokenizer.decode(ids)
+    assert "You are terse." in text and "final question" in text and "question number 0 " not in text
+    _, last = gen.generate(request)
+    assert last.stats is not None and last.stats.dropped_messages == dropped
+
+
+def test_too_long_message_says_what_to_do(tiny_model_dir: Path) -> None:
+    gen = TransformersLM("small-ctx", {"source": str(tiny_model_dir), "context_length": 64})
+    gen.load()
+    with pytest.raises(InvalidOptionsError, match="too long"):
+        gen.encode(chat("word " * 200, max_new_tokens=10))
+    with pytest.raises(InvalidOptionsError, match="max_new_tokens"):
+        gen.encode(chat("hi", max_new_tokens=64))
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(InvalidOptionsError, match="quantization"):
+        TransformersLM("x", {"quantization": "3bit"})
+    with pytest.raises(InvalidOptionsError, match="not a known setting"):
+        TransformersLM("x", {"sourse": "typo"})
+    with pytest.raises(InvalidOptionsError, match="temperature"):
+        validate_model(SamplingParams, {"temperature": -1})
+    with pytest.raises(InvalidOptionsError, match="stop"):
+        validate_model(SamplingParams, {"stop": [""]})
+
+
+def test_impossible_choices_say_why_and_what_instead(tiny_model_dir: Path, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(LoadFailedError, match="device=auto or device=cpu"):
+            TransformersLM("x", {"source": str(tiny_model_dir), "device": "cuda"}).load()
+    with pytest.raises(LoadFailedError, match="not installed"):
+        TransformersLM("x", {"source": "pkg:no_such_package_xyz/model.gguf"}).load()
+    with pytest.raises(LoadFailedError, match="not found"):
+        TransformersLM("x", {"source": str(tmp_path / "missing.gguf")}).load()
+    with pytest.raises(LoadFailedError, match="allow_download"):
+        TransformersLM("x", {"source": "someone/not-downloaded-model"}).load()
+
+
+def test_load_unload_idempotent_and_thread_safe(tiny_model_dir: Path) -> None:
+    gen = TransformersLM("t", {"source": str(tiny_model_dir)})
+    calls = []
+    original = gen._load
+    gen._load = lambda progress: (calls.append(1), original(progress))  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: gen.load(), range(4)))
+    assert calls == [1] and gen.loaded and gen.memory_bytes() > 0
+    gen.unload()
+    gen.unload()
+    assert not gen.loaded and gen.memory_bytes() == 0 and gen.model is None
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_bitsandbytes_quantization_loads_and_generates_on_cpu(tiny_model_dir: Path, quantization: str) -> None:
+    full = TransformersLM("full", {"source": str(tiny_model_dir)})
+    full.load()
+    gen = TransformersLM("q", {"source": str(tiny_model_dir), "quantization": quantization})
+    gen.load()
+    assert gen.memory_bytes() < full.memory_bytes()
+    assert "Linear8bitLt" in str(type(gen.model.model.layers[0].mlp.up_proj)) or "Linear4bit" in str(
+        type(gen.model.model.layers[0].mlp.up_proj)
+    )
+    text, last = gen.generate(chat("Hello", temperature=0, max_new_tokens=8))
+    assert last.stats is not None and last.stats.completion_tokens > 0 and isinstance(text, str)

@@ -187,3 +187,18 @@ def test_dropped_turns_are_announced(make_ctx, monkeypatch) -> None:
     monkeypatch.setattr(gen, "stream", stream)
     final = say(ctx, "long history")[-1]
     assert "4 oldest message(s) were left out" in final.notice
+
+
+def test_no_new_message_while_a_reply_is_being_written(make_ctx) -> None:
+    ctx = make_ctx({"fake": {"words": 50}})
+    st = settings(ctx)
+    chat = svc.add_user_message(ctx, OWNER, None, "first", st)
+    stream = svc.stream_reply(ctx, OWNER, chat.id, st)
+    next(stream)
+    for call in (lambda: svc.add_user_message(ctx, OWNER, chat.id, "second", st),
+                 lambda: svc.switch_branch(ctx, OWNER, chat.id, chat.messages[0].id, 1),
+                 lambda: svc.prepare_regenerate(ctx, OWNER, chat.id)):
+        with pytest.raises(InvalidOptionsError, match="still being written"):
+            call()
+    list(stream)
+    assert svc.add_user_message(ctx, OWNER, chat.id, "second", st).messages[-1].content == "second"

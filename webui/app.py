@@ -5,10 +5,12 @@ from __future__ import annotations
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import chat, models
+from .tabs import FAST, chat, models
 
 TITLE = "AIGC Studio"
 CSS = """
+/* A refused action is shown as a toast; don't also cover the conversation with an error badge. */
+[data-testid="status-tracker"]:has(.error) { display: none !important; }
 #chat-alternatives { text-align: center; margin: auto 0; }
 #chat-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
 """
@@ -19,7 +21,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(f"## {TITLE}", elem_id="studio-title")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat.build(ctx)
-            with gr.Tab("Models", id="models"):
-                models.build(ctx)
+                chat_on_load = chat.build(ctx)
+            with gr.Tab("Models", id="models") as models_tab:
+                refresh_models, models_table = models.build(ctx)
+        chat_on_load(demo)
+        models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
     return demo

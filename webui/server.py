@@ -11,7 +11,7 @@ from generators.registry import ModelSpec, Registry
 from storage import Store
 
 from .api import build_router, install_error_handlers
-from .app import build_app
+from .app import CSS, build_app
 from .services.context import AppContext
 from .settings import Settings
 
@@ -49,6 +49,7 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
         quiet=quiet,
         app_kwargs=app_kwargs,
         show_error=True,
+        css=CSS,
     )
     install_error_handlers(demo.app)
     return demo

@@ -117,9 +117,16 @@ def add_user_message(ctx: AppContext, owner: str, chat_id: str | None, text: str
         else:
             title = " ".join(text.split())[:TITLE_CHARS]
             chat = repo.create_session(s, owner, KIND, title)
+        _refuse_while_streaming(s, chat)
         chat.settings = settings.as_json()
         repo.add_message(s, chat, chat.active_leaf_id, "user", text)
         return _view(s, chat)
+
+
+def _refuse_while_streaming(s: Any, chat: Any) -> None:
+    leaf = repo.get_message(s, chat, chat.active_leaf_id) if chat.active_leaf_id else None
+    if leaf is not None and leaf.status == "streaming":
+        raise InvalidOptionsError("A reply is still being written: wait for it to finish or press Stop.")
 
 
 def edit_message(ctx: AppContext, owner: str, chat_id: str, message_id: str, text: str) -> ChatView:
@@ -127,6 +134,7 @@ def edit_message(ctx: AppContext, owner: str, chat_id: str, message_id: str, tex
     text = _clean_text(text)
     with ctx.store.begin() as s:
         chat = repo.get_session(s, owner, chat_id, KIND)
+        _refuse_while_streaming(s, chat)
         original = repo.get_message(s, chat, message_id)
         if original.role != "user":
             raise InvalidOptionsError("Only your own messages can be edited; use Regenerate for a new reply.")
@@ -138,6 +146,7 @@ def prepare_regenerate(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
     """Step back to the user message of the last reply, so the next reply becomes its sibling."""
     with ctx.store.begin() as s:
         chat = repo.get_session(s, owner, chat_id, KIND)
+        _refuse_while_streaming(s, chat)
         path = repo.active_path(s, chat)
         if not path:
             raise InvalidOptionsError("There is nothing to regenerate yet: send a message first.")
@@ -152,6 +161,7 @@ def prepare_regenerate(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
 def switch_branch(ctx: AppContext, owner: str, chat_id: str, message_id: str, step: int) -> ChatView:
     with ctx.store.begin() as s:
         chat = repo.get_session(s, owner, chat_id, KIND)
+        _refuse_while_streaming(s, chat)
         shown = repo.switch_branch(s, chat, message_id, step)
         return replace(_view(s, chat), focus=shown.id)
 

@@ -1,1 +1,7 @@
 """One module per workspace; each has build(ctx) that lays out and wires its components."""
+
+from typing import Any
+
+# Quick handlers (no model work) run through the queue too, so a gr.Error reaches the page as
+# a readable toast, but with no concurrency limit, so they never wait behind a generation.
+FAST: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}

@@ -6,6 +6,7 @@ Layout first, listeners at the bottom. Every click lands in a service function o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -13,6 +14,7 @@ import gradio as gr
 from generators.base import SamplingParams
 
 from ..errors import ui_errors
+from . import FAST
 from ..services import chat as svc
 from ..services.context import AppContext
 from . import chat_sidebar
@@ -26,8 +28,10 @@ def _slider(name: str, label: str, minimum: float, maximum: float, step: float) 
     return gr.Slider(minimum, maximum, value=field.default, step=step, label=label, info=field.description)
 
 
-def build(ctx: AppContext) -> None:
-    """Lay out the Chat tab inside the current Blocks and wire its events."""
+def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
+    """Lay out the Chat tab inside the current Blocks and wire its events.
+
+    Returns a function that wires what must run when the page loads."""
     text_models = ctx.registry.names("text")
     chat_id = gr.State(None)
     msg_ids = gr.State([])
@@ -42,6 +46,7 @@ def build(ctx: AppContext) -> None:
                 system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=1)
             chatbot = gr.Chatbot(
                 label="Conversation",
+                elem_id="chat-conversation",
                 height=480,
                 editable="user",
                 buttons=["copy", "copy_all"],
@@ -162,19 +167,24 @@ def build(ctx: AppContext) -> None:
     private = {"api_visibility": "private"}
     for i, trigger in enumerate((send.click, message.submit)):
         names = {"api_name": "send"} if i == 0 else private
-        trigger(post_message, gen_inputs | {message}, view_outputs + [message], queue=False, **names).success(
+        trigger(post_message, gen_inputs | {message}, view_outputs + [message], **FAST, **names).success(
             stream, gen_inputs, view_outputs, **generate, **({"api_name": "reply"} if i == 0 else private)
         ).then(refresh_list, [side.search, chat_id], side.chats, **private)
     for i, trigger in enumerate((regenerate.click, chatbot.retry)):
         names = {"api_name": "regenerate"} if i == 0 else private
-        trigger(prepare_regenerate, chat_id, view_outputs, queue=False, **names).success(
+        trigger(prepare_regenerate, chat_id, view_outputs, **FAST, **names).success(
             stream, gen_inputs, view_outputs, **generate, **private
         )
-    chatbot.edit(edit, [chat_id, msg_ids], view_outputs, queue=False, **private).success(
+    chatbot.edit(edit, [chat_id, msg_ids], view_outputs, **FAST, **private).success(
         stream, gen_inputs, view_outputs, **generate, **private
     )
-    chatbot.clear(start_fresh, None, view_outputs, queue=False, **private)  # the trash icon: a new chat, saved ones stay
-    chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, queue=False, **private)
-    stop.click(stop_generation, None, None, queue=False, api_name="stop")
-    prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, queue=False, api_name="previous_version")
-    next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, queue=False, api_name="next_version")
+    chatbot.clear(start_fresh, None, view_outputs, **FAST, **private)  # the trash icon: a new chat, saved ones stay
+    chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, **FAST, **private)
+    stop.click(stop_generation, None, None, **FAST, api_name="stop")
+    prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, **FAST, api_name="previous_version")
+    next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, **FAST, api_name="next_version")
+
+    def on_page_load(demo: gr.Blocks) -> None:
+        demo.load(refresh_list, [side.search, chat_id], side.chats, **FAST, **private)
+
+    return on_page_load

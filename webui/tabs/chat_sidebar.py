@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
+from . import FAST
 from ..services import chat as svc
 from ..services.context import AppContext
 
@@ -132,15 +133,15 @@ def wire(
 
     list_outputs = view_outputs + [side.title, side.confirm_row]
     private = {"api_visibility": "private"}
-    side.chats.select(open_chat, side.chats, list_outputs, queue=False, api_name="select_chat", **private)
-    side.open_id.submit(open_chat, side.open_id, list_outputs, queue=False, api_name="open_chat")
-    side.search.change(refresh_list, [side.search, chat_id], side.chats, queue=False, api_name="list_chats")
-    side.new.click(new_chat, None, view_outputs + [side.chats, side.title], queue=False, api_name="new_chat")
-    side.rename.click(rename, [chat_id, side.title, side.search], side.chats, queue=False, api_name="rename_chat")
-    side.delete.click(lambda: gr.Row(visible=True), None, side.confirm_row, queue=False, **private)
-    side.cancel.click(lambda: gr.Row(visible=False), None, side.confirm_row, queue=False, **private)
+    side.chats.select(open_chat, side.chats, list_outputs, **FAST, api_name="select_chat", **private)
+    side.open_id.submit(open_chat, side.open_id, list_outputs, **FAST, api_name="open_chat")
+    side.search.change(refresh_list, [side.search, chat_id], side.chats, **FAST, api_name="list_chats")
+    side.new.click(new_chat, None, view_outputs + [side.chats, side.title], **FAST, api_name="new_chat")
+    side.rename.click(rename, [chat_id, side.title, side.search], side.chats, **FAST, api_name="rename_chat")
+    side.delete.click(lambda: gr.Row(visible=True), None, side.confirm_row, **FAST, **private)
+    side.cancel.click(lambda: gr.Row(visible=False), None, side.confirm_row, **FAST, **private)
     side.confirm.click(
-        delete, [chat_id, side.search], view_outputs + [side.chats, side.title, side.confirm_row], queue=False, api_name="delete_chat"
+        delete, [chat_id, side.search], view_outputs + [side.chats, side.title, side.confirm_row], **FAST, api_name="delete_chat"
     )
 
     def export_md(cid: str | None, request: gr.Request) -> Any:
@@ -149,9 +150,9 @@ def wire(
     def export_json(cid: str | None, request: gr.Request) -> Any:
         return export(cid, "json", request)
 
-    side.export_md.click(export_md, chat_id, side.download, queue=False, api_name="export_markdown")
-    side.export_json.click(export_json, chat_id, side.download, queue=False, api_name="export_json")
+    side.export_md.click(export_md, chat_id, side.download, **FAST, api_name="export_markdown")
+    side.export_json.click(export_json, chat_id, side.download, **FAST, api_name="export_json")
     side.upload.upload(
-        import_chat, [side.upload, side.search], view_outputs + [side.title, side.chats], queue=False, api_name="import_chat"
+        import_chat, [side.upload, side.search], view_outputs + [side.title, side.chats], **FAST, api_name="import_chat"
     )
     return refresh_list

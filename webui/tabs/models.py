@@ -9,6 +9,7 @@ import gradio as gr
 from generators.base import CAP_QUANTIZATION
 
 from ..errors import ui_errors
+from . import FAST
 from ..services.context import AppContext
 
 COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Source"]
@@ -31,7 +32,8 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
     return rows
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
+    """Lay out the Models view; returns (refresh function, table) so the app refreshes it on show."""
     names = ctx.registry.names()
     table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
     with gr.Row():
@@ -72,5 +74,6 @@ def build(ctx: AppContext) -> None:
     load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")
     unload.click(do_unload, model, outputs, api_name="unload_model")
     apply.click(do_apply, [model, quantization, device], outputs, api_name="configure_model")
-    refresh.click(lambda: model_rows(ctx), None, table, queue=False, api_name="list_models")
-    model.change(pick, model, [quantization, device], queue=False, api_visibility="private")
+    refresh.click(lambda: model_rows(ctx), None, table, **FAST, api_name="list_models")
+    model.change(pick, model, [quantization, device], **FAST, api_visibility="private")
+    return (lambda: model_rows(ctx)), table

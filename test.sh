@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ $# -eq 0 ]; then
+  echo "==> ruff (lint)"
+  .venv/bin/ruff check .
+fi
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -32,6 +32,19 @@ def text_of(message: dict) -> str:
     return c[0]["text"] if isinstance(c, list) else c
 
 
+def start_long_reply(client: Client, prompt: str, seed: int, chars: int, timeout: float = 90):  # type: ignore[no-untyped-def]
+    """Send `prompt`, start a long sampled reply and return its job once `chars` characters are shown."""
+    client.predict(DEFAULT_MODEL, "", prompt, *sampler(400, 0.8, seed), api_name="/send")
+    job = client.submit(DEFAULT_MODEL, "", *sampler(400, 0.8, seed), api_name="/reply")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outs = job.outputs()
+        if outs and len(text_of(outs[-1][0][-1])) > chars:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"no {chars} characters of reply within {timeout} s")
+
+
 @pytest.fixture(scope="module")
 def default_lm() -> TransformersLM:
     gen = TransformersLM(DEFAULT_MODEL, default_models()[0].options, cache_dir=str(MODEL_CACHE))
@@ -76,14 +89,7 @@ def test_chat_stop_regenerate_restart_everything_is_there(running_app, tmp_path:
     assert first_reply.strip()
 
     # 2. a long reply, stopped half-way
-    client.predict(DEFAULT_MODEL, "", "Write a long story about a dragon.", *sampler(400, 0.8, 11), api_name="/send")
-    job = client.submit(DEFAULT_MODEL, "", *sampler(400, 0.8, 11), api_name="/reply")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        outs = job.outputs()
-        if outs and len(text_of(outs[-1][0][-1])) > 40:
-            break
-        time.sleep(0.2)
+    job = start_long_reply(client, "Write a long story about a dragon.", seed=11, chars=40)
     client.predict(api_name="/stop")
     while not job.done():
         time.sleep(0.1)
@@ -119,14 +125,7 @@ def test_kill_mid_stream_keeps_the_partial_reply(running_app, tmp_path: Path) ->
     data = tmp_path / "data"
     app = running_app(data)
     client = Client(app.url, verbose=False)
-    client.predict(DEFAULT_MODEL, "", "Tell me everything about the ocean.", *sampler(400, 0.8, 5), api_name="/send")
-    job = client.submit(DEFAULT_MODEL, "", *sampler(400, 0.8, 5), api_name="/reply")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        outs = job.outputs()
-        if outs and len(text_of(outs[-1][0][-1])) > 60:
-            break
-        time.sleep(0.1)
+    job = start_long_reply(client, "Tell me everything about the ocean.", seed=5, chars=60)
     time.sleep(1.2)  # past one save interval
     seen = text_of(job.outputs()[-1][0][-1])
     app.stop(signal.SIGKILL)

@@ -128,7 +128,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 async def _complete(runs: Iterator[tuple[str, RunResult]], cid: str, model: str) -> JSONResponse:
     def drain() -> RunResult:
         result = RunResult()
-        for _delta, result in runs:
+        for _delta, result in runs:  # noqa: B007 (the last one is the answer)
             pass
         return result
 

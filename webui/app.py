@@ -12,6 +12,7 @@ CSS = """
 /* A refused action is shown as a toast; don't also cover the conversation with an error badge. */
 [data-testid="status-tracker"]:has(.error) { display: none !important; }
 #chat-alternatives { text-align: center; margin: auto 0; }
+#chat-model-state p { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 2px 0 0 4px; }
 #chat-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
 """
 

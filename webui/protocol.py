@@ -66,7 +66,9 @@ class ChatCompletionRequest(BaseModel):
         }
 
 
-def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -85,7 +87,9 @@ def completion_body(cid: str, model: str, text: str, finish: str, prompt: int, c
     }
 
 
-def chunk_body(cid: str, model: str, delta: dict[str, Any], finish: str | None = None, use: dict[str, int] | None = None) -> dict[str, Any]:
+def chunk_body(
+    cid: str, model: str, delta: dict[str, Any], finish: str | None = None, use: dict[str, int] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion.chunk",

@@ -207,7 +207,7 @@ def stream_reply(
 
     yield base
     notice = ""
-    for delta, result in stream_text(
+    for _delta, result in stream_text(
         ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress
     ):
         if result.outcome == "running":

@@ -69,7 +69,9 @@ def stream_text(
     least every SAVE_EVERY_S while streaming and once at the end with the final status."""
     params_json = request.params.model_dump(mode="json")
     with ctx.store.begin() as s:
-        gen_row = repo.start_generation(s, owner, model, params_json, session_id=session_id, source=source, seed=request.params.seed)
+        gen_row = repo.start_generation(
+            s, owner, model, params_json, session_id=session_id, source=source, seed=request.params.seed
+        )
     result = RunResult(generation_id=gen_row.id)
     if on_start:
         on_start(gen_row.id)

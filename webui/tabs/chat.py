@@ -14,10 +14,9 @@ import gradio as gr
 from generators.base import SamplingParams
 
 from ..errors import ui_errors
-from . import FAST
 from ..services import chat as svc
 from ..services.context import AppContext
-from . import chat_sidebar
+from . import FAST, chat_sidebar
 from .chat_view import alternatives_label, chatbot_messages, default_focus
 
 PARAM_FIELDS = SamplingParams.model_fields
@@ -42,8 +41,10 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             side = chat_sidebar.build_layout()
         with gr.Column(scale=4):
             with gr.Row():
-                model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=3)
-                system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=1)
+                with gr.Column(scale=3, min_width=200):
+                    model = gr.Dropdown(text_models, value=ctx.default_model, label="Model")
+                    model_state = gr.Markdown(elem_id="chat-model-state")
+                system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=2)
             chatbot = gr.Chatbot(
                 label="Conversation",
                 elem_id="chat-conversation",
@@ -55,7 +56,14 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             )
             notice = gr.Markdown(elem_id="chat-notice")
             with gr.Row():
-                message = gr.Textbox(show_label=False, placeholder="Message (Enter to send, Shift+Enter for a new line)", scale=8, lines=1, max_lines=12, elem_id="chat-input")
+                message = gr.Textbox(
+                    show_label=False,
+                    placeholder="Message (Enter to send, Shift+Enter for a new line)",
+                    scale=8,
+                    lines=1,
+                    max_lines=12,
+                    elem_id="chat-input",
+                )
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
             with gr.Row():
@@ -104,6 +112,17 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             notice: view.notice,
             alt_label: alternatives_label(view, focus),
         }
+
+    def describe_model(name: str | None) -> str:
+        if not name or name not in ctx.registry.names():
+            return ""
+        d = ctx.registry.get(name).describe()
+        if not d["loaded"]:
+            return "○ not loaded — loads on the first message"
+        parts = ["● loaded", f"{d['memory_bytes'] / 2**20:.0f} MB", d.get("device") or ""]
+        if d.get("context_window"):
+            parts.append(f"{d['context_window']:,}-token context")
+        return " · ".join(p for p in parts if p)
 
     def owner(request: gr.Request) -> str:
         return ctx.owner_for(getattr(request, "username", None))
@@ -164,27 +183,32 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.concurrency}
     refresh_list = chat_sidebar.wire(ctx, side, chat_id, render, view_outputs)
 
+    def after_reply(query: str, cid: str | None, name: str | None, request: gr.Request) -> dict[Any, Any]:
+        return {side.chats: refresh_list(query, cid, request), model_state: describe_model(name)}
+
     private = {"api_visibility": "private"}
     for i, trigger in enumerate((send.click, message.submit)):
         names = {"api_name": "send"} if i == 0 else private
         trigger(post_message, gen_inputs | {message}, view_outputs + [message], **FAST, **names).success(
             stream, gen_inputs, view_outputs, **generate, **({"api_name": "reply"} if i == 0 else private)
-        ).then(refresh_list, [side.search, chat_id], side.chats, **private)
+        ).then(after_reply, [side.search, chat_id, model], [side.chats, model_state], **private)
     for i, trigger in enumerate((regenerate.click, chatbot.retry)):
         names = {"api_name": "regenerate"} if i == 0 else private
         trigger(prepare_regenerate, chat_id, view_outputs, **FAST, **names).success(
             stream, gen_inputs, view_outputs, **generate, **private
-        )
+        ).then(after_reply, [side.search, chat_id, model], [side.chats, model_state], **private)
     chatbot.edit(edit, [chat_id, msg_ids], view_outputs, **FAST, **private).success(
         stream, gen_inputs, view_outputs, **generate, **private
-    )
+    ).then(after_reply, [side.search, chat_id, model], [side.chats, model_state], **private)
     chatbot.clear(start_fresh, None, view_outputs, **FAST, **private)  # the trash icon: a new chat, saved ones stay
     chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, **FAST, **private)
     stop.click(stop_generation, None, None, **FAST, api_name="stop")
     prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, **FAST, api_name="previous_version")
     next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, **FAST, api_name="next_version")
 
+    model.change(describe_model, model, model_state, **FAST, **private)
+
     def on_page_load(demo: gr.Blocks) -> None:
-        demo.load(refresh_list, [side.search, chat_id], side.chats, **FAST, **private)
+        demo.load(after_reply, [side.search, chat_id, model], [side.chats, model_state], **FAST, **private)
 
     return on_page_load

@@ -13,9 +13,9 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
-from . import FAST
 from ..services import chat as svc
 from ..services.context import AppContext
+from . import FAST
 
 
 @dataclass

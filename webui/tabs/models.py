@@ -9,8 +9,8 @@ import gradio as gr
 from generators.base import CAP_QUANTIZATION
 
 from ..errors import ui_errors
-from . import FAST
 from ..services.context import AppContext
+from . import FAST
 
 COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Source"]
 

@@ -1,1 +1,0 @@
-"""Image models: a class-conditional GAN and VAE, their data, training and evaluation."""

@@ -265,6 +265,11 @@ class TextGenerator(Generator):
     def context_window(self) -> int:
         return 2048
 
+    def supports_chat(self) -> bool:
+        """Whether role-tagged messages work well (an instruct model with a chat template);
+        False means plain text continuation (`TextRequest(prompt=...)`) suits it better."""
+        return CAP_CHAT in self.info.capabilities
+
 
 def release_accelerator_memory() -> None:
     """Give cached accelerator memory back after an unload (no-op without torch/CUDA)."""

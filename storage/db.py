@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
-from .models import Generation, Message
+from .models import Generation, Message, StoryPassage
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,17 @@ class Store:
                     .where(Message.generation_id.in_(ids), Message.status == "streaming")
                     .values(status="interrupted")
                 )
+                s.execute(
+                    update(StoryPassage)
+                    .where(StoryPassage.generation_id.in_(ids), StoryPassage.status == "streaming")
+                    .values(status="interrupted")
+                )
+            # A crash between creating a passage and starting its generation leaves it unattached.
+            s.execute(
+                update(StoryPassage)
+                .where(StoryPassage.generation_id.is_(None), StoryPassage.status == "streaming")
+                .values(status="interrupted")
+            )
         if ids:
             log.warning("Marked %d generation(s) cut off by the last shutdown as interrupted", len(ids))
         return len(ids)

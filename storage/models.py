@@ -2,7 +2,11 @@
 
 Every row that belongs to a person carries `owner` (a fixed local user while auth is off),
 so turning auth on needs no migration. Chat messages form a tree (each has a parent):
-regenerations and edits are siblings, never overwrites.
+regenerations and edits are siblings, never overwrites. A story is a list of passages whose
+order is held by its edit log: each edit stores the full ordered list of passage ids, and the
+session's cursor points at the current edit, so undo/redo only move the cursor. Passages are
+never rewritten once finished (a hand edit or a retry adds a new passage), so every version
+stays reachable.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class Session(Base):
     kind: Mapped[str] = mapped_column(String(16))  # chat | story | image
     title: Mapped[str] = mapped_column(String(200), default="")
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # model, system prompt, sampler
-    active_leaf_id: Mapped[str | None] = mapped_column(String(32))  # current branch of the message tree
+    # chat: the leaf of the visible branch of the message tree; story: the current edit (undo cursor)
+    active_leaf_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[Created]
     updated_at: Mapped[Updated]
 
@@ -95,3 +100,45 @@ class Generation(Base):
     tokens_per_s: Mapped[float | None]
     started_at: Mapped[Created]
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StoryPassage(Base):
+    """One piece of a story, written by the user or the model. Versions of the same place in
+    the story (retries) share `group_id` (the id of the first version)."""
+
+    __tablename__ = "story_passages"
+    id: Mapped[IdPk]
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)  # creation order within the story
+    group_id: Mapped[str] = mapped_column(String(32), index=True)
+    author: Mapped[str] = mapped_column(String(16))  # user | model
+    text: Mapped[str] = mapped_column(Text, default="")
+    # ok | streaming | cancelled | error | interrupted
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    model: Mapped[str | None] = mapped_column(String(200))
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+
+class StoryEdit(Base):
+    """One step of a story's undo log: the full ordered list of its passage ids after the step."""
+
+    __tablename__ = "story_edits"
+    id: Mapped[IdPk]
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    action: Mapped[str] = mapped_column(String(32))  # create | write | continue | retry | edit | alternative | restore | import
+    passage_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[Created]
+
+
+class StorySnapshot(Base):
+    """A named version of a story, self-contained: [{"author", "text"}, ...]."""
+
+    __tablename__ = "story_snapshots"
+    id: Mapped[IdPk]
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    passages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[Created]

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
 from .db import StorageError
-from .models import Generation, Message, Session, new_id, utcnow
+from .models import Generation, Message, Session, StoryEdit, StoryPassage, StorySnapshot, new_id, utcnow
 
 EXPORT_FORMAT = "aigc-studio.session.v1"
 
@@ -47,7 +47,10 @@ def list_sessions(s: OrmSession, owner: str, kind: str, query: str = "", limit: 
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         in_messages = select(Message.session_id).where(Message.content.ilike(pattern, escape="\\"))
-        stmt = stmt.where(or_(Session.title.ilike(pattern, escape="\\"), Session.id.in_(in_messages)))
+        in_passages = select(StoryPassage.session_id).where(StoryPassage.text.ilike(pattern, escape="\\"))
+        stmt = stmt.where(
+            or_(Session.title.ilike(pattern, escape="\\"), Session.id.in_(in_messages), Session.id.in_(in_passages))
+        )
     return list(s.scalars(stmt.order_by(Session.updated_at.desc()).limit(limit)))
 
 
@@ -177,6 +180,148 @@ def switch_branch(s: OrmSession, session: Session, message_id: str, step: int) -
         leaf = kids[-1]
     session.active_leaf_id = leaf.id
     return target
+
+
+# ------------------------------------------------------------------ stories (passages + undo log)
+
+
+def add_passage(
+    s: OrmSession,
+    story: Session,
+    author: str,
+    text: str,
+    *,
+    group_id: str | None = None,
+    status: str = "ok",
+    model: str | None = None,
+) -> StoryPassage:
+    """A new passage row (not yet part of the story until an edit lists it)."""
+    seq = (s.scalar(select(func.max(StoryPassage.seq)).where(StoryPassage.session_id == story.id)) or 0) + 1
+    pid = new_id()
+    row = StoryPassage(
+        id=pid, session_id=story.id, seq=seq, group_id=group_id or pid, author=author, text=text, status=status, model=model
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def get_passage(s: OrmSession, story: Session, passage_id: str) -> StoryPassage:
+    row = s.get(StoryPassage, passage_id)
+    if row is None or row.session_id != story.id:
+        raise NotFoundError("That passage no longer exists in this story.")
+    return row
+
+
+def set_passage_text(s: OrmSession, passage_id: str, text: str, status: str | None = None) -> None:
+    row = s.get(StoryPassage, passage_id)
+    if row is None:
+        raise NotFoundError("That passage no longer exists (was the story deleted?).")
+    row.text = text
+    if status is not None:
+        row.status = status
+
+
+def current_edit(s: OrmSession, story: Session) -> StoryEdit | None:
+    row = s.get(StoryEdit, story.active_leaf_id) if story.active_leaf_id else None
+    return row if row is not None and row.session_id == story.id else None
+
+
+def story_passages(s: OrmSession, story: Session) -> list[StoryPassage]:
+    """The passages of the story as it stands now (at the undo cursor), in order."""
+    edit = current_edit(s, story)
+    if edit is None or not edit.passage_ids:
+        return []
+    rows = {p.id: p for p in s.scalars(select(StoryPassage).where(StoryPassage.id.in_(edit.passage_ids)))}
+    return [rows[i] for i in edit.passage_ids if i in rows]
+
+
+def record_edit(s: OrmSession, story: Session, action: str, passage_ids: Sequence[str]) -> StoryEdit:
+    """Make `passage_ids` the story's new state. Edits after the cursor (the redo steps) are
+    dropped, as in every editor; the passages they listed stay as alternatives."""
+    cur = current_edit(s, story)
+    seq = cur.seq if cur is not None else 0
+    s.execute(delete(StoryEdit).where(StoryEdit.session_id == story.id, StoryEdit.seq > seq))
+    edit = StoryEdit(id=new_id(), session_id=story.id, seq=seq + 1, action=action, passage_ids=list(passage_ids))
+    s.add(edit)
+    story.active_leaf_id = edit.id
+    story.updated_at = utcnow()
+    s.flush()
+    return edit
+
+
+def drop_last_edit(s: OrmSession, story: Session, edit_id: str) -> None:
+    """Forget `edit_id` if it is the current edit (a continuation that produced nothing)."""
+    cur = current_edit(s, story)
+    if cur is None or cur.id != edit_id:
+        return
+    prev = s.scalar(
+        select(StoryEdit).where(StoryEdit.session_id == story.id, StoryEdit.seq < cur.seq).order_by(StoryEdit.seq.desc())
+    )
+    story.active_leaf_id = prev.id if prev is not None else None
+    s.delete(cur)
+
+
+def step_edit(s: OrmSession, story: Session, step: int) -> StoryEdit | None:
+    """Move the undo cursor one edit back (-1) or forward (+1); None when there is nowhere to go."""
+    cur = current_edit(s, story)
+    if cur is None:
+        return None
+    where = StoryEdit.seq < cur.seq if step < 0 else StoryEdit.seq > cur.seq
+    order = StoryEdit.seq.desc() if step < 0 else StoryEdit.seq
+    target = s.scalar(select(StoryEdit).where(StoryEdit.session_id == story.id, where).order_by(order).limit(1))
+    if target is not None:
+        story.active_leaf_id = target.id
+        story.updated_at = utcnow()
+    return target
+
+
+def undo_redo_available(s: OrmSession, story: Session) -> tuple[bool, bool]:
+    cur = current_edit(s, story)
+    if cur is None:
+        return False, False
+    seqs = s.execute(
+        select(func.min(StoryEdit.seq), func.max(StoryEdit.seq)).where(StoryEdit.session_id == story.id)
+    ).one()
+    return cur.seq > seqs[0], cur.seq < seqs[1]
+
+
+def passage_group(s: OrmSession, story: Session, group_id: str) -> list[StoryPassage]:
+    """Every version of one place in the story, oldest first."""
+    stmt = select(StoryPassage).where(StoryPassage.session_id == story.id, StoryPassage.group_id == group_id)
+    return list(s.scalars(stmt.order_by(StoryPassage.seq)))
+
+
+def group_sizes(s: OrmSession, story: Session, group_ids: Sequence[str]) -> dict[str, list[str]]:
+    """group id → ids of its versions in creation order (for the ◀ n of m ▶ labels)."""
+    rows = s.execute(
+        select(StoryPassage.group_id, StoryPassage.id)
+        .where(StoryPassage.session_id == story.id, StoryPassage.group_id.in_(list(set(group_ids))))
+        .order_by(StoryPassage.seq)
+    )
+    out: dict[str, list[str]] = {}
+    for gid, pid in rows:
+        out.setdefault(gid, []).append(pid)
+    return out
+
+
+def add_snapshot(s: OrmSession, story: Session, name: str, passages: list[dict[str, Any]]) -> StorySnapshot:
+    row = StorySnapshot(id=new_id(), session_id=story.id, name=name.strip()[:200], passages=passages)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def snapshots_of(s: OrmSession, story: Session) -> list[StorySnapshot]:
+    stmt = select(StorySnapshot).where(StorySnapshot.session_id == story.id)
+    return list(s.scalars(stmt.order_by(StorySnapshot.created_at.desc(), StorySnapshot.name)))
+
+
+def get_snapshot(s: OrmSession, story: Session, snapshot_id: str) -> StorySnapshot:
+    row = s.get(StorySnapshot, snapshot_id) if snapshot_id else None
+    if row is None or row.session_id != story.id:
+        raise NotFoundError("That snapshot no longer exists in this story.")
+    return row
 
 
 # ------------------------------------------------------------------ generations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, chat, models
+from .tabs import FAST, chat, models, story
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -14,6 +14,15 @@ CSS = """
 #chat-alternatives { text-align: center; margin: auto 0; }
 #chat-model-state p { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 2px 0 0 4px; }
 #chat-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
+#story-alternatives, #story-notice p { text-align: center; margin: auto 0; }
+#story-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
+.story-doc { white-space: pre-wrap; font-family: Georgia, "Times New Roman", serif; font-size: 1.05em; line-height: 1.6;
+  min-height: 320px; max-height: 560px; overflow-y: auto; padding: 14px 18px; border: 1px solid var(--border-color-primary);
+  border-radius: var(--radius-lg); background: var(--background-fill-primary); }
+.story-empty { color: var(--body-text-color-subdued); font-family: inherit; }
+.story-user { color: var(--body-text-color); }
+.story-model { color: var(--color-accent); }
+.story-status { color: var(--body-text-color-subdued); font-style: italic; font-size: 0.85em; margin-left: 4px; }
 """
 
 
@@ -23,8 +32,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 chat_on_load = chat.build(ctx)
+            with gr.Tab("Story", id="story"):
+                story_on_load = story.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo)
+        story_on_load(demo)
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
     return demo

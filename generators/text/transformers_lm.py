@@ -171,6 +171,10 @@ class TransformersLM(TextGenerator):
     def has_chat_template(self) -> bool:
         return bool(self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None))
 
+    def supports_chat(self) -> bool:
+        """Once loaded the tokenizer decides: a base model without a chat template continues text."""
+        return self.has_chat_template if self.loaded else super().supports_chat()
+
     def memory_bytes(self) -> int:
         return int(self.model.get_memory_footprint()) if self.model is not None else 0
 

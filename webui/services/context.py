@@ -10,6 +10,7 @@ from storage import Store
 from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
+from .story_context import TokenCountCache
 
 
 class CancelTokens:
@@ -48,6 +49,7 @@ class AppContext:
     registry: Registry
     store: Store
     cancels: CancelTokens = field(default_factory=CancelTokens)
+    token_counts: TokenCountCache = field(default_factory=TokenCountCache)  # story context, per model
     default_owner: str = LOCAL_OWNER
 
     def owner_for(self, username: str | None) -> str:

@@ -1,0 +1,64 @@
+"""End to end on the real default model: `python launch.py` in a subprocess, a story written
+through gradio_client, then a restart on the same data folder — everything is still there."""
+
+from __future__ import annotations
+
+import re
+import signal
+from html import unescape
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from webui.settings import DEFAULT_MODEL
+
+pytestmark = pytest.mark.e2e
+
+NO_WI = {"headers": ["Keywords (comma-separated)", "Entry"], "data": [["", ""]]}
+
+
+def page(text: str, title: str) -> tuple:
+    sampler = (0.8, 0.95, 50, 0.0, 1.1, 40, None, "")  # temperature … stop strings; empty seed = random
+    return (title, "a gentle fairy tale", DEFAULT_MODEL, text, "Elsa is a young baker.", "Keep it cheerful.", 2, NO_WI, 10,
+            *sampler)  # fmt: skip
+
+
+def doc_text(html: str) -> str:
+    return unescape(re.sub(r"<span class=\"story-status\">.*?</span>|<[^>]+>", "", html))
+
+
+def test_story_continue_retry_undo_restart_everything_is_there(running_app, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    app = running_app(data)
+    client = Client(app.url, verbose=False)
+
+    client.predict(*page("Elsa opened her bakery at dawn.", "The Baker"), api_name="/write")
+    updates = list(client.submit(api_name="/continue"))
+    assert len(updates) > 2  # it streamed
+    first = doc_text(updates[-1][0])
+    assert first.startswith("Elsa opened her bakery at dawn.") and len(first) > len("Elsa opened her bakery at dawn.") + 5
+    html, notice, alt, _, inspector, sent = client.predict(api_name="/continue")
+    second = doc_text(html)
+    assert second.startswith(first) and len(second) > len(first)
+    assert "| Memory |" in inspector and "Elsa is a young baker." in sent and "[Author's note: Keep it cheerful.]" in sent
+
+    html, _, alt, *_ = client.predict(api_name="/retry")
+    assert "2 of 2" in alt and doc_text(html).startswith(first)
+    html, notice, alt, *_ = client.predict(api_name="/undo")
+    assert doc_text(html) == second and "1 of 2" in alt and "Undid “retry”" in notice
+    story_id = client.predict("", api_name="/list_stories")["value"]
+
+    # Ctrl-C, then start again on the same data folder
+    assert app.stop(signal.SIGINT) == 0
+    app2 = running_app(data)
+    fresh = Client(app2.url, verbose=False)
+    assert [c[1] for c in fresh.predict("", api_name="/list_stories")["choices"]] == [story_id]
+    opened = fresh.predict(story_id, "", api_name="/open_story")
+    assert doc_text(opened[0]) == second and "1 of 2" in opened[2]
+    assert opened[6] == "The Baker" and opened[10] == "Elsa is a young baker."  # title, memory
+    assert "Elsa is a young baker." in opened[5]  # the context inspector remembers the last request
+    html, _, alt, *_ = fresh.predict(api_name="/redo")  # the undone retry is still there
+    assert "2 of 2" in alt and doc_text(html).startswith(first)
+    html, *_ = fresh.predict(api_name="/undo")
+    assert doc_text(html) == second

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
@@ -305,11 +306,35 @@ def group_sizes(s: OrmSession, story: Session, group_ids: Sequence[str]) -> dict
     return out
 
 
-def add_snapshot(s: OrmSession, story: Session, name: str, passages: list[dict[str, Any]]) -> StorySnapshot:
-    row = StorySnapshot(id=new_id(), session_id=story.id, name=name.strip()[:200], passages=passages)
+def all_passages(s: OrmSession, story: Session) -> list[StoryPassage]:
+    """Every passage of the story ever written (every version), in creation order."""
+    return list(s.scalars(select(StoryPassage).where(StoryPassage.session_id == story.id).order_by(StoryPassage.seq)))
+
+
+def edits_of(s: OrmSession, story: Session) -> list[StoryEdit]:
+    """The whole undo log, oldest first (the cursor is `story.active_leaf_id`)."""
+    return list(s.scalars(select(StoryEdit).where(StoryEdit.session_id == story.id).order_by(StoryEdit.seq)))
+
+
+def add_snapshot(
+    s: OrmSession, story: Session, name: str, passages: list[dict[str, Any]], created_at: datetime | None = None
+) -> StorySnapshot:
+    row = StorySnapshot(
+        id=new_id(), session_id=story.id, name=name.strip()[:200], passages=passages, created_at=created_at or utcnow()
+    )
     s.add(row)
     s.flush()
     return row
+
+
+def rename_snapshot(s: OrmSession, story: Session, snapshot_id: str, name: str) -> StorySnapshot:
+    row = get_snapshot(s, story, snapshot_id)
+    row.name = name.strip()[:200]
+    return row
+
+
+def delete_snapshot(s: OrmSession, story: Session, snapshot_id: str) -> None:
+    s.delete(get_snapshot(s, story, snapshot_id))
 
 
 def snapshots_of(s: OrmSession, story: Session) -> list[StorySnapshot]:

@@ -30,8 +30,8 @@ def test_build_app_has_the_story_api(make_ctx) -> None:
     assert isinstance(demo, gr.Blocks)
     names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"write", "continue", "retry", "undo", "redo", "story_stop", "new_story", "open_story", "list_stories",
-            "fork_story", "delete_story", "save_snapshot", "restore_snapshot", "story_export_json", "import_story",
-            "edit_passage"} <= names  # fmt: skip
+            "fork_story", "delete_story", "save_snapshot", "restore_snapshot", "rename_snapshot", "delete_snapshot",
+            "story_export_json", "import_story", "edit_passage"} <= names  # fmt: skip
     assert {"send", "reply", "stop"} <= names  # chat is still there
 
 
@@ -121,9 +121,16 @@ def test_snapshot_fork_export_import_delete(app, tmp_path: Path) -> None:
     list(client.submit(api_name="/continue"))
     snaps = client.predict("draft", api_name="/save_snapshot")[0]
     assert snaps["choices"][0][0].startswith("draft ·")
+    snap_id = snaps["choices"][0][1]
+    renamed = client.predict(snap_id, "final draft", api_name="/rename_snapshot")[0]
+    assert renamed["choices"][0][0].startswith("final draft ·") and renamed["value"] == snap_id
+    client.predict("spare", api_name="/save_snapshot")
+    left = client.predict(snap_id, api_name="/delete_snapshot")  # (the hidden confirm row is not an API output)
+    assert [c[0].split(" ·")[0] for c in left["choices"]] == ["spare"]
     path = file_path(client.predict(api_name="/story_export_json"))
     data = json.loads(path.read_text())
-    assert data["format"] == "aigc-studio.story.v1" and data["title"] == "Saga"
+    assert data["format"] == "aigc-studio.story.v2" and data["title"] == "Saga"
+    assert [s["name"] for s in data["snapshots"]] == ["spare"]
     assert file_path(client.predict(api_name="/story_export_md")).read_text().startswith("# Saga")
     forked = client.predict("", api_name="/fork_story")
     assert "Forked from" in forked[1]

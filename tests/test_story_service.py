@@ -1,9 +1,8 @@
 """Story use cases with a scripted fake model: continue, stop, retry, undo/redo, edits,
-snapshots, fork, export/import, recovery after a crash."""
+recovery after a crash (snapshots, fork, export/import: test_story_archive.py)."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -226,28 +225,6 @@ def test_snapshots_fork_rename_delete_search(ctx) -> None:
     assert [s.title for s in svc.list_stories(ctx, OWNER)] == ["Tale (fork)"]
     with pytest.raises(Exception, match="was found"):
         svc.get_story(ctx, OWNER, story.id)
-
-
-def test_export_import_round_trip(ctx) -> None:
-    story = new_story(ctx, memory="Mara.", world_info=[["dragon", "Dragons."]])
-    last(svc.continue_story(ctx, OWNER, story.id, svc.settings_from_json(ctx, story.settings)))
-    svc.save_snapshot(ctx, OWNER, story.id, "v1")
-    svc.write(ctx, OWNER, story.id, "More.\n\nAnd more.")
-    data = svc.export_json(ctx, OWNER, story.id)
-    copy = svc.import_json(ctx, OWNER, json.dumps(data).encode())
-    assert copy.id != story.id and copy.text == svc.get_story(ctx, OWNER, story.id).text
-    again = svc.export_json(ctx, OWNER, copy.id)
-    strip = lambda d: {k: v for k, v in d.items() if k != "created_at"} | {  # noqa: E731
-        "snapshots": [{k: v for k, v in x.items() if k != "created_at"} for x in d["snapshots"]]
-    }
-    assert strip(again) == strip(data)
-    md = svc.export_markdown(ctx, OWNER, story.id)
-    assert md.startswith("# Tale\n\n") and "And more." in md
-    assert svc.export_text(ctx, OWNER, story.id).startswith("Once upon a time")
-    with pytest.raises(InvalidOptionsError, match="not valid JSON"):
-        svc.import_json(ctx, OWNER, b"{nope")
-    with pytest.raises(InvalidOptionsError, match="not an AIGC Studio story export"):
-        svc.import_json(ctx, OWNER, {"format": "aigc-studio.session.v1"})
 
 
 def test_token_counts_are_cached_across_continues(ctx) -> None:

@@ -4,6 +4,9 @@
     POST /v1/chat/completions      (stream: true → server-sent events)
     GET  /api/chats?q=TEXT         list chats
     GET  /api/chats/{id}           one chat: every message of every branch, and the visible one
+    GET  /api/stories?q=TEXT       list stories
+    GET  /api/stories/{id}         one story: its JSON export (every version, the undo history,
+                                   settings, snapshots), its visible passages and its text
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from storage.repository import NotFoundError
 
 from .protocol import ChatCompletionRequest, chunk_body, completion_body, error_body, usage
 from .services import chat as chat_service
+from .services import story as story_service
 from .services.context import AppContext
 from .services.generation import RunResult, sampling_params, stream_text
 
@@ -120,6 +124,28 @@ def build_router(ctx: AppContext) -> APIRouter:
             {"id": m.id, "role": m.role, "content": m.content, "status": m.status, "branch": [m.branch, m.branches]}
             for m in view.messages
         ]
+        return data
+
+    @router.get("/api/stories")
+    def api_list_stories(request: Request, q: str = "") -> Any:
+        stories = story_service.list_stories(ctx, owner_of(request), q)
+        return {"data": [{"id": c.id, "title": c.title, "updated_at": c.updated_at.isoformat()} for c in stories]}
+
+    @router.get("/api/stories/{story_id}")
+    def api_get_story(request: Request, story_id: str) -> Any:
+        try:
+            owner = owner_of(request)
+            data = story_service.export_json(ctx, owner, story_id)
+            view = story_service.get_story(ctx, owner, story_id)
+        except (StudioError, StorageError) as exc:
+            return error_response(exc)
+        data["id"] = story_id
+        data["text"] = view.text
+        data["visible"] = [
+            {"id": p.id, "author": p.author, "text": p.text, "status": p.status, "model": p.model,
+             "version": [p.version, p.versions]}
+            for p in view.passages
+        ]  # fmt: skip
         return data
 
     return router

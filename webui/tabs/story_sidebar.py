@@ -33,6 +33,11 @@ class Sidebar:
     snap_save: gr.Button
     snapshots: gr.Dropdown
     snap_restore: gr.Button
+    snap_rename: gr.Button
+    snap_delete: gr.Button
+    snap_confirm_row: gr.Row
+    snap_confirm: gr.Button
+    snap_keep: gr.Button
     export_md: gr.Button
     export_txt: gr.Button
     export_json: gr.Button
@@ -60,14 +65,22 @@ def build_layout() -> Sidebar:
         download = gr.File(label="Download", visible=False, interactive=False)
         upload = gr.UploadButton("Import .json", file_types=[".json"], size="sm")
     with gr.Accordion("Snapshots", open=False):
-        snap_name = gr.Textbox(label="Name this version", placeholder="e.g. before the twist")
-        snap_save = gr.Button("Save snapshot", size="sm")
+        snap_name = gr.Textbox(label="Name this version", placeholder="e.g. before the twist", elem_id="story-snap-name")
+        with gr.Row():
+            snap_save = gr.Button("Save snapshot", size="sm", elem_id="story-snap-save")
+            snap_rename = gr.Button("Rename picked", size="sm", elem_id="story-snap-rename")
         snapshots = gr.Dropdown([], label="Saved versions", elem_id="story-snapshots")
-        snap_restore = gr.Button("Return to it", size="sm")
+        with gr.Row():
+            snap_restore = gr.Button("Return to it", size="sm")
+            snap_delete = gr.Button("Delete…", size="sm", variant="stop", elem_id="story-snap-delete")
+        with gr.Row(visible=False) as snap_confirm_row:
+            snap_confirm = gr.Button("Delete snapshot", size="sm", variant="stop", elem_id="story-snap-delete-confirm")
+            snap_keep = gr.Button("Keep it", size="sm")
     open_id = gr.Textbox(visible=False)
     return Sidebar(
         new, search, stories, rename, fork, delete, confirm_row, confirm, cancel, snap_name, snap_save,
-        snapshots, snap_restore, export_md, export_txt, export_json, download, upload, open_id,
+        snapshots, snap_restore, snap_rename, snap_delete, snap_confirm_row, snap_confirm, snap_keep,
+        export_md, export_txt, export_json, download, upload, open_id,
     )  # fmt: skip
 
 
@@ -100,10 +113,11 @@ def wire(
         stories = svc.list_stories(ctx, owner(request), query or "")
         return gr.Radio(choices=[(c.title, c.id) for c in stories], value=sid if any(c.id == sid for c in stories) else None)
 
-    def snapshot_choices(sid: str | None, request: gr.Request) -> Any:
+    def snapshot_choices(sid: str | None, request: gr.Request, keep: str | None = None) -> Any:
         snaps = svc.list_snapshots(ctx, owner(request), sid) if sid else []
         label = "{} · {:%Y-%m-%d %H:%M} · {:,} chars"
-        return gr.Dropdown(choices=[(label.format(x.name, x.created_at, x.chars), x.id) for x in snaps], value=None)
+        value = keep if any(x.id == keep for x in snaps) else None
+        return gr.Dropdown(choices=[(label.format(x.name, x.created_at, x.chars), x.id) for x in snaps], value=value)
 
     def opened(view: svc.StoryView, query: str, request: gr.Request) -> dict[Any, Any]:
         return {
@@ -111,6 +125,7 @@ def wire(
             side.stories: refresh_list(query, view.id, request),
             side.snapshots: snapshot_choices(view.id, request),
             side.confirm_row: gr.Row(visible=False),
+            side.snap_confirm_row: gr.Row(visible=False),
         }
 
     @ui_errors
@@ -144,6 +159,7 @@ def wire(
             side.stories: refresh_list(query, None, request),
             side.snapshots: gr.Dropdown(choices=[], value=None),
             side.confirm_row: gr.Row(visible=False),
+            side.snap_confirm_row: gr.Row(visible=False),
         }
 
     @ui_errors
@@ -151,6 +167,22 @@ def wire(
         svc.save_snapshot(ctx, owner(request), sid or "", name)
         gr.Info(f"Snapshot “{name.strip()}” saved.")
         return {side.snapshots: snapshot_choices(sid, request), side.snap_name: ""}
+
+    @ui_errors
+    def rename_snapshot(sid: str | None, snap: str | None, name: str, request: gr.Request) -> dict[Any, Any]:
+        if not snap:
+            raise gr.Error("Pick a saved version to rename first.")
+        svc.rename_snapshot(ctx, owner(request), sid or "", snap, name)
+        gr.Info(f"Snapshot renamed to “{name.strip()}”.")
+        return {side.snapshots: snapshot_choices(sid, request, keep=snap), side.snap_name: ""}
+
+    @ui_errors
+    def delete_snapshot(sid: str | None, snap: str | None, request: gr.Request) -> dict[Any, Any]:
+        if not snap:
+            raise gr.Error("Pick a saved version to delete first.")
+        svc.delete_snapshot(ctx, owner(request), sid or "", snap)
+        gr.Info("Snapshot deleted.")
+        return {side.snapshots: snapshot_choices(sid, request), side.snap_confirm_row: gr.Row(visible=False)}
 
     @ui_errors
     def restore(sid: str | None, snap: str | None, request: gr.Request) -> dict[Any, Any]:
@@ -179,7 +211,7 @@ def wire(
             raise gr.Error("No file was received.")
         return opened(svc.import_json(ctx, owner(request), Path(path).read_bytes()), query, request)
 
-    opened_outputs = view_outputs + [side.stories, side.snapshots, side.confirm_row]
+    opened_outputs = view_outputs + [side.stories, side.snapshots, side.confirm_row, side.snap_confirm_row]
     private = {"api_visibility": "private"}
     side.stories.select(
         open_story, [side.stories, side.search], opened_outputs, **FAST, api_name="select_story", **private
@@ -195,6 +227,16 @@ def wire(
     side.snap_save.click(
         save_snapshot, [story_id, side.snap_name], [side.snapshots, side.snap_name], **FAST, api_name="save_snapshot"
     )
+    side.snap_rename.click(
+        rename_snapshot, [story_id, side.snapshots, side.snap_name], [side.snapshots, side.snap_name], **FAST,
+        api_name="rename_snapshot",
+    )  # fmt: skip
+    side.snap_delete.click(lambda: gr.Row(visible=True), None, side.snap_confirm_row, **FAST, **private)
+    side.snap_keep.click(lambda: gr.Row(visible=False), None, side.snap_confirm_row, **FAST, **private)
+    side.snap_confirm.click(
+        delete_snapshot, [story_id, side.snapshots], [side.snapshots, side.snap_confirm_row], **FAST,
+        api_name="delete_snapshot",
+    )  # fmt: skip
     side.snap_restore.click(restore, [story_id, side.snapshots], view_outputs, **FAST, api_name="restore_snapshot")
     for fmt, button in (("md", side.export_md), ("txt", side.export_txt), ("json", side.export_json)):
         button.click(exporter(fmt), story_id, side.download, **FAST, api_name=f"story_export_{fmt}")

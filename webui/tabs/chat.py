@@ -11,20 +11,12 @@ from typing import Any
 
 import gradio as gr
 
-from generators.base import SamplingParams
-
 from ..errors import ui_errors
 from ..services import chat as svc
 from ..services.context import AppContext
 from . import FAST, chat_sidebar
 from .chat_view import alternatives_label, chatbot_messages, default_focus
-
-PARAM_FIELDS = SamplingParams.model_fields
-
-
-def _slider(name: str, label: str, minimum: float, maximum: float, step: float) -> gr.Slider:
-    field = PARAM_FIELDS[name]
-    return gr.Slider(minimum, maximum, value=field.default, step=step, label=label, info=field.description)
+from .sampler import build_sampler
 
 
 def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
@@ -71,34 +63,13 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
                 alt_label = gr.Markdown("", elem_id="chat-alternatives")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="chat-next")
-            with gr.Accordion("Sampler settings", open=False):
-                with gr.Row():
-                    temperature = _slider("temperature", "Temperature", 0.0, 2.0, 0.05)
-                    top_p = _slider("top_p", "Top-p", 0.01, 1.0, 0.01)
-                    top_k = _slider("top_k", "Top-k", 0, 200, 1)
-                    min_p = _slider("min_p", "Min-p", 0.0, 1.0, 0.01)
-                with gr.Row():
-                    repetition_penalty = _slider("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.01)
-                    max_new_tokens = _slider("max_new_tokens", "Max new tokens", 1, 2048, 1)
-                    seed = gr.Number(None, label="Seed", precision=0, info="empty = random", minimum=0)
-                    stop_strings = gr.Textbox(label="Stop strings", placeholder="one per line", lines=2)
+            sampler = build_sampler()
 
-    sampler = {temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed, stop_strings}
-    gen_inputs = {chat_id, model, system_prompt} | sampler
+    gen_inputs = {chat_id, model, system_prompt, *sampler.components}
 
     # ------------------------------------------------------------ handlers
     def settings_from(values: dict[Any, Any]) -> svc.ReplySettings:
-        stops = tuple(s for s in (values[stop_strings] or "").splitlines() if s)
-        params = {
-            "temperature": values[temperature],
-            "top_p": values[top_p],
-            "top_k": int(values[top_k]),
-            "min_p": values[min_p],
-            "repetition_penalty": values[repetition_penalty],
-            "max_new_tokens": int(values[max_new_tokens]),
-            "seed": None if values[seed] is None else int(values[seed]),
-            "stop": stops,
-        }
+        params = sampler.params(values)
         return svc.reply_settings(ctx, values[model], params, values[system_prompt] or "")
 
     def render(view: svc.ChatView, focus: str | None = None) -> dict[Any, Any]:

@@ -13,23 +13,15 @@ from typing import Any
 
 import gradio as gr
 
-from generators.base import SamplingParams
-
 from ..errors import ui_errors
 from ..services import story as svc
 from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
 from . import FAST, story_sidebar
+from .sampler import build_sampler
 from .story_view import alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
 
 STREAM_EVERY_S = 0.08  # the whole document is re-sent on each update: a few per second is plenty
-PARAM_FIELDS = SamplingParams.model_fields
-SAMPLER_NAMES = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed", "stop")
-
-
-def _slider(name: str, label: str, minimum: float, maximum: float, step: float) -> gr.Slider:
-    field = PARAM_FIELDS[name]
-    return gr.Slider(minimum, maximum, value=field.default, step=step, label=label, info=field.description)
 
 
 def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
@@ -77,34 +69,19 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                     interactive=True, elem_id="story-world-info",
                 )  # fmt: skip
                 scan_depth = gr.Slider(1, MAX_DEPTH, value=10, step=1, label="Scan depth", info="recent paragraphs searched")
-            with gr.Accordion("Sampler settings", open=False):
-                with gr.Row():
-                    temperature = _slider("temperature", "Temperature", 0.0, 2.0, 0.05)
-                    top_p = _slider("top_p", "Top-p", 0.01, 1.0, 0.01)
-                    top_k = _slider("top_k", "Top-k", 0, 200, 1)
-                    min_p = _slider("min_p", "Min-p", 0.0, 1.0, 0.01)
-                with gr.Row():
-                    repetition_penalty = _slider("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.01)
-                    max_new_tokens = gr.Slider(1, 2048, value=120, step=1, label="Max new tokens",
-                                               info=PARAM_FIELDS["max_new_tokens"].description)  # fmt: skip
-                    seed = gr.Number(None, label="Seed", precision=0, info="empty = random", minimum=0)
-                    stop_strings = gr.Textbox(label="Stop strings", placeholder="one per line", lines=2)
+            sampler = build_sampler(max_new_tokens=120)
             with gr.Accordion("Context inspector: what was sent to the model last time", open=False):
                 inspector = gr.Markdown(inspector_markdown(None), elem_id="story-inspector")
                 sent = gr.Textbox(label="Exactly as sent", lines=8, max_lines=30, interactive=False)
 
-    sampler = (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed, stop_strings)
-    settings_fields = [model, premise, memory, authors_note, an_depth, world_info, scan_depth, *sampler]
+    settings_fields = [model, premise, memory, authors_note, an_depth, world_info, scan_depth, *sampler.components]
 
     # ------------------------------------------------------------ handlers
     def owner(request: gr.Request) -> str:
         return ctx.owner_for(getattr(request, "username", None))
 
     def settings_from(values: dict[Any, Any]) -> svc.StorySettings:
-        params = {name: values[c] for name, c in zip(SAMPLER_NAMES, sampler, strict=True)}
-        params["stop"] = tuple(s for s in (params["stop"] or "").splitlines() if s)
-        params["top_k"], params["max_new_tokens"] = int(params["top_k"]), int(params["max_new_tokens"])
-        params["seed"] = None if params["seed"] is None else int(params["seed"])
+        params = sampler.params(values)
         table = values[world_info]
         rows = table.values.tolist() if hasattr(table, "values") else (table or {}).get("data", table) or []
         return svc.story_settings(
@@ -135,7 +112,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         p = st["params"]
         values = [st["model"], st["premise"], st["memory"], st["authors_note"], st["an_depth"],
                   [[", ".join(e["keys"]), e["text"]] for e in st["world_info"]] or [["", ""]], st["scan_depth"],
-                  *(p[n] for n in SAMPLER_NAMES[:-1]), "\n".join(p["stop"])]  # fmt: skip
+                  *sampler.values_of(p)]  # fmt: skip
         return {**out, **dict(zip(settings_fields, values, strict=True))}
 
     def _passage_text(view: svc.StoryView, pid: str | None) -> str:

@@ -12,7 +12,7 @@ from tests.conftest import free_port
 from webui.app import build_app
 from webui.server import launch
 
-SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 256, None, "")  # temperature … stop strings, in the page's order
+SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 256, "", "")  # temperature … stop strings, in the page's order
 
 
 def test_build_app_without_launching(make_ctx) -> None:
@@ -77,6 +77,8 @@ def test_errors_reach_the_page_as_messages(app) -> None:
         client.predict("quick", "", "   ", *SAMPLER, api_name="/send")
     with pytest.raises(Exception, match="not in the list of choices"):
         client.predict("gone", "", "hi", *SAMPLER, api_name="/send")
+    with pytest.raises(Exception, match="Seed must be a whole number"):
+        client.predict("quick", "", "hi", *SAMPLER[:6], "lucky", "", api_name="/send")
     with pytest.raises(Exception, match="Open or start a chat"):
         client.predict(api_name="/regenerate")
     # and the app still answers

@@ -24,7 +24,7 @@ GREEDY = (0.0, 0.95, 50, 0.0, 1.0)  # temperature, top_p, top_k, min_p, repetiti
 
 
 def sampler(max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> tuple:
-    return (temperature, *GREEDY[1:], max_new_tokens, seed, "")
+    return (temperature, *GREEDY[1:], max_new_tokens, "" if seed is None else str(seed), "")
 
 
 def text_of(message: dict) -> str:

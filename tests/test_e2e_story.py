@@ -19,7 +19,7 @@ NO_WI = {"headers": ["Keywords (comma-separated)", "Entry"], "data": [["", ""]]}
 
 
 def page(text: str, title: str) -> tuple:
-    sampler = (0.8, 0.95, 50, 0.0, 1.1, 40, None, "")  # temperature … stop strings; empty seed = random
+    sampler = (0.8, 0.95, 50, 0.0, 1.1, 40, "", "")  # temperature … stop strings; empty seed = random
     return (title, "a gentle fairy tale", DEFAULT_MODEL, text, "Elsa is a young baker.", "Keep it cheerful.", 2, NO_WI, 10,
             *sampler)  # fmt: skip
 

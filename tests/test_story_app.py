@@ -16,7 +16,7 @@ from webui.server import launch
 
 # The /write and /new_story inputs in the page's order: title, model, premise, your text, memory,
 # author's note, depth, world info, scan depth, then the sampler (temperature … stop strings).
-SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 64, 7, "")
+SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 64, "7", "")
 NO_WI = {"headers": ["Keywords (comma-separated)", "Entry"], "data": [["", ""]]}
 
 

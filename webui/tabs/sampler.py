@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from generators.base import SamplingParams
+from generators.base import InvalidOptionsError, SamplingParams
 
 NAMES = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed", "stop")
 FIELDS = SamplingParams.model_fields
@@ -19,6 +19,16 @@ def _slider(name: str, label: str, minimum: float, maximum: float, step: float, 
                      info=field.description)  # fmt: skip
 
 
+def parse_seed(value: Any) -> int | None:
+    """'' or None → a random seed; otherwise a whole number (bounds are checked by SamplingParams)."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise InvalidOptionsError(f"Seed must be a whole number (or empty for random), not {str(value)[:40]!r}.") from None
+
+
 @dataclass(frozen=True)
 class SamplerControls:
     components: tuple[Any, ...]  # in NAMES order
@@ -28,12 +38,14 @@ class SamplerControls:
         raw = {name: values[c] for name, c in zip(NAMES, self.components, strict=True)}
         raw["stop"] = tuple(s for s in (raw["stop"] or "").splitlines() if s)
         raw["top_k"], raw["max_new_tokens"] = int(raw["top_k"]), int(raw["max_new_tokens"])
-        raw["seed"] = None if raw["seed"] is None else int(raw["seed"])
+        raw["seed"] = parse_seed(raw["seed"])
         return raw
 
     def values_of(self, params: dict[str, Any]) -> list[Any]:
         """Saved SamplingParams fields → values for the components, in order."""
-        return [*(params[n] for n in NAMES[:-1]), "\n".join(params.get("stop") or ())]
+        values = [params[n] for n in NAMES[:-1]]
+        values[NAMES.index("seed")] = "" if params.get("seed") is None else str(params["seed"])
+        return [*values, "\n".join(params.get("stop") or ())]
 
 
 def build_sampler(max_new_tokens: int | None = None) -> SamplerControls:
@@ -47,6 +59,6 @@ def build_sampler(max_new_tokens: int | None = None) -> SamplerControls:
         with gr.Row():
             repetition_penalty = _slider("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.01)
             max_new = _slider("max_new_tokens", "Max new tokens", 1, 2048, 1, max_new_tokens)
-            seed = gr.Number(None, label="Seed", precision=0, info="empty = random", minimum=0)
+            seed = gr.Textbox("", label="Seed", placeholder="random", info="a whole number repeats a reply; empty = random")
             stop = gr.Textbox(label="Stop strings", placeholder="one per line", lines=2)
     return SamplerControls((temperature, top_p, top_k, min_p, repetition_penalty, max_new, seed, stop))

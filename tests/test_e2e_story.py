@@ -62,3 +62,35 @@ def test_story_continue_retry_undo_restart_everything_is_there(running_app, tmp_
     assert "2 of 2" in alt and doc_text(html).startswith(first)
     html, *_ = fresh.predict(api_name="/undo")
     assert doc_text(html) == second
+
+
+def test_kill_mid_continuation_keeps_what_was_shown(running_app, tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    data = tmp_path / "data"
+    app = running_app(data)
+    client = Client(app.url, verbose=False)
+    opening = "The storm reached the harbour at midnight."
+    title, premise, model, text, memory, note, depth, wi, scan, *sampler = page(opening, "Storm")
+    sampler[5] = 400  # max new tokens: long enough to be cut off
+    client.predict(title, premise, model, text, memory, note, depth, wi, scan, *sampler, api_name="/write")
+    job = client.submit(api_name="/continue")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        outs = job.outputs()
+        if outs and len(doc_text(outs[-1][0])) > len(opening) + 60:
+            break
+        time.sleep(0.1)
+    time.sleep(1.2)  # past one save interval
+    seen = doc_text(job.outputs()[-1][0])
+    app.stop(signal.SIGKILL)
+
+    app2 = running_app(data)
+    story = httpx.get(f"{app2.url}/api/stories").json()["data"][0]
+    full = httpx.get(f"{app2.url}/api/stories/{story['id']}").json()
+    assert full["text"].startswith(opening)
+    kept = full["text"][len(opening):].strip()
+    assert len(kept) > 30 and seen.replace(" ", "").startswith(full["text"].replace(" ", "")[: len(opening) + 30])
+    assert full["visible"][-1]["status"] == "interrupted"

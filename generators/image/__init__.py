@@ -1,0 +1,1 @@
+"""Image models: a class-conditional GAN and VAE, their data, training and evaluation."""

@@ -23,7 +23,7 @@ class VAEConfig:
     channels: int = 1
     num_classes: int = 10
     z_dim: int = 32
-    width: int = 32         # conv channels at the first (full-resolution) stage, x2 per halving
+    width: int = 16         # conv channels at the first (full-resolution) stage, x2 per halving
     hidden: int = 256       # fully connected layer between the conv stack and z
     class_dim: int = 16     # class embedding size fed to encoder and decoder
     res_blocks: int = 0     # residual blocks after each resolution change, encoder and decoder

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +31,8 @@ CAP_COMPLETION = "completion"  # continues raw text
 CAP_CANCEL = "cancel"
 CAP_QUANTIZATION = "quantization"
 CAP_SEED = "seed"
+CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
+CAP_RECONSTRUCT = "reconstruct"  # image: encode a given image, decode it (as any class)
 
 
 # ---------------------------------------------------------------- errors
@@ -174,6 +176,25 @@ class TextChunk:
     stats: GenerationStats | None = None
 
 
+@dataclass(frozen=True)
+class ImageEnd:
+    """One end of an image request: which class (index into `class_names`) from which seed.
+
+    Every image has its own seed, so any image of a batch can be made again on its own.
+    """
+
+    label: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    """Images as uint8 arrays (N, H, W, C), with what identifies the weights that made them."""
+
+    pixels: Any  # numpy.ndarray, uint8, (N, H, W, C)
+    weights_hash: str
+
+
 # ---------------------------------------------------------------- plugin base
 
 
@@ -269,6 +290,34 @@ class TextGenerator(Generator):
         """Whether role-tagged messages work well (an instruct model with a chat template);
         False means plain text continuation (`TextRequest(prompt=...)`) suits it better."""
         return CAP_CHAT in self.info.capabilities
+
+
+class ImageGenerator(Generator):
+    """An image plugin: class-conditional sampling from seeds; optional latent walks and reconstruction.
+
+    `params` is a validated instance of `info.params`. Same weights, params and seeds give the
+    same pixels on CPU, whatever the batch size.
+    """
+
+    @property
+    @abstractmethod
+    def class_names(self) -> list[str]:
+        """Class names, known without loading the weights."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> tuple[int, int, int]:
+        """(height, width, channels)."""
+
+    @abstractmethod
+    def sample(self, ends: Sequence[ImageEnd], params: BaseModel) -> ImageOutput: ...
+
+    def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
+        raise InvalidOptionsError(f"{self.name} cannot interpolate between images.")
+
+    def reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
+        """Encode `pixels` (H, W, C uint8, already at `image_size`) as class `label`, decode as each target."""
+        raise InvalidOptionsError(f"{self.name} cannot reconstruct images.")
 
 
 def release_accelerator_memory() -> None:

@@ -142,3 +142,32 @@ class StorySnapshot(Base):
     name: Mapped[str] = mapped_column(String(200))
     passages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[Created]
+
+
+class ImageRecord(Base):
+    """One saved image output: a sample, an interpolation strip (with its GIF) or a reconstruction.
+
+    The file lives under DATA_DIR/images, named by id; `content_hash` (sha256 of the PNG bytes)
+    proves a re-run made the very same file.
+    """
+
+    __tablename__ = "images"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    kind: Mapped[str] = mapped_column(String(16), default="sample")  # sample | interpolation | reconstruction
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    plugin: Mapped[str] = mapped_column(String(64))
+    weights_hash: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int | None]  # class index (None: a mix, e.g. an interpolation between classes)
+    class_name: Mapped[str] = mapped_column(String(200), default="")
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # everything needed to make it again
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)  # images of one request
+    file: Mapped[str] = mapped_column(String(300))  # relative to DATA_DIR
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int]
+    height: Mapped[int]
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    created_at: Mapped[Created]
+
+    __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
 from .db import StorageError
-from .models import Generation, Message, Session, StoryEdit, StoryPassage, StorySnapshot, new_id, utcnow
+from .models import Generation, ImageRecord, Message, Session, StoryEdit, StoryPassage, StorySnapshot, new_id, utcnow
 
 EXPORT_FORMAT = "aigc-studio.session.v1"
 
@@ -445,3 +445,52 @@ def import_session(s: OrmSession, owner: str, data: dict[str, Any], kind: str | 
     leaf = data.get("active_leaf_id")
     session.active_leaf_id = new_ids.get(leaf) if leaf else (msg.id if messages else None)
     return session
+
+
+# ------------------------------------------------------------------ images
+
+
+def add_image(s: OrmSession, owner: str, **fields: Any) -> ImageRecord:
+    image = ImageRecord(owner=owner, **fields)
+    s.add(image)
+    s.flush()
+    return image
+
+
+def get_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
+    image = s.get(ImageRecord, image_id)
+    if image is None or image.owner != owner:
+        raise NotFoundError("That image does not exist (it may have been deleted).")
+    return image
+
+
+def _image_filter(owner: str, model: str | None, label: int | None) -> list[Any]:
+    where = [ImageRecord.owner == owner]
+    if model:
+        where.append(ImageRecord.model == model)
+    if label is not None:
+        where.append(ImageRecord.label == label)
+    return where
+
+
+def list_images(s: OrmSession, owner: str, model: str | None = None, label: int | None = None,
+                offset: int = 0, limit: int = 24) -> tuple[list[ImageRecord], int]:
+    """One page of an owner's images, newest first, and the total that match."""
+    where = _image_filter(owner, model, label)
+    total = s.scalar(select(func.count()).select_from(ImageRecord).where(*where)) or 0
+    rows = s.scalars(
+        select(ImageRecord).where(*where).order_by(ImageRecord.created_at.desc(), ImageRecord.id.desc())
+        .offset(offset).limit(limit)
+    )
+    return list(rows), total
+
+
+def image_models(s: OrmSession, owner: str) -> list[str]:
+    return list(s.scalars(select(ImageRecord.model).where(ImageRecord.owner == owner).distinct().order_by(ImageRecord.model)))
+
+
+def delete_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
+    image = get_image(s, owner, image_id)
+    s.delete(image)
+    s.flush()
+    return image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, chat, models, story
+from .tabs import FAST, chat, gallery, image, models, story
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -22,6 +22,9 @@ CSS = """
 .story-empty { color: var(--body-text-color-subdued); font-family: inherit; }
 .story-user { color: var(--body-text-color); }
 .story-model { color: var(--color-accent); }
+#image-notice p, #gallery-summary p, #gallery-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
+#image-grid img, #image-strip img, #image-gif img, #image-reconstruction img, #gallery-preview img,
+#image-gallery img, #gallery-grid img { image-rendering: pixelated; }
 .story-status { color: var(--body-text-color-subdued); font-style: italic; font-size: 0.85em; margin-left: 4px; }
 """
 
@@ -34,9 +37,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 chat_on_load = chat.build(ctx)
             with gr.Tab("Story", id="story"):
                 story_on_load = story.build(ctx)
+            with gr.Tab("Image", id="image"):
+                image.build(ctx)
+            with gr.Tab("Gallery", id="gallery") as gallery_tab:
+                show_gallery, gallery_inputs, gallery_outputs = gallery.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo)
         story_on_load(demo)
+        gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
     return demo

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from generators.base import StudioError
 from generators.registry import ModelSpec, Registry
 from storage import Store
 
@@ -27,11 +28,15 @@ def create_context(settings: Settings) -> AppContext:
         log.warning("%d reply/replies were cut off by the last shutdown; they are kept and marked interrupted", recovered)
     budget = int(settings.memory_budget_gb * 2**30) if settings.memory_budget_gb else None
     registry = Registry.discover(
-        [ModelSpec(m.name, m.plugin, dict(m.options)) for m in settings.model_list()],
         memory_budget_bytes=budget,
         cache_dir=str(settings.model_cache_dir or data_dir / "models"),
         concurrency=settings.concurrency,
     )
+    for m in settings.model_list():
+        try:
+            registry.add(ModelSpec(m.name, m.plugin, dict(m.options)))
+        except StudioError as exc:  # one misconfigured model must not keep the others from serving
+            log.error("Model %r is not available: %s", m.name, exc)
     return AppContext(settings=settings, registry=registry, store=store)
 
 

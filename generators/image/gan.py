@@ -53,6 +53,11 @@ def sample_latent(n: int, z_dim: int, truncation: float | None = None,
 
 # ---------------------------------------------------------------------------- generator
 
+def embed_labels(embedding: nn.Embedding, y: torch.Tensor) -> torch.Tensor:
+    """Look up class ids (B,) or mix rows by class weights (B, num_classes) for in-between classes."""
+    return y.to(embedding.weight.dtype) @ embedding.weight if y.is_floating_point() else embedding(y)
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm without its own affine; per-class gain and bias come from embeddings."""
 
@@ -65,8 +70,9 @@ class ConditionalBatchNorm2d(nn.Module):
         nn.init.zeros_(self.bias.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, H, W), y: (B,) -> (B, C, H, W)
-        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+        # x: (B, C, H, W), y: (B,) class ids or (B, num_classes) class weights -> (B, C, H, W)
+        gain, bias = embed_labels(self.gain, y), embed_labels(self.bias, y)
+        return self.bn(x) * gain[:, :, None, None] + bias[:, :, None, None]
 
 
 class UpBlock(nn.Module):
@@ -95,7 +101,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # z: (B, z_dim), y: (B,) class ids -> (B, channels, size, size) in [-1, 1]
-        assert z.shape[1] == self.config.z_dim and y.shape == z.shape[:1]
+        assert z.shape[1] == self.config.z_dim and y.shape[0] == z.shape[0]
         h = self.fc(z).view(-1, self.base, 4, 4)  # (B, base, 4, 4)
         for block in self.blocks:
             h = block(h, y)  # doubles H, W each time

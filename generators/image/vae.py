@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .gan import embed_labels
+
 
 @dataclass
 class VAEConfig:
@@ -131,10 +133,10 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (mu, logvar), each (B, z_dim)."""
         assert x.shape[1:] == (self.config.channels, self.config.size, self.config.size)
-        return self.encoder(x, self.class_embed(y))
+        return self.encoder(x, embed_labels(self.class_embed, y))
 
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z, self.class_embed(y))
+        return self.decoder(z, embed_labels(self.class_embed, y))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Bernoulli means in [0, 1], (B, C, S, S)."""

@@ -1,0 +1,446 @@
+"""Image generation, interpolation, reconstruction and the gallery — shared by the Image and
+Gallery tabs and the HTTP API.
+
+Every output is saved before it is shown: a PNG under DATA_DIR/images named by its id (an
+interpolation also gets a GIF), and an `images` row with the parameters, seed, weights hash,
+content hash and owner. A PNG carries its parameters, so it can be made again from the file
+alone; on CPU the same generator, parameters and seed give the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from generators.base import (
+    GenerationFailedError,
+    ImageEnd,
+    ImageGenerator,
+    ImageOutput,
+    InvalidOptionsError,
+    StudioError,
+    validate_model,
+)
+from generators.image.preprocess import prepare_image
+from storage import repository as repo
+from storage.models import ImageRecord, new_id
+
+from . import png
+from .context import AppContext
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+IMAGES_DIR = "images"
+GIF_MS = 120
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    id: str
+    kind: str
+    model: str
+    label: int | None
+    class_name: str
+    seed: int | None
+    params: dict[str, Any]
+    path: Path  # the PNG
+    content_hash: str
+    width: int
+    height: int
+    created_at: str
+    gif_path: Path | None = None
+
+    @property
+    def caption(self) -> str:
+        if self.kind == "interpolation":
+            start, end = self.params["start"], self.params["end"]
+            return f"{start['class_name']}→{end['class_name']} · seeds {start['seed']}→{end['seed']}"
+        if self.kind == "reconstruction":
+            return f"{self.class_name} re-rendered as every class"
+        return f"{self.class_name} · seed {self.seed}"
+
+    def public(self) -> dict[str, Any]:
+        """What the API and the UI show of a record (no file system paths)."""
+        return {"id": self.id, "kind": self.kind, "model": self.model, "label": self.label,
+                "class_name": self.class_name, "seed": self.seed, "params": self.params,
+                "content_hash": self.content_hash, "width": self.width, "height": self.height,
+                "created_at": self.created_at, "has_gif": self.gif_path is not None}
+
+
+@dataclass
+class ImageResult:
+    images: list[SavedImage]
+    grid: Any  # PIL image of the whole batch (for display)
+    notice: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    images: list[SavedImage]
+    total: int
+    page: int
+    pages: int
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def image_models(ctx: AppContext) -> list[str]:
+    return ctx.registry.names("image")
+
+
+def _image_generator(ctx: AppContext, model: str) -> ImageGenerator:
+    gen = ctx.registry.get(model)  # UnknownGeneratorError names the available models
+    if not isinstance(gen, ImageGenerator):
+        raise InvalidOptionsError(f"{model!r} is not an image generator; pick one of: {', '.join(image_models(ctx)) or 'none'}.")
+    return gen
+
+
+def class_choices(ctx: AppContext, model: str) -> list[str]:
+    return _image_generator(ctx, model).class_names
+
+
+def parse_seed(value: Any) -> int | None:
+    """'' / None -> None (random); a whole number 0..2^32-1 -> int; anything else -> a clear error."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InvalidOptionsError("The seed must be a whole number.")
+    try:
+        seed = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise InvalidOptionsError(
+            f"The seed must be a whole number from 0 to {MAX_SEED}, or empty for random; got {value!r}.") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidOptionsError(f"The seed must be from 0 to {MAX_SEED}; got {seed}.")
+    return seed
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def parse_label(gen: ImageGenerator, value: Any) -> int | None:
+    """A class index or a class name; None / '' / 'random' -> None (a random class per image)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "random")):
+        return None
+    names = gen.class_names
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionsError(f"Unknown class {value!r}; {gen.name} has: {', '.join(names)} (or random).") from None
+    if not 0 <= label < len(names):
+        raise InvalidOptionsError(f"Class {label} does not exist; {gen.name} has classes 0–{len(names) - 1}.")
+    return label
+
+
+def _count(value: Any, what: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+        if number != float(value):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidOptionsError(f"The {what} must be a whole number from {low} to {high}; got {value!r}.") from None
+    if not low <= number <= high:
+        raise InvalidOptionsError(f"The {what} must be from {low} to {high}; got {number}.")
+    return number
+
+
+def _params(gen: ImageGenerator, values: dict[str, Any] | None) -> BaseModel:
+    return validate_model(gen.info.params, {k: v for k, v in (values or {}).items() if v is not None}, "setting")
+
+
+def _images_dir(ctx: AppContext) -> Path:
+    folder = ctx.store.data_dir / IMAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _saved(ctx: AppContext, row: ImageRecord) -> SavedImage:
+    path = ctx.store.data_dir / row.file
+    gif = path.with_suffix(".gif")
+    return SavedImage(row.id, row.kind, row.model, row.label, row.class_name, row.seed, dict(row.params), path,
+                      row.content_hash, row.width, row.height, row.created_at.isoformat(timespec="seconds"),
+                      gif if row.kind == "interpolation" and gif.is_file() else None)
+
+
+def _meta(gen: ImageGenerator, kind: str, weights_hash: str, params: BaseModel, **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, "generator": gen.name, "plugin": gen.info.plugin, "weights_hash": weights_hash,
+            "params": params.model_dump(mode="json"), **fields}
+
+
+def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[tuple[dict[str, Any], Any, bytes | None]],
+           generation_id: str) -> list[SavedImage]:
+    """Write files (PNG [+ GIF]) then rows, in one transaction; files are removed if the rows fail."""
+    folder, written, rows = _images_dir(ctx), [], []
+    batch_id = new_id() if len(outputs) > 1 else None
+    try:
+        planned = []
+        for meta, image, gif in outputs:
+            image_id = new_id()
+            data = png.encode_png(image, meta)
+            path = folder / f"{image_id}.png"
+            _write_atomic(path, data)
+            written.append(path)
+            if gif is not None:
+                _write_atomic(path.with_suffix(".gif"), gif)
+                written.append(path.with_suffix(".gif"))
+            planned.append((image_id, meta, image, data))
+        with ctx.store.begin() as s:
+            for image_id, meta, image, data in planned:
+                stored_params = {k: v for k, v in meta.items() if k not in ("generator", "plugin", "weights_hash")}
+                rows.append(repo.add_image(
+                    s, owner, id=image_id, kind=meta["kind"], model=gen.name, plugin=gen.info.plugin,
+                    weights_hash=meta["weights_hash"], label=meta.get("class"), class_name=meta.get("class_name", ""),
+                    seed=meta.get("seed"), params=stored_params, batch_id=batch_id,
+                    file=f"{IMAGES_DIR}/{image_id}.png", content_hash=png.sha256(data),
+                    width=image.width, height=image.height, generation_id=generation_id))
+            return [_saved(ctx, row) for row in rows]
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], seed: int | None, source: str,
+         work: Any) -> Any:
+    """Hold the model for `work(gen)`, recording a `generations` row with its outcome and time."""
+    with ctx.store.begin() as s:
+        gen_row = repo.start_generation(s, owner, model, params_json, source=source, seed=seed)
+    started = time.perf_counter()
+    try:
+        with ctx.registry.use(model) as gen:
+            result = work(gen, gen_row.id)
+    except BaseException as exc:
+        error = exc if isinstance(exc, StudioError) else GenerationFailedError(f"Image generation failed: {exc}")
+        if not isinstance(exc, StudioError):
+            log.exception("Image generation with %s failed", model)
+        with ctx.store.begin() as s:
+            repo.finish_generation(s, gen_row.id, "error", error=str(error))
+        if isinstance(exc, (StudioError, KeyboardInterrupt, GeneratorExit)):
+            raise
+        raise error from exc
+    with ctx.store.begin() as s:
+        repo.finish_generation(s, gen_row.id, "ok")
+    log.info("%s made %s for %s in %.0f ms", model, params_json.get("kind"), owner, 1000 * (time.perf_counter() - started))
+    return result
+
+
+# ------------------------------------------------------------------ generate
+
+
+def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: Any = None, count: Any = 1,
+             params: dict[str, Any] | None = None, source: str = "ui") -> ImageResult:
+    """`count` images of class `label` (None: a random class each) from seeds seed, seed+1, …"""
+    gen = _image_generator(ctx, model)
+    count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
+    label_index = parse_label(gen, label)
+    base_seed = parse_seed(seed)
+    base_seed = random_seed() if base_seed is None else base_seed
+    checked = _params(gen, params)
+    seeds = [(base_seed + i) % (MAX_SEED + 1) for i in range(count)]
+    names = gen.class_names
+    labels = [label_index if label_index is not None else random.Random(s).randrange(len(names)) for s in seeds]
+    ends = [ImageEnd(lab, s) for lab, s in zip(labels, seeds, strict=True)]
+
+    def work(g: ImageGenerator, generation_id: str) -> list[SavedImage]:
+        out: ImageOutput = g.sample(ends, checked)
+        outputs = [(_meta(g, "sample", out.weights_hash, checked, **{"class": e.label, "class_name": names[e.label],
+                                                                      "seed": e.seed}),
+                    png.to_pil(pixels), None) for e, pixels in zip(ends, out.pixels, strict=True)]
+        return _store(ctx, owner, g, outputs, generation_id)
+
+    saved = _run(ctx, owner, model, {"kind": "sample", "count": count, "label": label_index,
+                                     **checked.model_dump(mode="json")}, base_seed, source, work)
+    grid = _grid_of(saved)
+    return ImageResult(saved, grid, notice=f"{count} image(s), seeds {seeds[0]}–{seeds[-1]}" if count > 1 else f"seed {seeds[0]}")
+
+
+def _grid_of(saved: list[SavedImage]) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    pixels = []
+    for item in saved:
+        with Image.open(item.path) as im:
+            pixels.append(np.asarray(im.convert("L" if im.mode == "L" else "RGB")))
+    stack = np.stack([p if p.ndim == 3 else p[..., None] for p in pixels])
+    cols = min(10, len(saved)) if len(saved) <= 10 else 8 if len(saved) % 10 else 10
+    scale = max(1, 96 // stack.shape[1])
+    return png.tile(stack, cols, scale)
+
+
+# ------------------------------------------------------------------ interpolate
+
+
+def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start_seed: Any, end_label: Any,
+                end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui") -> ImageResult:
+    """A latent walk from (class, seed) to (class, seed): one strip PNG and an animated GIF, saved together."""
+    gen = _image_generator(ctx, model)
+    frames = _count(frames, "number of frames", 2, ctx.settings.max_interpolation_frames)
+    names = gen.class_names
+    seeds = [parse_seed(start_seed), parse_seed(end_seed)]
+    seeds = [random_seed() if s is None else s for s in seeds]
+    labels = [parse_label(gen, start_label), parse_label(gen, end_label)]
+    labels = [random.Random(s).randrange(len(names)) if lab is None else lab for lab, s in zip(labels, seeds, strict=True)]
+    checked = _params(gen, params)
+    start, end = ImageEnd(labels[0], seeds[0]), ImageEnd(labels[1], seeds[1])
+
+    def work(g: ImageGenerator, generation_id: str) -> list[SavedImage]:
+        out = g.interpolate(start, end, frames, checked)
+        tiles = [png.to_pil(p) for p in out.pixels]
+        strip = png.tile(out.pixels, cols=frames)
+        ends = {"start": {"class": start.label, "class_name": names[start.label], "seed": start.seed},
+                "end": {"class": end.label, "class_name": names[end.label], "seed": end.seed}}
+        same = start.label == end.label
+        meta = _meta(g, "interpolation", out.weights_hash, checked, frames=frames, **ends,
+                     **{"class": start.label if same else None, "class_name": names[start.label] if same
+                        else f"{names[start.label]}→{names[end.label]}", "seed": start.seed})
+        return _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id)
+
+    saved = _run(ctx, owner, model, {"kind": "interpolation", "frames": frames, "start": [start.label, start.seed],
+                                     "end": [end.label, end.seed], **checked.model_dump(mode="json")},
+                 start.seed, source, work)
+    from PIL import Image
+
+    with Image.open(saved[0].path) as im:
+        strip = im.resize((im.width * 2, im.height * 2), Image.NEAREST)
+    return ImageResult(saved, strip, notice=f"{frames} frames from {names[start.label]} (seed {start.seed}) "
+                                            f"to {names[end.label]} (seed {end.seed})")
+
+
+# ------------------------------------------------------------------ reconstruct
+
+
+def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any = None, source: str = "ui") -> ImageResult:
+    """Encode an uploaded or drawn image and decode it as its own class and as every other class.
+
+    The strip shows: the prepared input, its reconstruction, then the same latent decoded as
+    each class in order. `label` None lets the model's classifier guess the class.
+    """
+    gen = _image_generator(ctx, model)
+    if not hasattr(gen, "guess_label") or "reconstruct" not in gen.info.capabilities:
+        raise InvalidOptionsError(f"{model} cannot reconstruct images; pick a VAE.")
+    if image is None:
+        raise InvalidOptionsError("Upload or draw an image first.")
+    h, w, c = gen.image_size
+    pixels = prepare_image(image, h, c)
+    names = gen.class_names
+    asked = parse_label(gen, label)
+
+    def work(g: Any, generation_id: str) -> tuple[list[SavedImage], int, bool]:
+        guessed = asked is None
+        lab = g.guess_label(pixels) if guessed else asked
+        if lab is None:
+            raise InvalidOptionsError("Pick the class of the uploaded image (this model has no classifier to guess it).")
+        out = g.reconstruct(pixels, lab, [lab, *range(len(names))])
+        import numpy as np
+
+        strip = png.tile(np.concatenate([pixels[None], out.pixels]), cols=len(names) + 2)
+        meta = _meta(g, "reconstruction", out.weights_hash, g.info.params(), **{"class": lab, "class_name": names[lab],
+                                                                        "seed": None, "guessed_class": guessed,
+                                                                        "input_hash": png.sha256(pixels.tobytes())})
+        return _store(ctx, owner, g, [(meta, strip, None)], generation_id), lab, guessed
+
+    saved, lab, guessed = _run(ctx, owner, model, {"kind": "reconstruction", "label": asked}, None, source, work)
+    from PIL import Image
+
+    with Image.open(saved[0].path) as im:
+        strip = im.resize((im.width * 3, im.height * 3), Image.NEAREST)
+    how = "guessed by the classifier" if guessed else "as given"
+    return ImageResult(saved, strip, notice=f"Read as {names[lab]} ({how}). Strip: your image, its reconstruction, "
+                                            f"then the same handwriting as {', '.join(names)}.",
+                       extra={"label": lab, "guessed": guessed})
+
+
+# ------------------------------------------------------------------ PNG info and re-runs
+
+
+def png_info(source: Any) -> dict[str, Any]:
+    return png.read_meta(source)
+
+
+def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | None = None, source: str = "ui") -> ImageResult:
+    """Make an image again from its PNG parameters (or a gallery row's)."""
+    kind = meta.get("kind", "sample")
+    model = model or meta.get("generator")
+    if not model or model not in image_models(ctx):
+        raise InvalidOptionsError(f"The generator {model!r} that made this image is not configured here "
+                                  f"(configured: {', '.join(image_models(ctx)) or 'none'}).")
+    params = meta.get("params") or {}
+    if not isinstance(params, dict):
+        raise InvalidOptionsError("The image's settings are damaged.")
+    if kind == "sample":
+        result = generate(ctx, owner, model, meta.get("class"), meta.get("seed"), 1, params, source)
+    elif kind == "interpolation":
+        start, end = meta.get("start") or {}, meta.get("end") or {}
+        result = interpolate(ctx, owner, model, start.get("class"), start.get("seed"), end.get("class"),
+                             end.get("seed"), meta.get("frames", 10), params, source)
+    else:
+        raise InvalidOptionsError("A reconstruction cannot be made again from its PNG: it needs the original upload.")
+    notice = ""
+    if meta.get("weights_hash") and png.read_meta(result.images[0].path).get("weights_hash") != meta["weights_hash"]:
+        notice = "Note: this generator's weights differ from the ones that made the image, so the result differs."
+    result.notice = " ".join(x for x in (result.notice, notice) if x)
+    return result
+
+
+# ------------------------------------------------------------------ gallery
+
+
+def gallery(ctx: AppContext, owner: str, model: str | None = None, label: Any = None, page: Any = 1,
+            page_size: int = 24) -> GalleryPage:
+    label_index = None
+    if label not in (None, "", "all", "All"):
+        try:
+            label_index = int(label)
+        except (TypeError, ValueError):
+            raise InvalidOptionsError(f"Filter by a class number; got {label!r}.") from None
+    page = max(1, _count(page or 1, "page", 1, 10**6))
+    with ctx.store.begin() as s:
+        rows, total = repo.list_images(s, owner, model or None, label_index, (page - 1) * page_size, page_size)
+        items = [_saved(ctx, r) for r in rows]
+    pages = max(1, -(-total // page_size))
+    return GalleryPage(items, total, min(page, pages), pages)
+
+
+def gallery_models(ctx: AppContext, owner: str) -> list[str]:
+    with ctx.store.begin() as s:
+        return repo.image_models(s, owner)
+
+
+def get_image(ctx: AppContext, owner: str, image_id: str) -> SavedImage:
+    with ctx.store.begin() as s:
+        return _saved(ctx, repo.get_image(s, owner, str(image_id or "")))
+
+
+def rerun(ctx: AppContext, owner: str, image_id: str, source: str = "ui") -> ImageResult:
+    item = get_image(ctx, owner, image_id)
+    return regenerate(ctx, owner, png.read_meta(item.path), item.model, source)
+
+
+def delete_image(ctx: AppContext, owner: str, image_id: str) -> None:
+    """Delete the row, then its files (a crash in between leaves an orphan file, never a row without a file)."""
+    with ctx.store.begin() as s:
+        row = repo.delete_image(s, owner, str(image_id or ""))
+        path = ctx.store.data_dir / row.file
+    path.unlink(missing_ok=True)
+    path.with_suffix(".gif").unlink(missing_ok=True)

@@ -31,7 +31,8 @@ def build(ctx: AppContext) -> Any:
         refresh = gr.Button("Refresh", scale=0, min_width=90, elem_id="gallery-refresh")
     summary = gr.Markdown(elem_id="gallery-summary")
     with gr.Row(equal_height=False):
-        grid = gr.Gallery(label="Your images", columns=6, height=480, allow_preview=False, elem_id="gallery-grid", scale=3)
+        grid = gr.Gallery(label="Your images", columns=6, height=480, allow_preview=False, object_fit="contain",
+                          elem_id="gallery-grid", scale=3)
         with gr.Column(scale=2):
             image_id = gr.Textbox(label="Image id", elem_id="gallery-image-id", max_lines=1,
                                   placeholder="click an image, or paste an id")
@@ -92,12 +93,15 @@ def build(ctx: AppContext) -> Any:
         svc.delete_image(ctx, owner(request), chosen)
         return "", None, None, "Deleted.", gr.Row(visible=False)
 
+    def first_page(name: str, cls: str, request: gr.Request) -> tuple[Any, ...]:
+        return show_page(name, cls, 1, request)
+
     private = {"api_visibility": "private"}
     listing = [grid, page_ids, page, summary]
     filters = [model, label, page]
     refresh.click(show_page, filters, listing, **FAST, api_name="gallery_page")
-    model.change(lambda n, c, r: show_page(n, c, 1, r), [model, label], listing, **FAST, **private)
-    label.change(lambda n, c, r: show_page(n, c, 1, r), [model, label], listing, **FAST, **private)
+    model.change(first_page, [model, label], listing, **FAST, **private)
+    label.change(first_page, [model, label], listing, **FAST, **private)
     prev_page.click(step(-1), filters, listing, **FAST, **private)
     next_page.click(step(1), filters, listing, **FAST, **private)
     page.submit(show_page, filters, listing, **FAST, **private)

@@ -77,8 +77,8 @@ def build(ctx: AppContext) -> None:
             with gr.Row():
                 label = gr.Dropdown(class_choices(ctx, first), value=RANDOM, label="Class", scale=1, elem_id="image-class")
                 seed = gr.Textbox(label="Seed", placeholder="empty = random", scale=2, elem_id="image-seed")
-                dice = gr.Button("🎲", scale=0, min_width=50, elem_id="image-dice")
-                reuse = gr.Button("♻️", scale=0, min_width=50, elem_id="image-reuse")
+                dice = gr.Button("Random seed", scale=0, min_width=110, size="sm", elem_id="image-dice")
+                reuse = gr.Button("Reuse last", scale=0, min_width=110, size="sm", elem_id="image-reuse")
                 count = gr.Slider(1, limit, value=min(10, limit), step=1, label="Batch size", scale=2, elem_id="image-count")
             generate = gr.Button("Generate", variant="primary", elem_id="image-generate-button")
             notice = gr.Markdown(elem_id="image-notice")
@@ -96,7 +96,7 @@ def build(ctx: AppContext) -> None:
                                    step=1, label="Frames")
             interp = gr.Button("Interpolate", variant="primary", elem_id="image-interpolate-button")
             interp_notice = gr.Markdown()
-            strip = gr.Image(label="Strip", type="filepath", elem_id="image-strip")
+            strip = gr.Image(label="Strip", type="filepath", height=150, elem_id="image-strip")
             gif = gr.Image(label="Animation (GIF)", type="filepath", height=200, elem_id="image-gif")
         with gr.Tab("Reconstruct (VAE)", id="image-reconstruct"):
             if not vae_models:
@@ -112,7 +112,7 @@ def build(ctx: AppContext) -> None:
                                               value="guess", label="Class of your image")
                     recon = gr.Button("Reconstruct and re-render", variant="primary", elem_id="image-reconstruct-button")
                     recon_notice = gr.Markdown()
-            recon_strip = gr.Image(label="Your image · reconstruction · as each class", type="filepath",
+            recon_strip = gr.Image(label="Your image · reconstruction · as each class", type="filepath", height=150,
                                    elem_id="image-reconstruction")
         with gr.Tab("PNG info", id="image-pnginfo"):
             with gr.Row():

@@ -7,6 +7,10 @@
     GET  /api/stories?q=TEXT       list stories
     GET  /api/stories/{id}         one story: its JSON export (every version, the undo history,
                                    settings, snapshots), its visible passages and its text
+    POST /api/images               generate: {"model", "label", "seed", "count", "params"}
+    GET  /api/images?model=&label=&page=   the gallery, newest first
+    GET  /api/images/{id}          one image's record;  /api/images/{id}.png  (and .gif) its file
+    DELETE /api/images/{id}
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from generators.base import ChatMessage, StudioError, TextRequest, describe_validation_error
@@ -29,6 +34,7 @@ from storage.repository import NotFoundError
 
 from .protocol import ChatCompletionRequest, chunk_body, completion_body, error_body, usage
 from .services import chat as chat_service
+from .services import images as image_service
 from .services import story as story_service
 from .services.context import AppContext
 from .services.generation import RunResult, sampling_params, stream_text
@@ -36,6 +42,16 @@ from .services.generation import RunResult, sampling_params, stream_text
 log = logging.getLogger(__name__)
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", None: "stop"}
+
+
+class ImageGenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=200)
+    label: int | str | None = Field(None, description="class index or name; null = random per image")
+    seed: int | None = None
+    count: int = 1
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -147,6 +163,52 @@ def build_router(ctx: AppContext) -> APIRouter:
             for p in view.passages
         ]  # fmt: skip
         return data
+
+    @router.post("/api/images")
+    async def api_generate_images(request: Request) -> Any:
+        try:
+            body = ImageGenerationRequest.model_validate(await request.json())
+        except (ValueError, UnicodeDecodeError) as exc:
+            msg = describe_validation_error(exc, "field") if hasattr(exc, "errors") else "The request body is not valid JSON."
+            return JSONResponse(error_body(msg), status_code=400)
+        owner = owner_of(request)
+        try:
+            result = await run_in_threadpool(image_service.generate, ctx, owner, body.model, body.label, body.seed,
+                                             body.count, body.params, "api")
+        except (StudioError, StorageError) as exc:
+            return error_response(exc)
+        return {"data": [i.public() for i in result.images], "notice": result.notice}
+
+    @router.get("/api/images")
+    def api_list_images(request: Request, model: str | None = None, label: str | None = None, page: str = "1") -> Any:
+        try:
+            result = image_service.gallery(ctx, owner_of(request), model, label, page)
+        except (StudioError, StorageError) as exc:
+            return error_response(exc)
+        return {"data": [i.public() for i in result.images], "total": result.total, "page": result.page,
+                "pages": result.pages}
+
+    @router.get("/api/images/{name}")
+    def api_get_image(request: Request, name: str) -> Any:
+        image_id, _, suffix = name.partition(".")
+        try:
+            item = image_service.get_image(ctx, owner_of(request), image_id)
+        except (StudioError, StorageError) as exc:
+            return error_response(exc)
+        if not suffix:
+            return item.public()
+        path = {"png": item.path, "gif": item.gif_path}.get(suffix)
+        if path is None or not path.is_file():
+            return JSONResponse(error_body(f"This image has no .{suffix} file.", "not_found_error"), status_code=404)
+        return FileResponse(path, media_type=f"image/{suffix}", filename=path.name)
+
+    @router.delete("/api/images/{image_id}")
+    def api_delete_image(request: Request, image_id: str) -> Any:
+        try:
+            image_service.delete_image(ctx, owner_of(request), image_id)
+        except (StudioError, StorageError) as exc:
+            return error_response(exc)
+        return {"deleted": image_id}
 
     return router
 

@@ -87,3 +87,26 @@ def test_bad_input_reaches_the_client_as_a_message(app, tmp_path) -> None:
         client.predict(handle_file(str(fake)), api_name="/png_info")
     with pytest.raises(Exception, match="does not exist"):
         client.predict("0" * 32, api_name="/gallery_open")
+
+
+def test_http_api_generates_lists_downloads_and_deletes(app) -> None:
+    import httpx
+
+    ctx, client = app
+    base = client.src.rstrip("/")
+    made = httpx.post(f"{base}/api/images", json={"model": "gan-mnist32", "label": 9, "seed": 5, "count": 2}, timeout=60)
+    assert made.status_code == 200, made.text
+    first = made.json()["data"][0]
+    assert first["seed"] == 5 and first["label"] == 9 and "path" not in first
+    listed = httpx.get(f"{base}/api/images", params={"model": "gan-mnist32", "label": "9"}).json()
+    assert listed["total"] == 2
+    png_file = httpx.get(f"{base}/api/images/{first['id']}.png")
+    assert png_file.headers["content-type"] == "image/png"
+    assert (ctx.store.data_dir / "images" / f"{first['id']}.png").read_bytes() == png_file.content
+    for body, message in [({"model": "gan-mnist32", "count": 0}, "batch size"), ({"model": "x"}, "Unknown model"),
+                          ({"model": "gan-mnist32", "seed": -1}, "seed"), ({"model": "gan-mnist32", "bogus": 1}, "bogus")]:
+        bad = httpx.post(f"{base}/api/images", json=body, timeout=60)
+        assert 400 <= bad.status_code < 500 and message in bad.json()["error"]["message"], bad.text
+    assert httpx.get(f"{base}/api/images/{first['id']}.gif").status_code == 404
+    assert httpx.delete(f"{base}/api/images/{first['id']}").status_code == 200
+    assert httpx.get(f"{base}/api/images/{first['id']}").status_code == 404

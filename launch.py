@@ -4,6 +4,8 @@
     python launch.py                     # http://127.0.0.1:7860 with the default models
     python launch.py --port 8000 --data-dir ~/studio --quantization 8bit
     python launch.py --config studio.toml
+    python launch.py users add NAME      # accounts (see `python launch.py users --help`)
+    python launch.py backup FILE.tar.gz  # database + images; `restore FILE.tar.gz` puts them back
 
 Every flag can also be set as an AIGC_* environment variable (AIGC_PORT=8000) or in the
 config file (TOML or YAML, same names, plus a `models` list). Flags win over the
@@ -19,6 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("aigc_studio")
 
@@ -45,13 +48,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="allow --share although no users are configured (anyone with the link can use the studio)",
     )
+    p.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                   help="a user who may log in (repeatable; kept in memory). Permanent users: `launch.py users add`")
+    p.add_argument("--users-file", type=Path, help="users with hashed passwords and API keys (default DATA_DIR/users.json)")
     p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default 1)")
+    p.add_argument("--queue-size", type=int, help="requests that may wait before new ones get 'busy, try again' (default 64)")
+    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (default 60; 0 = no limit)")
     p.add_argument("--memory-budget-gb", type=float, help="unload least recently used models beyond this much memory")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default INFO)")
     return p.parse_args(argv)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
+    """Why starting would expose the studio to others without accounts, or None."""
+    if auth_enabled:
+        return None
+    if settings.share:
+        return "--share opens a public link that anyone can use"
+    if settings.host not in LOOPBACK and not settings.host.startswith("127."):
+        return f"--host {settings.host} lets other machines reach the studio"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("users", "backup", "restore"):
+        from webui.admin import main as admin_main
+
+        return admin_main(argv)
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     # Heavy imports after argument parsing, so --help is instant.
@@ -66,15 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if settings.share and not args.share_without_auth:
+    from webui.services.accounts import AccountError, Accounts
+
+    try:
+        auth_enabled = Accounts(settings.users_path, list(settings.auth)).enabled
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problem = exposure_problem(settings, auth_enabled)
+    if problem and not args.share_without_auth:
         print(
-            "error: --share opens a public link that anyone can use, and no users are configured.\n"
-            "Add --share-without-auth if that is really what you want.",
+            f"error: {problem}, and no users are configured: everyone could read every chat, story and image.\n"
+            "Add a user first:  python launch.py users add NAME   (or --auth NAME:PASSWORD for this run)\n"
+            "or pass --share-without-auth if that is really what you want.",
             file=sys.stderr,
         )
         return 2
-    if settings.share:
-        log.warning("PUBLIC LINK WITHOUT AUTH: anyone with the link can use this studio and see its chats.")
+    if problem:
+        log.warning("NO AUTH: %s, and anyone who reaches it can use this studio and see everything in it.", problem)
 
     from storage.db import StorageError
     from webui.server import create_context, launch

@@ -66,25 +66,36 @@ def error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("Internal error; the server log has the details.", "server_error"), status_code=500)
 
 
-def install_error_handlers(app: Any) -> None:
-    async def on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            parts.append(f"{loc or 'body'}: {err.get('msg')}")
-        return JSONResponse(error_body("Invalid request — " + "; ".join(parts)), status_code=400)
+async def _on_studio_error(_request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
 
-    app.add_exception_handler(RequestValidationError, on_validation)
+
+async def _on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return JSONResponse(error_body("Invalid request — " + "; ".join(parts)), status_code=400)
+
+
+# Passed to the FastAPI app when it is made (handlers added after the first request are ignored).
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    StudioError: _on_studio_error,
+    StorageError: _on_studio_error,
+    RequestValidationError: _on_validation,
+}
 
 
 def build_router(ctx: AppContext) -> APIRouter:
     router = APIRouter()
 
-    def owner_of(_request: Request) -> str:
-        return ctx.default_owner  # per-user API keys arrive with auth
+    def owner_of(request: Request) -> str:
+        """The API key's user (auth on) or the local user; raises AuthError (401) otherwise."""
+        return ctx.owner_for_api_key(request.headers.get("authorization"))
 
     @router.get("/v1/models")
-    def list_models() -> dict[str, Any]:
+    def list_models(request: Request) -> dict[str, Any]:
+        owner_of(request)
         data = [
             {"id": d["name"], "object": "model", "created": 0, "owned_by": "aigc-studio", "loaded": d["loaded"]}
             for d in ctx.registry.describe()
@@ -94,6 +105,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Any:
+        owner = owner_of(request)
         try:
             raw = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -106,14 +118,15 @@ def build_router(ctx: AppContext) -> APIRouter:
         try:
             model = body.model or ctx.default_model
             ctx.registry.get(model)
-            params = sampling_params(body.sampling())
+            params = sampling_params(body.sampling(), ctx)
             messages = tuple(
                 ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages  # type: ignore[arg-type]
             )
+            ctx.check_text("".join(m.content for m in messages), "conversation")
+            ctx.check_rate(owner, consume=False)
             text_request = TextRequest(messages=messages, params=params)
         except StudioError as exc:
             return error_response(exc)
-        owner = owner_of(request)
         cid = "chatcmpl-" + uuid.uuid4().hex
         cancel = threading.Event()
         runs = stream_text(ctx, owner, model, text_request, cancel=cancel, source="api")
@@ -166,12 +179,12 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/api/images")
     async def api_generate_images(request: Request) -> Any:
+        owner = owner_of(request)
         try:
             body = ImageGenerationRequest.model_validate(await request.json())
         except (ValueError, UnicodeDecodeError) as exc:
             msg = describe_validation_error(exc, "field") if hasattr(exc, "errors") else "The request body is not valid JSON."
             return JSONResponse(error_body(msg), status_code=400)
-        owner = owner_of(request)
         try:
             result = await run_in_threadpool(image_service.generate, ctx, owner, body.model, body.label, body.seed,
                                              body.count, body.params, "api")

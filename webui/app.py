@@ -26,7 +26,8 @@ CSS = """
 #image-grid img, #image-strip img, #image-gif img, #image-reconstruction img, #gallery-preview img,
 #image-gallery img, #gallery-grid img { image-rendering: pixelated; }
 #gallery-preview img, #image-pnginfo-result img { height: 200px !important; width: auto !important; }
-#image-strip img, #image-reconstruction img { height: 110px !important; width: auto !important; max-width: 100%; object-fit: contain; }
+#image-strip img, #image-reconstruction img {
+  height: 110px !important; width: auto !important; max-width: 100%; object-fit: contain; }
 .story-status { color: var(--body-text-color-subdued); font-style: italic; font-size: 0.85em; margin-left: 4px; }
 """
 

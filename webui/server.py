@@ -11,7 +11,7 @@ from generators.base import StudioError
 from generators.registry import ModelSpec, Registry
 from storage import Store
 
-from .api import build_router, install_error_handlers
+from .api import EXCEPTION_HANDLERS, build_router
 from .app import CSS, build_app
 from .services.context import AppContext
 from .settings import Settings
@@ -31,6 +31,7 @@ def create_context(settings: Settings) -> AppContext:
         memory_budget_bytes=budget,
         cache_dir=str(settings.model_cache_dir or data_dir / "models"),
         concurrency=settings.concurrency,
+        acquire_timeout_s=settings.busy_timeout_s,
     )
     for m in settings.model_list():
         try:
@@ -44,8 +45,8 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
     """Start the UI and the API on settings.host:settings.port. Returns the running Blocks."""
     demo = build_app(ctx)
     router = build_router(ctx)
-    demo.queue(default_concurrency_limit=ctx.settings.concurrency)
-    app_kwargs: dict[str, Any] = {"routes": list(router.routes)}
+    demo.queue(default_concurrency_limit=ctx.settings.concurrency, max_size=ctx.settings.queue_size)
+    app_kwargs: dict[str, Any] = {"routes": list(router.routes), "exception_handlers": EXCEPTION_HANDLERS}
     demo.launch(
         server_name=ctx.settings.host,
         server_port=ctx.settings.port,
@@ -55,6 +56,7 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
         app_kwargs=app_kwargs,
         show_error=True,
         css=CSS,
+        auth=ctx.accounts.verify_password if ctx.auth_enabled else None,
+        auth_message="Log in to AIGC Studio. (An admin adds users with `python launch.py users add NAME`.)",
     )
-    install_error_handlers(demo.app)
     return demo

@@ -57,9 +57,20 @@ class Settings(BaseSettings):
     share: bool = False
     memory_budget_gb: float | None = Field(None, gt=0, description="unload LRU models beyond this")
     concurrency: int = Field(1, ge=1, le=64, description="simultaneous generations per model")
+    auth: list[str] = Field(default_factory=list, description="USER:PASSWORD pairs (in memory; see also users_file)")
+    users_file: Path | None = Field(None, description="users with hashed passwords and API keys; default DATA_DIR/users.json")
+    queue_size: int = Field(64, ge=1, le=10_000, description="waiting requests before 'busy, try again'")
+    busy_timeout_s: float = Field(120.0, gt=0, le=3600, description="longest wait for a busy model before 'busy'")
+    requests_per_minute: int = Field(60, ge=0, le=100_000, description="generation requests per user per minute; 0 = no limit")
+    max_prompt_chars: int = Field(50_000, ge=100, le=10_000_000, description="characters of a message, passage or API prompt")
+    max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
     max_interpolation_frames: int = Field(32, ge=2, le=256, description="frames per latent interpolation")
     log_level: str = "INFO"
+
+    @property
+    def users_path(self) -> Path:
+        return self.users_file or self.data_dir / "users.json"
 
     @property
     def database_url(self) -> str:

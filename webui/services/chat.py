@@ -72,7 +72,8 @@ def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | 
     """Validate the model name and sampler values of a request."""
     name = model or ctx.default_model
     ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
-    return ReplySettings(name, sampling_params(params), (system_prompt or "").strip())
+    ctx.check_text(system_prompt or "", "system prompt")
+    return ReplySettings(name, sampling_params(params, ctx), (system_prompt or "").strip())
 
 
 def _view(s: Any, chat: Any, notice: str = "") -> ChatView:
@@ -111,6 +112,8 @@ def list_chats(ctx: AppContext, owner: str, query: str = "") -> list[ChatSummary
 def add_user_message(ctx: AppContext, owner: str, chat_id: str | None, text: str, settings: ReplySettings) -> ChatView:
     """Save the user's message under the visible branch (creating the chat if needed)."""
     text = _clean_text(text)
+    ctx.check_text(text, "message")
+    ctx.check_rate(owner, consume=False)  # refuse before saving anything; the reply counts the request
     with ctx.store.begin() as s:
         if chat_id:
             chat = repo.get_session(s, owner, chat_id, KIND)
@@ -132,6 +135,7 @@ def _refuse_while_streaming(s: Any, chat: Any) -> None:
 def edit_message(ctx: AppContext, owner: str, chat_id: str, message_id: str, text: str) -> ChatView:
     """An edited user message becomes a new branch beside the original (which is kept)."""
     text = _clean_text(text)
+    ctx.check_text(text, "message")
     with ctx.store.begin() as s:
         chat = repo.get_session(s, owner, chat_id, KIND)
         _refuse_while_streaming(s, chat)
@@ -144,6 +148,7 @@ def edit_message(ctx: AppContext, owner: str, chat_id: str, message_id: str, tex
 
 def prepare_regenerate(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
     """Step back to the user message of the last reply, so the next reply becomes its sibling."""
+    ctx.check_rate(owner, consume=False)
     with ctx.store.begin() as s:
         chat = repo.get_session(s, owner, chat_id, KIND)
         _refuse_while_streaming(s, chat)

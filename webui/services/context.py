@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from generators.base import BusyError, InvalidOptionsError
 from generators.registry import Registry
 from storage import Store
 from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
+from .accounts import Accounts, AuthError
 from .story_context import TokenCountCache
 
 
@@ -43,6 +48,32 @@ class CancelTokens:
             self._events.pop(key, None)
 
 
+class RateLimiter:
+    """At most `per_minute` generation requests per owner in any 60-second window (0 = no limit)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def check(self, owner: str, consume: bool = True) -> None:
+        """Raise BusyError when `owner` is over the limit; count this request when `consume`."""
+        if self.per_minute <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            hits = self._hits[owner]
+            while hits and now - hits[0] >= 60:
+                hits.popleft()
+            if len(hits) >= self.per_minute:
+                wait = 60 - (now - hits[0])
+                raise BusyError(f"You have sent {len(hits)} requests in the last minute (the limit is "
+                                f"{self.per_minute}); try again in {wait:.0f} s.")
+            if consume:
+                hits.append(now)
+
+
 @dataclass
 class AppContext:
     settings: Settings
@@ -51,10 +82,54 @@ class AppContext:
     cancels: CancelTokens = field(default_factory=CancelTokens)
     token_counts: TokenCountCache = field(default_factory=TokenCountCache)  # story context, per model
     default_owner: str = LOCAL_OWNER
+    accounts: Accounts | None = None
+    rate: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.accounts is None:
+            self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
+        if self.rate is None:
+            self.rate = RateLimiter(self.settings.requests_per_minute)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.accounts and self.accounts.enabled)
 
     def owner_for(self, username: str | None) -> str:
-        """The owner of a request: the logged-in user, or the local user while auth is off."""
-        return username or self.default_owner
+        """The owner of a request: the logged-in user, or the local user while auth is off.
+
+        With auth on, a request without a logged-in user owns nothing: it is refused."""
+        if username:
+            return username
+        if self.auth_enabled:
+            raise AuthError("Log in first: this studio has user accounts.")
+        return self.default_owner
+
+    def owner_for_api_key(self, authorization: str | None) -> str:
+        """The owner of an HTTP API request from its `Authorization: Bearer KEY` header."""
+        if not self.auth_enabled:
+            return self.default_owner
+        scheme, _, key = (authorization or "").partition(" ")
+        user = self.accounts.user_for_key(key.strip()) if scheme.lower() == "bearer" and self.accounts else None
+        if user is None:
+            raise AuthError("Missing or invalid API key: send `Authorization: Bearer aigc-…` "
+                            "(make one with `python launch.py users key NAME`).")
+        return user
+
+    # ------------------------------------------------------------ limits, checked by the services
+    def check_rate(self, owner: str, consume: bool = True) -> None:
+        if self.rate:
+            self.rate.check(owner, consume)
+
+    def check_text(self, text: str, what: str = "text") -> None:
+        limit = self.settings.max_prompt_chars
+        if len(text) > limit:
+            raise InvalidOptionsError(f"The {what} is {len(text):,} characters long; the limit is {limit:,}.")
+
+    def check_max_new_tokens(self, value: int) -> None:
+        limit = self.settings.max_new_tokens
+        if value > limit:
+            raise InvalidOptionsError(f"max_new_tokens is {value:,}; this studio allows at most {limit:,}.")
 
     @property
     def default_model(self) -> str:

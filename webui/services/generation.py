@@ -34,11 +34,16 @@ SAVE_EVERY_S = 0.5  # partial text reaches the database at least this often whil
 OUTCOME_BY_FINISH = {"stop": "ok", "length": "ok", "cancelled": "cancelled"}
 
 
-def sampling_params(values: dict[str, Any] | SamplingParams | None) -> SamplingParams:
-    """Validate sampling parameters (raises InvalidOptionsError with a readable message)."""
+def sampling_params(values: dict[str, Any] | SamplingParams | None, ctx: AppContext | None = None) -> SamplingParams:
+    """Validate sampling parameters (raises InvalidOptionsError with a readable message);
+    with `ctx`, also this studio's max_new_tokens limit."""
     if isinstance(values, SamplingParams):
-        return values
-    return validate_model(SamplingParams, {k: v for k, v in (values or {}).items() if v is not None}, "parameter")
+        params = values
+    else:
+        params = validate_model(SamplingParams, {k: v for k, v in (values or {}).items() if v is not None}, "parameter")
+    if ctx is not None:
+        ctx.check_max_new_tokens(params.max_new_tokens)
+    return params
 
 
 @dataclass
@@ -67,6 +72,8 @@ def stream_text(
 ) -> Iterator[tuple[str, RunResult]]:
     """Yield (delta, result-so-far). `save(text, status)` persists the partial text: called at
     least every SAVE_EVERY_S while streaming and once at the end with the final status."""
+    ctx.check_max_new_tokens(request.params.max_new_tokens)  # limits hold for every caller
+    ctx.check_rate(owner)
     params_json = request.params.model_dump(mode="json")
     with ctx.store.begin() as s:
         gen_row = repo.start_generation(

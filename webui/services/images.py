@@ -223,6 +223,7 @@ def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[tuple
 def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], seed: int | None, source: str,
          work: Any) -> Any:
     """Hold the model for `work(gen)`, recording a `generations` row with its outcome and time."""
+    ctx.check_rate(owner)
     with ctx.store.begin() as s:
         gen_row = repo.start_generation(s, owner, model, params_json, source=source, seed=seed)
     started = time.perf_counter()

@@ -101,6 +101,7 @@ def write(ctx: AppContext, owner: str, story_id: str, text: str) -> StoryView:
     text = clean_passage(text or "")
     if not text.strip():
         raise InvalidOptionsError("Type some text to add first.")
+    ctx.check_text(text, "passage")
     with ctx.store.begin() as s:
         story = story_row(s, owner, story_id)
         rows = repo.story_passages(s, story)
@@ -113,6 +114,7 @@ def write(ctx: AppContext, owner: str, story_id: str, text: str) -> StoryView:
 def edit_passage(ctx: AppContext, owner: str, story_id: str, passage_id: str, text: str) -> StoryView:
     """Replace a passage's text by hand (a new version; undo brings the old one back)."""
     text = clean_passage(text or "")
+    ctx.check_text(text, "passage")
     with ctx.store.begin() as s:
         story = story_row(s, owner, story_id)
         rows = repo.story_passages(s, story)

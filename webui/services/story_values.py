@@ -101,7 +101,7 @@ def story_settings(
         scan_depth=scan_depth,
     )
     levers.validate()
-    return StorySettings(name, sampling_params(params), levers)
+    return StorySettings(name, sampling_params(params, ctx), levers)
 
 
 def settings_from_json(ctx: AppContext, data: dict[str, Any]) -> StorySettings:

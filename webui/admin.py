@@ -1,0 +1,205 @@
+"""Admin commands: `python launch.py users …`, `backup FILE`, `restore FILE`.
+
+    python launch.py users add ann            # asks for a password twice; prints ann's first API key
+    python launch.py users list
+    python launch.py users key ann            # another API key for ann (shown once)
+    python launch.py users passwd ann
+    python launch.py users remove ann         # her chats, stories and images stay in the database
+    python launch.py backup studio-backup.tar.gz
+    python launch.py restore studio-backup.tar.gz
+
+A backup is one .tar.gz: the SQLite database copied with SQLite's online backup API (safe while
+the studio runs and writes), the image files and the users file. Restore checks the archive
+(`PRAGMA integrity_check`) before it touches anything, and moves what it replaces aside
+(`*.before-restore-TIMESTAMP`), so a restore can itself be undone. Stop the studio before a
+restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BACKUP_FORMAT = "aigc-studio.backup.v1"
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .settings import load_settings
+
+    cli = {"data_dir": args.data_dir, "users_file": args.users_file, "db_url": args.db_url}
+    return load_settings({k: v for k, v in cli.items() if v is not None}, args.config)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="the studio's data folder (default ./data)")
+    p.add_argument("--users-file", type=Path, help="default DATA_DIR/users.json")
+    p.add_argument("--db-url", help="default sqlite:///DATA_DIR/studio.db")
+    p.add_argument("--config", type=Path, help="the studio's TOML/YAML config file")
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise SystemExit("error: the two passwords differ; nothing was changed.")
+    return first
+
+
+def users(args: argparse.Namespace) -> int:
+    from .services.accounts import Accounts
+
+    accounts = Accounts(_settings(args).users_path)
+    if args.action == "list":
+        names = accounts.names()
+        print("\n".join(names) if names else f"No users in {accounts.path} (auth is off).")
+    elif args.action == "add":
+        key = accounts.add(args.name, _password(args))
+        print(f"Added {args.name}. Their API key (shown only now): {key}")
+        print("Restart the studio if it runs without accounts, so the login page turns on.")
+    elif args.action == "key":
+        print(f"New API key for {args.name} (shown only now): {accounts.new_key(args.name)}")
+    elif args.action == "passwd":
+        accounts.set_password(args.name, _password(args))
+        print(f"Password of {args.name} changed.")
+    elif args.action == "remove":
+        accounts.remove(args.name)
+        print(f"Removed {args.name}; their saved work stays in the database.")
+    return 0
+
+
+def _sqlite_path(settings: Any) -> Path:
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        raise SystemExit(f"error: backup/restore handle SQLite; for {url.split(':')[0]} use its own tools (e.g. pg_dump).")
+    return Path(url[len("sqlite:///"):])
+
+
+def backup(settings: Any, out: Path) -> dict[str, Any]:
+    """Write a .tar.gz with the database (online backup), images and users file; returns its manifest."""
+    db_path = _sqlite_path(settings)
+    if not db_path.is_file():
+        raise SystemExit(f"error: no database at {db_path}; nothing to back up.")
+    images = settings.data_dir / "images"
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "studio.db"
+        src, dst = sqlite3.connect(db_path), sqlite3.connect(copy)
+        try:
+            with dst:
+                src.backup(dst)  # a consistent snapshot, even while the studio writes
+            ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            src.close()
+            dst.close()
+        if ok != "ok":
+            raise SystemExit(f"error: the database copy failed its integrity check: {ok}")
+        files = sorted(p for p in images.glob("*") if p.is_file() and not p.name.endswith(".tmp")) if images.is_dir() else []
+        manifest = {"format": BACKUP_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "images": len(files), "users_file": settings.users_path.is_file()}
+        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(Path(tmp) / "manifest.json", "manifest.json")
+            tar.add(copy, "studio.db")
+            for f in files:
+                tar.add(f, f"images/{f.name}")
+            if settings.users_path.is_file():
+                tar.add(settings.users_path, "users.json")
+        os.replace(partial, out)
+    return manifest
+
+
+def restore(settings: Any, archive: Path) -> dict[str, Any]:
+    """Put a backup back in place; what it replaces is moved aside, never deleted."""
+    db_path = _sqlite_path(settings)
+    if not archive.is_file():
+        raise SystemExit(f"error: {archive} does not exist.")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths, .. and links out of tmp
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise SystemExit(f"error: {archive} is not a readable backup ({exc}); nothing was changed.") from None
+        root = Path(tmp)
+        try:
+            manifest = json.loads((root / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        if manifest.get("format") != BACKUP_FORMAT or not (root / "studio.db").is_file():
+            raise SystemExit(f"error: {archive} is not an AIGC Studio backup; nothing was changed.")
+        con = sqlite3.connect(root / "studio.db")
+        try:
+            ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            con.close()
+        if ok != "ok":
+            raise SystemExit(f"error: the database in {archive} is damaged ({ok}); nothing was changed.")
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(str(db_path) + suffix)
+            if old.exists():
+                os.replace(old, old.with_name(f"{old.name}.before-restore-{stamp}"))
+        shutil.copy2(root / "studio.db", db_path)
+        images = settings.data_dir / "images"
+        if images.exists():
+            os.replace(images, images.with_name(f"images.before-restore-{stamp}"))
+        if (root / "images").is_dir():
+            shutil.copytree(root / "images", images)
+        else:
+            images.mkdir(parents=True)
+        if (root / "users.json").is_file():
+            users_path = settings.users_path
+            if users_path.exists():
+                os.replace(users_path, users_path.with_name(f"{users_path.name}.before-restore-{stamp}"))
+            shutil.copy2(root / "users.json", settings.users_path)
+    return manifest
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py", description="AIGC Studio admin commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("users", help="add, list, remove users; make API keys")
+    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
+    _common(u)
+    b = sub.add_parser("backup", help="database (online backup) + images + users into one .tar.gz")
+    b.add_argument("file", type=Path)
+    _common(b)
+    r = sub.add_parser("restore", help="put a backup back (stop the studio first)")
+    r.add_argument("file", type=Path)
+    _common(r)
+    args = parser.parse_args(argv)
+    from generators.base import StudioError
+
+    from .settings import SettingsError
+
+    try:
+        if args.command == "users":
+            if args.action != "list" and not args.name:
+                parser.error(f"users {args.action} needs a NAME")
+            return users(args)
+        settings = _settings(args)
+        if args.command == "backup":
+            manifest = backup(settings, args.file)
+            print(f"Backed up the database and {manifest['images']} image file(s) to {args.file}")
+        else:
+            manifest = restore(settings, args.file)
+            print(f"Restored the backup of {manifest.get('created')} ({manifest.get('images')} image files) "
+                  f"into {settings.data_dir}; the replaced files were moved aside (*.before-restore-*).")
+        return 0
+    except (StudioError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

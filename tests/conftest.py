@@ -90,6 +90,7 @@ def make_fake_text_plugin() -> type:
         words: int = 12
         delay_s: float = 0.0
         fail_after: int | None = None
+        fail_kind: str = "studio"  # studio: GenerationFailedError; oom: MemoryError; crash: RuntimeError
         memory_mb: int = 100
         context_window: int = 10_000
 
@@ -132,6 +133,10 @@ def make_fake_text_plugin() -> type:
                     finish = "cancelled"
                     break
                 if self.options.fail_after is not None and i >= self.options.fail_after:
+                    if self.options.fail_kind == "oom":
+                        raise MemoryError("fake allocation of 80 GiB failed")
+                    if self.options.fail_kind == "crash":
+                        raise RuntimeError("fake kernel exploded")
                     raise GenerationFailedError("the fake model broke on purpose")
                 time.sleep(self.options.delay_s)
                 done += 1

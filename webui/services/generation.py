@@ -34,6 +34,23 @@ SAVE_EVERY_S = 0.5  # partial text reaches the database at least this often whil
 OUTCOME_BY_FINISH = {"stop": "ok", "length": "ok", "cancelled": "cancelled"}
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch.OutOfMemoryError (CUDA) and friends, without importing torch."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ in ("OutOfMemoryError", "OutOfResources")
+
+
+def out_of_memory_message(ctx: AppContext, model: str, exc: BaseException) -> str:
+    """Unload the model (it may hold half-allocated buffers) so the next request reloads it cleanly."""
+    log.error("%s ran out of memory: %s", model, exc)
+    try:
+        ctx.registry.unload(model)
+        how = "It was unloaded and will load again on the next request"
+    except StudioError:  # someone else is generating with it right now
+        how = "It stays loaded because another request is using it"
+    return (f"{model} ran out of memory ({exc}). {how}; try fewer tokens, a smaller batch, "
+            "4-bit quantization or a smaller model.")
+
+
 def sampling_params(values: dict[str, Any] | SamplingParams | None, ctx: AppContext | None = None) -> SamplingParams:
     """Validate sampling parameters (raises InvalidOptionsError with a readable message);
     with `ctx`, also this studio's max_new_tokens limit."""
@@ -99,6 +116,8 @@ def stream_text(
                     last_save = time.monotonic()
     except BaseException as exc:  # record every failure, then let the edge translate it
         error = exc if isinstance(exc, StudioError) else GenerationFailedError(f"Generation failed: {exc}")
+        if is_out_of_memory(exc):
+            error = GenerationFailedError(out_of_memory_message(ctx, model, exc))
         outcome = "cancelled" if isinstance(exc, GeneratorExit) else "error"
         if not isinstance(exc, (StudioError, GeneratorExit)):
             log.exception("Generation with %s failed", model)

@@ -35,6 +35,7 @@ from storage.models import ImageRecord, new_id
 
 from . import png
 from .context import AppContext
+from .generation import is_out_of_memory, out_of_memory_message
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,8 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
             result = work(gen, gen_row.id)
     except BaseException as exc:
         error = exc if isinstance(exc, StudioError) else GenerationFailedError(f"Image generation failed: {exc}")
+        if is_out_of_memory(exc):
+            error = GenerationFailedError(out_of_memory_message(ctx, model, exc))
         if not isinstance(exc, StudioError):
             log.exception("Image generation with %s failed", model)
         with ctx.store.begin() as s:

@@ -34,10 +34,18 @@ def create_session(s: OrmSession, owner: str, kind: str, title: str = "", settin
     return row
 
 
+def is_row_id(value: object) -> bool:
+    """Row ids are 32 lowercase hex digits (uuid4().hex); anything else cannot name a row."""
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 def get_session(s: OrmSession, owner: str, session_id: str, kind: str | None = None) -> Session:
-    row = s.get(Session, session_id) if session_id else None
+    row = s.get(Session, session_id) if is_row_id(session_id) else None
     if row is None or row.owner != owner or (kind is not None and row.kind != kind):
-        raise NotFoundError(f"No {kind or 'session'} with id {session_id!r} was found; it may have been deleted.")
+        shown = session_id if is_row_id(session_id) else "given"
+        raise NotFoundError(f"No {kind or 'session'} with the {shown} id was found; it may have been deleted."
+                            if shown == "given" else
+                            f"No {kind or 'session'} with id {shown!r} was found; it may have been deleted.")
     return row
 
 
@@ -458,7 +466,7 @@ def add_image(s: OrmSession, owner: str, **fields: Any) -> ImageRecord:
 
 
 def get_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
-    image = s.get(ImageRecord, image_id)
+    image = s.get(ImageRecord, image_id) if is_row_id(image_id) else None
     if image is None or image.owner != owner:
         raise NotFoundError("That image does not exist (it may have been deleted).")
     return image

@@ -17,7 +17,7 @@ from generators.base import ChatMessage, InvalidOptionsError, SamplingParams, Te
 from storage import repository as repo
 from storage.db import StorageError
 
-from .context import AppContext
+from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
 
 KIND = "chat"
@@ -85,6 +85,7 @@ def _view(s: Any, chat: Any, notice: str = "") -> ChatView:
 
 
 def _clean_text(text: str) -> str:
+    check_text(text if text is not None else "", "message")
     text = (text or "").strip()
     if not text:
         raise InvalidOptionsError("Type a message first.")
@@ -102,6 +103,7 @@ def get_chat(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
 
 
 def list_chats(ctx: AppContext, owner: str, query: str = "") -> list[ChatSummary]:
+    query = clean_title(query, "search")
     with ctx.store.begin() as s:
         return [ChatSummary(c.id, c.title or "Untitled chat", c.updated_at) for c in repo.list_sessions(s, owner, KIND, query)]
 
@@ -232,7 +234,8 @@ def stream_reply(
 
 
 def rename_chat(ctx: AppContext, owner: str, chat_id: str, title: str) -> ChatView:
-    if not title.strip():
+    title = clean_title(title)
+    if not title:
         raise InvalidOptionsError("A chat title cannot be empty.")
     with ctx.store.begin() as s:
         chat = repo.rename_session(s, owner, chat_id, title)

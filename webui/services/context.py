@@ -7,6 +7,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from generators.base import BusyError, InvalidOptionsError
 from generators.registry import Registry
@@ -46,6 +47,31 @@ class CancelTokens:
     def discard(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+
+def check_text(text: Any, what: str = "text", limit: int | None = None) -> None:
+    """Text a person typed must be a string, within the limit, and storable in any database."""
+    if not isinstance(text, str):
+        raise InvalidOptionsError(f"The {what} must be text, not {type(text).__name__}.")
+    if limit is not None and len(text) > limit:
+        raise InvalidOptionsError(f"The {what} is {len(text):,} characters long; the limit is {limit:,}.")
+    if "\x00" in text:
+        raise InvalidOptionsError(f"The {what} contains a NUL character (\\x00); remove it and try again.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidOptionsError(f"The {what} contains characters that are not valid Unicode (a lone surrogate, "
+                                  "e.g. from text decoded with errors='surrogateescape'); fix the encoding.") from None
+
+
+TITLE_LIMIT = 200
+
+
+def clean_title(value: Any, what: str = "title") -> str:
+    """A title or name: text (None counts as empty), valid Unicode, stripped, at most 200 characters."""
+    value = "" if value is None else value
+    check_text(value, what)
+    return value.strip()[:TITLE_LIMIT]
 
 
 class RateLimiter:
@@ -122,9 +148,7 @@ class AppContext:
             self.rate.check(owner, consume)
 
     def check_text(self, text: str, what: str = "text") -> None:
-        limit = self.settings.max_prompt_chars
-        if len(text) > limit:
-            raise InvalidOptionsError(f"The {what} is {len(text):,} characters long; the limit is {limit:,}.")
+        check_text(text, what, self.settings.max_prompt_chars)
 
     def check_max_new_tokens(self, value: int) -> None:
         limit = self.settings.max_new_tokens

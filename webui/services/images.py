@@ -34,7 +34,7 @@ from storage import repository as repo
 from storage.models import ImageRecord, new_id
 
 from . import png
-from .context import AppContext
+from .context import AppContext, clean_title
 from .generation import is_out_of_memory, out_of_memory_message
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def parse_seed(value: Any) -> int | None:
         seed = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
         raise InvalidOptionsError(
-            f"The seed must be a whole number from 0 to {MAX_SEED}, or empty for random; got {value!r}.") from None
+            f"The seed must be a whole number from 0 to {MAX_SEED}, or empty for random; got {_show(value)}.") from None
     if not 0 <= seed <= MAX_SEED:
         raise InvalidOptionsError(f"The seed must be from 0 to {MAX_SEED}; got {seed}.")
     return seed
@@ -139,21 +139,30 @@ def parse_label(gen: ImageGenerator, value: Any) -> int | None:
     if isinstance(value, str) and value in names:
         return names.index(value)
     try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
         label = int(value)
-    except (TypeError, ValueError):
-        raise InvalidOptionsError(f"Unknown class {value!r}; {gen.name} has: {', '.join(names)} (or random).") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidOptionsError(f"Unknown class {_show(value)}; {gen.name} has: {', '.join(names)} (or random).") from None
     if not 0 <= label < len(names):
         raise InvalidOptionsError(f"Class {label} does not exist; {gen.name} has classes 0–{len(names) - 1}.")
     return label
 
 
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
 def _count(value: Any, what: str, low: int, high: int) -> int:
     try:
+        if isinstance(value, bool):
+            raise TypeError
         number = int(value)
         if number != float(value):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise InvalidOptionsError(f"The {what} must be a whole number from {low} to {high}; got {value!r}.") from None
+        raise InvalidOptionsError(f"The {what} must be a whole number from {low} to {high}; got {_show(value)}.") from None
     if not low <= number <= high:
         raise InvalidOptionsError(f"The {what} must be from {low} to {high}; got {number}.")
     return number
@@ -413,12 +422,10 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
 def gallery(ctx: AppContext, owner: str, model: str | None = None, label: Any = None, page: Any = 1,
             page_size: int = 24) -> GalleryPage:
     label_index = None
-    if label not in (None, "", "all", "All"):
-        try:
-            label_index = int(label)
-        except (TypeError, ValueError):
-            raise InvalidOptionsError(f"Filter by a class number; got {label!r}.") from None
-    page = max(1, _count(page or 1, "page", 1, 10**6))
+    if not (label is None or (isinstance(label, str) and label.strip().lower() in ("", "all"))):
+        label_index = _count(label, "class filter", 0, 100_000)
+    page = _count(page if page not in (None, "") else 1, "page", 1, 10**6)
+    model = clean_title(model, "generator filter") if model is not None else None
     with ctx.store.begin() as s:
         rows, total = repo.list_images(s, owner, model or None, label_index, (page - 1) * page_size, page_size)
         items = [_saved(ctx, r) for r in rows]
@@ -433,7 +440,7 @@ def gallery_models(ctx: AppContext, owner: str) -> list[str]:
 
 def get_image(ctx: AppContext, owner: str, image_id: str) -> SavedImage:
     with ctx.store.begin() as s:
-        return _saved(ctx, repo.get_image(s, owner, str(image_id or "")))
+        return _saved(ctx, repo.get_image(s, owner, image_id))
 
 
 def rerun(ctx: AppContext, owner: str, image_id: str, source: str = "ui") -> ImageResult:
@@ -444,7 +451,7 @@ def rerun(ctx: AppContext, owner: str, image_id: str, source: str = "ui") -> Ima
 def delete_image(ctx: AppContext, owner: str, image_id: str) -> None:
     """Delete the row, then its files (a crash in between leaves an orphan file, never a row without a file)."""
     with ctx.store.begin() as s:
-        row = repo.delete_image(s, owner, str(image_id or ""))
+        row = repo.delete_image(s, owner, image_id)
         path = ctx.store.data_dir / row.file
     path.unlink(missing_ok=True)
     path.with_suffix(".gif").unlink(missing_ok=True)

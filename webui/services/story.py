@@ -19,7 +19,7 @@ from typing import Any
 from generators.base import InvalidOptionsError, TextGenerator
 from storage import repository as repo
 
-from .context import AppContext
+from .context import AppContext, clean_title
 from .generation import stream_text
 from .story_archive import (  # noqa: F401 (re-exported)
     EXPORT_FORMAT,
@@ -72,6 +72,7 @@ def get_story(ctx: AppContext, owner: str, story_id: str) -> StoryView:
 
 
 def list_stories(ctx: AppContext, owner: str, query: str = "") -> list[StorySummary]:
+    query = clean_title(query, "search")
     with ctx.store.begin() as s:
         return [StorySummary(c.id, c.title or "Untitled story", c.updated_at) for c in repo.list_sessions(s, owner, KIND, query)]
 
@@ -83,7 +84,7 @@ def create_story(ctx: AppContext, owner: str, title: str, settings: StorySetting
     """A new story (its first edit is the empty or opening text, so undo stops there)."""
     opening = clean_passage(opening or "")
     with ctx.store.begin() as s:
-        story = repo.create_session(s, owner, KIND, (title or "").strip()[:200] or "Untitled story", settings.as_json())
+        story = repo.create_session(s, owner, KIND, clean_title(title) or "Untitled story", settings.as_json())
         ids = [repo.add_passage(s, story, "user", opening).id] if opening.strip() else []
         repo.record_edit(s, story, "create", ids)
         return view_of(s, story, "Story created.")
@@ -310,7 +311,8 @@ def _notice(outcome: str, tokens: int, cut: Sequence[Any]) -> str:
 
 
 def rename_story(ctx: AppContext, owner: str, story_id: str, title: str) -> StoryView:
-    if not (title or "").strip():
+    title = clean_title(title)
+    if not title:
         raise InvalidOptionsError("A story title cannot be empty.")
     with ctx.store.begin() as s:
         story_row(s, owner, story_id)

@@ -19,7 +19,7 @@ from typing import Any
 from generators.base import InvalidOptionsError
 from storage import repository as repo
 
-from .context import AppContext
+from .context import AppContext, clean_title
 from .story_values import (
     KIND,
     MAX_PASSAGE_CHARS,
@@ -92,9 +92,10 @@ def restore_snapshot(ctx: AppContext, owner: str, story_id: str, snapshot_id: st
 
 
 def _snapshot_name(name: str | None) -> str:
-    if not (name or "").strip():
+    name = clean_title(name, "snapshot name")
+    if not name:
         raise InvalidOptionsError("Give the snapshot a name.")
-    return (name or "").strip()
+    return name
 
 
 def _snapshots(s: Any, story: Any) -> list[SnapshotSummary]:
@@ -193,7 +194,7 @@ def duplicate_story(ctx: AppContext, owner: str, story_id: str, title: str = "")
         src = story_row(s, owner, story_id)
         refuse_while_streaming(repo.story_passages(s, src))
         parsed = _parse(_export(s, src))
-        new = _write(s, owner, parsed, (title or "").strip() or f"{src.title} (fork)")
+        new = _write(s, owner, parsed, clean_title(title) or f"{src.title} (fork)")
         return view_of(s, new, f"Forked from “{src.title}”.")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from generators.base import InvalidOptionsError, SamplingParams
 from storage import repository as repo
 
-from .context import AppContext
+from .context import AppContext, check_text
 from .generation import sampling_params
 from .story_context import Levers, WorldEntry
 
@@ -193,6 +193,7 @@ def refuse_while_streaming(rows: Sequence[Any]) -> None:
 
 
 def clean_passage(text: str) -> str:
+    check_text(text, "text")
     if len(text) > MAX_PASSAGE_CHARS:
         raise InvalidOptionsError(f"The text is {len(text):,} characters long; the limit is {MAX_PASSAGE_CHARS:,}.")
     return text

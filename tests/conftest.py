@@ -29,43 +29,17 @@ ARTIFACTS = ROOT / "test-artifacts"
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model's tokenizer (with its chat template), read from the packaged GGUF."""
-    from transformers import AutoTokenizer
+    from tests.tiny import save_smol_tokenizer
 
-    from generators.text.model_source import resolve_source
-    from webui.settings import default_models
-
-    gguf = Path(resolve_source(default_models()[0].options["source"]).location)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    out = tmp_path_factory.mktemp("smol-tokenizer")
-    tok.save_pretrained(out)
-    return out
+    return save_smol_tokenizer(tmp_path_factory.mktemp("smol-tokenizer"))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(smol_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Llama (2 layers, width 64) with the real tokenizer: fast and honest."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from tests.tiny import save_tiny_llama
 
-    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
 
 
 # ------------------------------------------------------------------ fakes

@@ -76,6 +76,33 @@ def test_cancel_stops_within_one_token(lm: TransformersLM) -> None:
     assert last.stats is not None and last.stats.completion_tokens <= 4  # the token in flight at most
 
 
+def test_stream_resumed_on_other_threads_works_and_leaks_no_grad_mode(lm: TransformersLM) -> None:
+    """Gradio and Starlette call next() of a streaming generator on pool threads: each step on a new thread here."""
+    import torch
+
+    expected = "".join(c.text for c in lm.stream(chat("hop", temperature=0.0, max_new_tokens=12)))
+    stream = lm.stream(chat("hop", temperature=0.0, max_new_tokens=12))
+    parts: list[str] = []
+    grad_after: list[bool] = []
+    errors: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            parts.append(next(stream).text)
+        except StopIteration:
+            parts.append("<end>")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        grad_after.append(torch.is_grad_enabled())  # this thread must be left as it was found
+
+    while not errors and (not parts or parts[-1] != "<end>"):
+        thread = threading.Thread(target=step)
+        thread.start()
+        thread.join()
+    assert not errors, errors
+    assert "".join(parts[:-1]) == expected and all(grad_after)
+
+
 def test_stop_string_ends_the_reply_and_is_not_shown(lm: TransformersLM) -> None:
     free, _ = lm.generate(chat("abc", temperature=0, max_new_tokens=30))
     assert len(free) > 6

@@ -288,28 +288,31 @@ class TransformersLM(TextGenerator):
         first_token_at: float | None = None
         finish: Literal["stop", "length", "cancelled"] = "length"
 
-        with torch.inference_mode():
-            for _ in range(params.max_new_tokens):
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
+        # Grad mode is per thread and a streaming caller (Gradio, Starlette) may resume this generator on
+        # another worker thread after each yield: enter inference mode per step, never across a yield.
+        for _ in range(params.max_new_tokens):
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            with torch.inference_mode():
                 out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 token = sampler(all_ids, out.logits[:, -1, :])  # logits: (1, T, V) → (1, V)
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                if token in eos:
-                    finish = "stop"
-                    break
-                generated += 1
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if token in eos:
+                finish = "stop"
+                break
+            generated += 1
+            with torch.inference_mode():
                 next_input = torch.tensor([[token]], device=device)
                 all_ids = torch.cat([all_ids, next_input], dim=1)
-                text = stops.push(detok.push(token))
-                if text:
-                    yield TextChunk(text)
-                if stops.stopped:
-                    finish = "stop"
-                    break
+            text = stops.push(detok.push(token))
+            if text:
+                yield TextChunk(text)
+            if stops.stopped:
+                finish = "stop"
+                break
         tail = "" if stops.stopped else stops.flush()
         ended = time.perf_counter()
         decode_s = ended - first_token_at if first_token_at else 0.0

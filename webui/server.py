@@ -57,6 +57,6 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
         show_error=True,
         css=CSS,
         auth=ctx.accounts.verify_password if ctx.auth_enabled else None,
-        auth_message="Log in to AIGC Studio. (An admin adds users with `python launch.py users add NAME`.)",
+        auth_message="Log in to AIGC Studio. An admin adds users with: python launch.py users add NAME",
     )
     return demo

@@ -1,7 +1,10 @@
 """The Store: engine, sessionmaker and migrations for one database URL.
 
 SQLite (the default) runs in WAL mode with foreign keys on and a busy timeout, set on
-every connection. Any SQLAlchemy URL works (PostgreSQL uses the same migrations).
+every connection. PostgreSQL (`postgresql+psycopg://…`) uses the same migrations, and
+several app instances may share one database: migrations run under an advisory lock, and
+each instance holds an advisory lock named after its instance id for as long as it lives,
+so a starting instance marks as interrupted only the generations of instances that died.
 Schema changes go through Alembic; `Store(...)` upgrades to head at start.
 """
 
@@ -11,20 +14,28 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
-from .models import Generation, Message, StoryPassage
+from .models import Generation, Message, StoryPassage, new_id
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK = 7_263_524_901  # pg advisory lock key held while migrating
+
+
+def instance_lock_key(instance_id: str) -> int:
+    """A signed 64-bit advisory-lock key from an instance id (32 hex digits)."""
+    value = int(instance_id[:16], 16)
+    return value - 2**64 if value >= 2**63 else value
 
 
 class StorageError(Exception):
@@ -55,6 +66,8 @@ def upgrade_to_head(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # two instances starting at once must not both migrate
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
@@ -66,12 +79,31 @@ class Store:
         self.url = url
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.instance_id = new_id()
+        self._liveness: Any = None
         try:
             self.engine = make_engine(url)
             upgrade_to_head(self.engine)
+            if self.shared:
+                # held for the life of this process; the server drops it when the process dies
+                self._liveness = self.engine.connect()
+                self._liveness.execute(text("SELECT pg_advisory_lock(:k)"), {"k": instance_lock_key(self.instance_id)})
+                self._liveness.commit()
         except Exception as exc:
             raise StorageError(f"Could not open or migrate the database at {url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other app instances may use this database at the same time (PostgreSQL)."""
+        return self.engine.dialect.name == "postgresql"
+
+    def _instance_alive(self, s: OrmSession, instance_id: str | None) -> bool:
+        if not self.shared or not instance_id or instance_id == self.instance_id:
+            return instance_id == self.instance_id
+        key = instance_lock_key(instance_id)
+        got = s.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar()
+        return not got  # someone holds it: that instance is alive
 
     @contextmanager
     def begin(self) -> Iterator[OrmSession]:
@@ -82,7 +114,12 @@ class Store:
     def recover_interrupted(self) -> int:
         """Mark generations left `running` by a crash as `interrupted` (their text is kept)."""
         with self.begin() as s:
-            ids = list(s.scalars(select(Generation.id).where(Generation.outcome == "running")))
+            running = s.execute(select(Generation.id, Generation.instance_id).where(Generation.outcome == "running")).all()
+            alive: dict[str | None, bool] = {}
+            for _, instance in running:
+                if instance not in alive:
+                    alive[instance] = self._instance_alive(s, instance)
+            ids = [gid for gid, instance in running if not alive[instance]]
             if ids:
                 s.execute(update(Generation).where(Generation.id.in_(ids)).values(outcome="interrupted"))
                 s.execute(
@@ -106,4 +143,7 @@ class Store:
         return len(ids)
 
     def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.close()
+            self._liveness = None
         self.engine.dispose()

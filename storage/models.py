@@ -100,6 +100,9 @@ class Generation(Base):
     tokens_per_s: Mapped[float | None]
     started_at: Mapped[Created]
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the app process that runs it: on PostgreSQL several instances share the database, and a
+    # starting instance must mark only the running generations of dead instances as interrupted
+    instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class StoryPassage(Base):

@@ -369,9 +369,11 @@ def start_generation(
     session_id: str | None = None,
     source: str = "ui",
     seed: int | None = None,
+    instance_id: str | None = None,
 ) -> Generation:
     row = Generation(
-        id=new_id(), owner=owner, generator=generator, params=params, session_id=session_id, source=source, seed=seed
+        id=new_id(), owner=owner, generator=generator, params=params, session_id=session_id, source=source, seed=seed,
+        instance_id=instance_id,
     )
     s.add(row)
     s.flush()

@@ -94,7 +94,8 @@ def stream_text(
     params_json = request.params.model_dump(mode="json")
     with ctx.store.begin() as s:
         gen_row = repo.start_generation(
-            s, owner, model, params_json, session_id=session_id, source=source, seed=request.params.seed
+            s, owner, model, params_json, session_id=session_id, source=source, seed=request.params.seed,
+            instance_id=ctx.store.instance_id,
         )
     result = RunResult(generation_id=gen_row.id)
     if on_start:

@@ -235,7 +235,8 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
     """Hold the model for `work(gen)`, recording a `generations` row with its outcome and time."""
     ctx.check_rate(owner)
     with ctx.store.begin() as s:
-        gen_row = repo.start_generation(s, owner, model, params_json, source=source, seed=seed)
+        gen_row = repo.start_generation(s, owner, model, params_json, source=source, seed=seed,
+                                        instance_id=ctx.store.instance_id)
     started = time.perf_counter()
     try:
         with ctx.registry.use(model) as gen:

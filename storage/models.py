@@ -174,3 +174,22 @@ class ImageRecord(Base):
     created_at: Mapped[Created]
 
     __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)
+
+
+class Rating(Base):
+    """A person's thumbs up/down (and optional comment) on one output: a chat reply, a story
+    passage or an image. One rating per user and output; rating again replaces it."""
+
+    __tablename__ = "ratings"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    target_kind: Mapped[str] = mapped_column(String(16))  # message | passage | image
+    target_id: Mapped[str] = mapped_column(String(32))
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"), index=True)
+    generator: Mapped[str] = mapped_column(String(200), index=True)
+    value: Mapped[int]  # +1 or -1
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+    __table_args__ = (Index("ux_ratings_owner_target", "owner", "target_kind", "target_id", unique=True),)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, chat, gallery, image, models, story
+from .tabs import FAST, chat, evaluate, gallery, image, models, story
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -44,10 +44,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 image.build(ctx)
             with gr.Tab("Gallery", id="gallery") as gallery_tab:
                 show_gallery, gallery_inputs, gallery_outputs = gallery.build(ctx)
+            with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
+                refresh_ratings, ratings_table = evaluate.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo)
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
+        evaluate_tab.select(refresh_ratings, None, ratings_table, **FAST, api_visibility="private")
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
     return demo

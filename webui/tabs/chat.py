@@ -13,6 +13,7 @@ import gradio as gr
 
 from ..errors import ui_errors
 from ..services import chat as svc
+from ..services import ratings
 from ..services.context import AppContext
 from . import FAST, chat_sidebar
 from .chat_view import alternatives_label, chatbot_messages, default_focus
@@ -43,7 +44,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 height=480,
                 editable="user",
                 buttons=["copy", "copy_all"],
-                feedback_options=None,
+                feedback_options=("Like", "Dislike"),
                 placeholder="Start a conversation: type below and press Enter.",
             )
             notice = gr.Markdown(elem_id="chat-notice")
@@ -178,6 +179,17 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, **FAST, api_name="next_version")
 
     model.change(describe_model, model, model_state, **FAST, **private)
+
+    @ui_errors
+    def like(ids: list[str], evt: gr.LikeData, request: gr.Request) -> str:
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not isinstance(index, int) or not 0 <= index < len(ids):
+            raise gr.Error("That message is no longer shown; open the chat again.")
+        value = 1 if evt.liked is True else -1 if evt.liked is False else None
+        stored = ratings.rate(ctx, owner(request), "message", ids[index], value)
+        return {1: "Rated 👍 — thanks.", -1: "Rated 👎 — thanks.", 0: "Rating removed."}[stored]
+
+    chatbot.like(like, msg_ids, notice, **FAST, **private)
 
     def on_page_load(demo: gr.Blocks) -> None:
         demo.load(after_reply, [side.search, chat_id, model], [side.chats, model_state], **FAST, **private)

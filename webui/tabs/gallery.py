@@ -8,6 +8,7 @@ import gradio as gr
 
 from ..errors import ui_errors
 from ..services import images as svc
+from ..services import ratings
 from ..services.context import AppContext
 from . import FAST
 from .image import served
@@ -40,6 +41,8 @@ def build(ctx: AppContext) -> Any:
             details = gr.JSON(label="Parameters", elem_id="gallery-details")
             with gr.Row():
                 rerun = gr.Button("Re-run", variant="primary", size="sm", elem_id="gallery-rerun")
+                rate_up = gr.Button("Rate: good", size="sm", elem_id="gallery-rate-up")
+                rate_down = gr.Button("Rate: bad", size="sm", elem_id="gallery-rate-down")
                 delete = gr.Button("Delete", variant="stop", size="sm", elem_id="gallery-delete")
             with gr.Row(visible=False) as confirm_row:
                 confirm = gr.Button("Delete for good", variant="stop", size="sm", elem_id="gallery-delete-confirm")
@@ -96,7 +99,19 @@ def build(ctx: AppContext) -> Any:
     def first_page(name: str, cls: str, request: gr.Request) -> tuple[Any, ...]:
         return show_page(name, cls, 1, request)
 
+    def rater(value: int) -> Any:
+        @ui_errors
+        def handler(chosen: str, request: gr.Request) -> str:
+            if not chosen:
+                raise gr.Error("Pick an image first.")
+            ratings.rate(ctx, owner(request), "image", chosen, value)
+            return "Rated good — thanks." if value > 0 else "Rated bad — thanks."
+
+        return handler
+
     private = {"api_visibility": "private"}
+    rate_up.click(rater(1), image_id, notice, **FAST, **private)
+    rate_down.click(rater(-1), image_id, notice, **FAST, **private)
     listing = [grid, page_ids, page, summary]
     filters = [model, label, page]
     refresh.click(show_page, filters, listing, **FAST, api_name="gallery_page")

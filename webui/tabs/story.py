@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
+from ..services import ratings
 from ..services import story as svc
 from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
@@ -56,7 +57,10 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             with gr.Accordion("Edit a passage", open=False):
                 passage = gr.Dropdown([], label="Passage", elem_id="story-passage")
                 passage_text = gr.Textbox(label="Text", lines=4, max_lines=20, info="empty removes the passage")
-                save_edit = gr.Button("Save edit", size="sm")
+                with gr.Row():
+                    save_edit = gr.Button("Save edit", size="sm")
+                    rate_up = gr.Button("Rate: good", size="sm", elem_id="story-rate-up")
+                    rate_down = gr.Button("Rate: bad", size="sm", elem_id="story-rate-down")
             with gr.Accordion("Memory, author's note, world info", open=False):
                 memory = gr.Textbox(label="Memory", lines=3, info="always at the top of the context: characters, setting")
                 with gr.Row():
@@ -214,6 +218,19 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     next_alt.click(flip(+1), story_id, view_outputs + [passage_text], **FAST, api_name="story_next_version")
     passage.select(pick_passage, [story_id, passage], passage_text, **FAST, **private)
     save_edit.click(edit, [story_id, passage, passage_text], view_outputs, **FAST, api_name="edit_passage")
+
+    def rater(value: int) -> Any:
+        @ui_errors
+        def handler(pid: str | None, request: gr.Request) -> None:
+            if not pid:
+                raise gr.Error("Pick a passage the model wrote first (Edit a passage → Passage).")
+            ratings.rate(ctx, owner(request), "passage", pid, value)
+            gr.Info("Rated — thanks." if value > 0 else "Rated — thanks; the Evaluate tab lists ratings per model.")
+
+        return handler
+
+    rate_up.click(rater(1), passage, None, **FAST, **private)
+    rate_down.click(rater(-1), passage, None, **FAST, **private)
 
     def on_page_load(demo: gr.Blocks) -> None:
         demo.load(after, [side.search, story_id], side.stories, **FAST, **private)

@@ -193,3 +193,22 @@ class Rating(Base):
     updated_at: Mapped[Updated]
 
     __table_args__ = (Index("ux_ratings_owner_target", "owner", "target_kind", "target_id", unique=True),)
+
+
+class ArenaBattle(Base):
+    """One blind comparison: a prompt answered by two text generators, shown as A and B without
+    their names, and the person's vote (a | b | tie | both_bad). Names are shown after the vote."""
+
+    __tablename__ = "arena_battles"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    prompt: Mapped[str] = mapped_column(Text)
+    model_a: Mapped[str] = mapped_column(String(200))
+    model_b: Mapped[str] = mapped_column(String(200))
+    generation_a_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    generation_b_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    text_a: Mapped[str] = mapped_column(Text, default="")
+    text_b: Mapped[str] = mapped_column(Text, default="")
+    vote: Mapped[str | None] = mapped_column(String(16), index=True)
+    created_at: Mapped[Created]
+    voted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

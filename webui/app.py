@@ -45,12 +45,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Gallery", id="gallery") as gallery_tab:
                 show_gallery, gallery_inputs, gallery_outputs = gallery.build(ctx)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
-                refresh_ratings, ratings_table = evaluate.build(ctx)
+                refresh_evaluate, evaluate_outputs = evaluate.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo)
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
-        evaluate_tab.select(refresh_ratings, None, ratings_table, **FAST, api_visibility="private")
+        evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
     return demo

@@ -75,7 +75,7 @@ def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("users", "backup", "restore"):
+    if argv and argv[0] in ("users", "backup", "restore", "evaluate"):
         from webui.admin import main as admin_main
 
         return admin_main(argv)

@@ -286,6 +286,12 @@ class TextGenerator(Generator):
     def context_window(self) -> int:
         return 2048
 
+    def log_likelihood(self, text: str, cancel: threading.Event | None = None) -> tuple[float, int]:
+        """(negative log-likelihood of `text` in nats, number of tokens it was scored over).
+
+        For perplexity and bits per character; plugins that cannot score text say so."""
+        raise InvalidOptionsError(f"{self.name} cannot score text (no log-likelihood).")
+
     def supports_chat(self) -> bool:
         """Whether role-tagged messages work well (an instruct model with a chat template);
         False means plain text continuation (`TextRequest(prompt=...)`) suits it better."""

@@ -212,3 +212,17 @@ class ArenaBattle(Base):
     vote: Mapped[str | None] = mapped_column(String(16), index=True)
     created_at: Mapped[Created]
     voted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MetricResult(Base):
+    """One automatic metric of one generator, with when and with what it was measured."""
+
+    __tablename__ = "metric_results"
+    id: Mapped[IdPk]
+    run_id: Mapped[str] = mapped_column(String(32), index=True)  # metrics measured together
+    generator: Mapped[str] = mapped_column(String(200), index=True)
+    metric: Mapped[str] = mapped_column(String(64))  # perplexity | bits_per_char | bleu | rouge_l | class_accuracy | frechet
+    value: Mapped[float]
+    dataset: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)  # versions, weights, sizes
+    created_at: Mapped[Created]

@@ -7,6 +7,7 @@
     python launch.py users remove ann         # her chats, stories and images stay in the database
     python launch.py backup studio-backup.tar.gz
     python launch.py restore studio-backup.tar.gz
+    python launch.py evaluate [--models a,b]  # automatic metrics of the configured generators, stored
 
 A backup is one .tar.gz: the SQLite database copied with SQLite's online backup API (safe while
 the studio runs and writes), the image files and the users file. Restore checks the archive
@@ -167,6 +168,31 @@ def restore(settings: Any, archive: Path) -> dict[str, Any]:
     return manifest
 
 
+def evaluate(settings: Any, models: str | None) -> int:
+    from tqdm import tqdm
+
+    from .server import create_context
+    from .services import metrics
+
+    ctx = create_context(settings)
+    try:
+        bar = tqdm(total=100, desc="metrics", unit="%")
+
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction)
+            bar.set_postfix_str(message[:60])
+            bar.refresh()
+
+        found = metrics.run(ctx, [m.strip() for m in models.split(",")] if models else None, progress)
+        bar.close()
+    finally:
+        ctx.store.close()
+    print("| generator | metric | value | data |\n|---|---|---:|---|")
+    for m in found:
+        print(f"| {m.generator} | {m.metric} | {m.value:.4g} | {m.dataset} |")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description="AIGC Studio admin commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +207,9 @@ def main(argv: list[str]) -> int:
     r = sub.add_parser("restore", help="put a backup back (stop the studio first)")
     r.add_argument("file", type=Path)
     _common(r)
+    e = sub.add_parser("evaluate", help="automatic metrics (perplexity, bits/char, BLEU, ROUGE-L, image accuracy/FD)")
+    e.add_argument("--models", help="comma-separated model names (default: every configured model)")
+    _common(e)
     args = parser.parse_args(argv)
     from generators.base import StudioError
 
@@ -192,6 +221,8 @@ def main(argv: list[str]) -> int:
                 parser.error(f"users {args.action} needs a NAME")
             return users(args)
         settings = _settings(args)
+        if args.command == "evaluate":
+            return evaluate(settings, args.models)
         if args.command == "backup":
             manifest = backup(settings, args.file)
             print(f"Backed up the database and {manifest['images']} image file(s) to {args.file}")

@@ -26,6 +26,7 @@ from ..base import (
     CAP_QUANTIZATION,
     CAP_SEED,
     CAP_STREAM,
+    GenerationFailedError,
     GenerationStats,
     GeneratorInfo,
     InvalidOptionsError,
@@ -266,6 +267,38 @@ class TransformersLM(TextGenerator):
             elif eos:
                 ids.update(int(e) for e in eos)
         return ids
+
+    def log_likelihood(self, text: str, cancel: threading.Event | None = None) -> tuple[float, int]:
+        """NLL (nats) of every token of `text` after the first, in windows of the context size
+        with half-window overlap, so each scored token sees at least half a window of context."""
+        import torch
+
+        self._require_loaded()
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None:
+            ids = [bos, *ids]
+        if len(ids) < 2:
+            raise InvalidOptionsError("The text is too short to score.")
+        window = max(8, min(self.context_window, 1024))
+        stride = window // 2
+        total, scored, done = 0.0, 0, 1  # tokens[0] is never predicted
+        start = 0
+        while done < len(ids):
+            if cancel is not None and cancel.is_set():
+                raise GenerationFailedError("Scoring was stopped.")
+            end = min(len(ids), start + window)
+            chunk = torch.tensor([ids[start:end]], device=self.model.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=chunk).logits[0, :-1].float()
+            targets = chunk[0, 1:]
+            nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+            first_new = done - start - 1  # positions already scored by the previous window are skipped
+            total += float(nll[first_new:].sum())
+            scored += int(nll[first_new:].numel())
+            done = end
+            start = max(start + stride, end - window // 2) if end < len(ids) else end
+        return total, scored
 
     # ------------------------------------------------------------ generation
     def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:

@@ -7,12 +7,62 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
-from ..services import arena, ratings
+from ..services import arena, metrics, ratings
 from ..services.context import AppContext
 from . import FAST
 
 BOARD_COLUMNS = ["Model", "Rating (Bradley–Terry, Elo scale)", "95 % interval", "Rounds", "Wins (ties ½)"]
 VOTE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
+
+
+METRIC_COLUMNS = ["Generator", "Metric", "Value", "Data", "Measured"]
+METRIC_NOTES = {"perplexity": "lower is better (per token of that model)", "bits_per_char": "lower is better",
+                "bleu": "0–100, higher is better", "rouge_l": "0–100, higher is better",
+                "class_accuracy": "higher is better", "frechet": "lower is better"}
+
+
+def metric_rows(found: list[metrics.Measured]) -> list[list[Any]]:
+    return [[m.generator, m.metric, round(m.value, 4), m.dataset, m.created_at] for m in found]
+
+
+def history_plot(found: list[metrics.Measured], metric: str) -> Any:
+    """One line per generator: the metric over successive measurements (PIL)."""
+    from PIL import Image, ImageDraw
+
+    series: dict[str, list[float]] = {}
+    for m in found:
+        if m.metric == metric:
+            series.setdefault(m.generator, []).append(m.value)
+    width, height, left, top, bottom = 640, 260, 60, 24, 30
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 4), f"{metric} ({METRIC_NOTES.get(metric, '')})", fill=(30, 30, 30))
+    values = [v for vs in series.values() for v in vs]
+    if not values:
+        draw.text((left, height // 2), "No measurements yet: run the metrics.", fill=(90, 90, 90))
+        return image
+    lo, hi = min(values), max(values)
+    hi = hi if hi > lo else lo + 1
+    longest = max(len(v) for v in series.values())
+    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        x = left + (i / max(longest - 1, 1)) * (width - left - 130)
+        return x, top + (1 - (v - lo) / (hi - lo)) * (height - top - bottom)
+
+    draw.rectangle((left, top, width - 130, height - bottom), outline=(200, 200, 200))
+    draw.text((4, top - 6), f"{hi:.3g}", fill=(90, 90, 90))
+    draw.text((4, height - bottom - 6), f"{lo:.3g}", fill=(90, 90, 90))
+    for c, (name, vs) in enumerate(sorted(series.items())):
+        color = colors[c % len(colors)]
+        points = [xy(i, v) for i, v in enumerate(vs)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for x, y in points:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
+        draw.text((width - 122, top + 14 * c), name[:18], fill=color)
+    draw.text((left, height - bottom + 8), "measurement 1 … " + str(longest), fill=(90, 90, 90))
+    return image
 
 
 def board_rows(standings: list[arena.Standing]) -> list[list[Any]]:
@@ -116,6 +166,43 @@ def build(ctx: AppContext) -> Any:
     def refresh_board() -> tuple[Any, Any]:
         standings = arena.leaderboard(ctx)
         return board_rows(standings), board_plot(standings)
+
+    with gr.Tab("Metrics", id="metrics"):
+        gr.Markdown("Perplexity and bits per character on a held-out text, BLEU and ROUGE-L on a small prompt set "
+                    "with references, classifier accuracy and Fréchet distance for the digit generators. Every run is "
+                    "stored with its date and versions.")
+        with gr.Row():
+            pick = gr.CheckboxGroup(ctx.registry.names(), value=ctx.registry.names(), label="Generators", scale=3)
+            with gr.Column(scale=1, min_width=160):
+                run_metrics = gr.Button("Run the metrics", variant="primary", elem_id="metrics-run")
+                stop_metrics = gr.Button("Stop", variant="stop", elem_id="metrics-stop")
+        metrics_status = gr.Markdown(elem_id="metrics-status")
+        latest_table = gr.Dataframe(metric_rows(metrics.latest(ctx)), headers=METRIC_COLUMNS, interactive=False,
+                                    label="Latest values", elem_id="metrics-latest")
+        with gr.Row():
+            which = gr.Dropdown(list(METRIC_NOTES), value="bits_per_char", label="History of", scale=1)
+            plot = gr.Image(history_plot(metrics.history(ctx), "bits_per_char"), type="pil", label="History", scale=3,
+                            elem_id="metrics-plot")
+
+    @ui_errors
+    def do_metrics(chosen: list[str], metric: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
+        owner(request)  # logged in
+        if not chosen:
+            raise gr.Error("Pick at least one generator.")
+        cancel = ctx.cancels.fresh("metrics:" + (request.session_hash or ""))
+        found = metrics.run(ctx, chosen, lambda f, m: progress(f, desc=m), cancel)
+        every = metrics.history(ctx)
+        return (metric_rows(metrics.latest(ctx)), history_plot(every, metric),
+                f"Measured {len(found)} value(s) for {len(chosen)} generator(s).")
+
+    def stop_run(request: gr.Request) -> str:
+        ctx.cancels.cancel("metrics:" + (request.session_hash or ""))
+        return "Stopping after the current step…"
+
+    run_metrics.click(do_metrics, [pick, which], [latest_table, plot, metrics_status], concurrency_id="generate",
+                      concurrency_limit=ctx.settings.concurrency, api_name="run_metrics")
+    stop_metrics.click(stop_run, None, metrics_status, **FAST, api_name="stop_metrics")
+    which.change(lambda m: history_plot(metrics.history(ctx), m), which, plot, **FAST, api_visibility="private")
 
     with gr.Tab("Ratings", id="ratings"):
         gr.Markdown("Ratings of chat replies, story passages and images, per generator (all users; counts only). "

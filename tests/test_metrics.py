@@ -1,0 +1,76 @@
+"""Automatic metrics: hand-checkable values on fixed inputs, storage with versions, stop, history."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+from sacrebleu.metrics import BLEU
+
+from generators.base import GenerationFailedError
+from generators.image.plugin import GANPlugin
+from generators.registry import ModelSpec
+from webui.services import metrics
+
+
+def test_bleu_and_rouge_on_fixed_inputs_match_hand_computed_values() -> None:
+    from rouge_score import rouge_scorer
+
+    # identical sentences: BLEU 100, ROUGE-L 1; disjoint: 0 and 0
+    assert BLEU().corpus_score(["the cat sat on the mat"], [["the cat sat on the mat"]]).score == pytest.approx(100)
+    assert BLEU().corpus_score(["dogs bark loudly"], [["the cat sat on the mat"]]).score == pytest.approx(0)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    # LCS("a b c d", "a c d e") = "a c d" (3): precision 3/4, recall 3/4, F1 0.75
+    assert scorer.score("a b c d", "a c d e")["rougeL"].fmeasure == pytest.approx(0.75)
+
+
+def test_log_likelihood_in_windows_equals_one_pass(tiny_model_dir) -> None:
+    import torch
+
+    from generators.text.transformers_lm import TransformersLM
+
+    lm = TransformersLM("tiny", {"source": str(tiny_model_dir), "device": "cpu", "context_length": 64})
+    lm.load()
+    text = "The lighthouse keeper walked down to the harbour before dawn. " * 3
+    nll, tokens = lm.log_likelihood(text)
+    ids = [lm.tokenizer.bos_token_id, *lm.tokenizer.encode(text, add_special_tokens=False)]
+    assert tokens == len(ids) - 1
+    if len(ids) <= 64:  # short enough for one pass: the windowed sum must equal the direct one
+        with torch.inference_mode():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        direct = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
+        assert nll == pytest.approx(direct, rel=1e-4)
+    assert 1 < math.exp(nll / tokens) < 2 * len(lm.tokenizer)  # a random model is near uniform, not worse
+
+
+def test_run_stores_values_with_versions_and_history(make_ctx) -> None:
+    ctx = make_ctx({"quick": {"words": 3}})
+    ctx.registry.plugins["gan"] = GANPlugin
+    ctx.registry.add(ModelSpec("gan-mnist32", "gan", {"weights": "builtin:gan-mnist32"}))
+    seen: list[float] = []
+    found = metrics.run(ctx, None, lambda f, _m: seen.append(f))
+    by = {(m.generator, m.metric): m.value for m in found}
+    assert set(by) == {("quick", "bleu"), ("quick", "rouge_l"), ("gan-mnist32", "class_accuracy"), ("gan-mnist32", "frechet")}
+    assert by[("gan-mnist32", "class_accuracy")] > 0.95 and 0 < by[("gan-mnist32", "frechet")] < 60
+    assert 0 <= by[("quick", "bleu")] <= 100 and seen[-1] == 1.0 and seen == sorted(seen)
+    from sqlalchemy import select
+
+    from storage.models import MetricResult
+
+    with ctx.store.begin() as s:
+        rows = list(s.scalars(select(MetricResult)))
+        assert len(rows) == 4 and all("torch" in r.details and r.details["plugin"] for r in rows)
+    metrics.run(ctx, ["quick"])
+    assert len([m for m in metrics.history(ctx, "quick") if m.metric == "bleu"]) == 2
+    assert len(metrics.latest(ctx)) == 4
+
+
+def test_a_run_can_be_stopped_and_unknown_models_are_refused(make_ctx) -> None:
+    ctx = make_ctx({"quick": {"words": 3}})
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(GenerationFailedError, match="stopped"):
+        metrics.run(ctx, ["quick"], cancel=stop)
+    with pytest.raises(Exception, match="Unknown model"):
+        metrics.run(ctx, ["nope"])

@@ -40,11 +40,13 @@ class App:
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None
+        lines = []
         for line in self.proc.stdout:
+            lines.append(line)
             if "AIGC Studio is ready" in line:
                 threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
                 return
-        raise RuntimeError("the app did not start")
+        raise RuntimeError("the app did not start:\n" + "".join(lines[-30:]))
 
     @property
     def url(self) -> str:

@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from generators.base import StudioError
-from generators.image.plugin import GANPlugin
-from generators.registry import ModelSpec
 from storage.db import StorageError
 from storage.models import Generation, ImageRecord, Message, Session, StoryPassage
 from webui.api import EXCEPTION_HANDLERS, build_router
@@ -44,10 +42,7 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 @pytest.fixture
 def ctx(make_ctx):  # type: ignore[no-untyped-def]
-    context = make_ctx({"quick": {"words": 3}}, max_prompt_chars=100_000)
-    context.registry.plugins["gan"] = GANPlugin
-    context.registry.add(ModelSpec("gan-mnist32", "gan", {"weights": "builtin:gan-mnist32"}))
-    return context
+    return make_ctx({"quick": {"words": 3}}, images=True, max_prompt_chars=100_000)
 
 
 def counts(ctx: Any) -> tuple[int, ...]:

@@ -7,8 +7,6 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from generators.image.plugin import GANPlugin
-from generators.registry import ModelSpec
 from tests.conftest import free_port
 from webui.server import launch
 from webui.services import chat as chat_svc
@@ -22,11 +20,9 @@ SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 64, "", "")
 @pytest.fixture
 def two_users(make_ctx):  # type: ignore[no-untyped-def]
     ctx = make_ctx({"quick": {"words": 5}, "broken": {"words": 50, "fail_after": 2, "fail_kind": "oom"}},
-                   port=free_port())
+                   images=True, port=free_port())
     accounts = Accounts(ctx.settings.users_path)
     keys = {"ann": accounts.add("ann", "ann-password"), "bob": accounts.add("bob", "bob-password")}
-    ctx.registry.plugins["gan"] = GANPlugin
-    ctx.registry.add(ModelSpec("gan-mnist32", "gan", {"weights": "builtin:gan-mnist32"}))
     demo = launch(ctx, quiet=True)
     clients = {name: Client(demo.local_url, auth=(name, f"{name}-password"), verbose=False) for name in keys}
     yield ctx, demo.local_url.rstrip("/"), clients, keys

@@ -9,8 +9,6 @@ import pytest
 from sacrebleu.metrics import BLEU
 
 from generators.base import GenerationFailedError
-from generators.image.plugin import GANPlugin
-from generators.registry import ModelSpec
 from webui.services import metrics
 
 
@@ -45,9 +43,8 @@ def test_log_likelihood_in_windows_equals_one_pass(tiny_model_dir) -> None:
 
 
 def test_run_stores_values_with_versions_and_history(make_ctx) -> None:
-    ctx = make_ctx({"quick": {"words": 3}})
-    ctx.registry.plugins["gan"] = GANPlugin
-    ctx.registry.add(ModelSpec("gan-mnist32", "gan", {"weights": "builtin:gan-mnist32"}))
+    ctx = make_ctx({"quick": {"words": 3}}, images=True)
+    ctx.registry.remove("vae-mnist32")
     seen: list[float] = []
     found = metrics.run(ctx, None, lambda f, _m: seen.append(f))
     by = {(m.generator, m.metric): m.value for m in found}

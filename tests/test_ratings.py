@@ -7,8 +7,6 @@ import pytest
 from sqlalchemy import select
 
 from generators.base import InvalidOptionsError
-from generators.image.plugin import GANPlugin
-from generators.registry import ModelSpec
 from storage.models import Rating
 from storage.repository import NotFoundError
 from webui.services import chat, images, ratings, story
@@ -17,10 +15,7 @@ from webui.services.story_values import story_settings
 
 @pytest.fixture
 def ctx(make_ctx):  # type: ignore[no-untyped-def]
-    context = make_ctx({"quick": {"words": 3}, "other": {"words": 2}})
-    context.registry.plugins["gan"] = GANPlugin
-    context.registry.add(ModelSpec("gan-mnist32", "gan", {"weights": "builtin:gan-mnist32"}))
-    return context
+    return make_ctx({"quick": {"words": 3}, "other": {"words": 2}}, images=True)
 
 
 def reply(ctx, owner: str, model: str, text: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]

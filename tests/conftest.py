@@ -217,8 +217,19 @@ class RunningApp:
         return self.proc.returncode if self.proc else None
 
 
+@pytest.fixture(scope="session")
+def default_model_cache() -> Path:
+    """Convert the default GGUF once per machine (into MODEL_CACHE) before any app starts, so no
+    test's first reply waits for the one-time conversion (~30 s idle, minutes on a busy CPU)."""
+    from generators.text.model_source import ensure_gguf_cache, resolve_source
+    from webui.settings import default_models
+
+    ensure_gguf_cache(resolve_source(default_models()[0].options["source"]).location, str(MODEL_CACHE), lambda _m: None)
+    return MODEL_CACHE
+
+
 @pytest.fixture
-def running_app(tmp_path: Path) -> Iterator[Any]:
+def running_app(tmp_path: Path, default_model_cache: Path) -> Iterator[Any]:
     apps: list[RunningApp] = []
 
     def start(data_dir: Path | None = None, extra: list[str] | None = None, env: dict[str, str] | None = None) -> RunningApp:

@@ -56,7 +56,7 @@ def check_ann_and_bob(browser, ann, url: str) -> None:  # type: ignore[no-untype
         # chat: a reply streams in; a long one is stopped
         ann.fill("#chat-input textarea", "Write a very long story about a lighthouse keeper.")
         ann.click("#chat-send")
-        wait_for(lambda: bot_texts(ann) and len(bot_texts(ann)[-1]) > 30)
+        wait_for(lambda: bot_texts(ann) and len(bot_texts(ann)[-1]) > 30, timeout=400)  # first load converts the GGUF
         ann.click("#chat-stop")
         wait_for(lambda: "(stopped)" in bot_texts(ann)[-1])
         ann.locator("#chat-list label").first.wait_for()

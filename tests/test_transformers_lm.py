@@ -185,3 +185,41 @@ def test_bitsandbytes_quantization_loads_and_generates_on_cpu(tiny_model_dir: Pa
     )
     text, last = gen.generate(chat("Hello", temperature=0, max_new_tokens=8))
     assert last.stats is not None and last.stats.completion_tokens > 0 and isinstance(text, str)
+
+
+def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path) -> None:
+    """Greedy rows of a continuous batch give the tokens each request gives alone. (Left padding
+    changes float summation order; on this fp32 model the argmax never flips — if it ever did, the
+    right check is the logits within ~1e-5, not the tokens.)"""
+    alone = TransformersLM("alone", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 1})
+    alone.load()
+    batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
+    batched.load()
+    prompts = ["a", "a much longer prompt about the sea and ships", "tea?", "numbers 1 2 3 4 5 6 7 8 9 10 11 12"]
+    lengths = [40, 17, 33, 25]  # rows retire at different steps, others keep going
+    expected = ["".join(c.text for c in alone.stream(chat(p, temperature=0.0, max_new_tokens=n)))
+                for p, n in zip(prompts, lengths, strict=True)]
+    results: dict[int, str] = {}
+    cancel_me = threading.Event()
+
+    def run(i: int) -> None:
+        results[i] = "".join(c.text for c in batched.stream(chat(prompts[i], temperature=0.0, max_new_tokens=lengths[i])))
+
+    def cancelled() -> None:
+        chunks = []
+        for chunk in batched.stream(chat("stop me", temperature=0.0, max_new_tokens=300), cancel_me):
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                cancel_me.set()
+        results[99] = chunks[-1].finish_reason or ""
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)] + [threading.Thread(target=cancelled)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results[i] for i in range(4)] == expected
+    assert results[99] == "cancelled"
+    assert batched._batcher.max_seen_batch >= 2  # they really shared steps
+    batched.unload()
+    alone.unload()

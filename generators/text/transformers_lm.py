@@ -56,6 +56,7 @@ class TransformersLoadOptions(StrictModel):
     context_length: int | None = Field(None, ge=16, description="override the model's context window")
     allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
     trust_remote_code: bool = False
+    max_batch: int = Field(16, ge=1, le=256, description="concurrent requests decoded together (1 = no batching)")
 
 
 class TransformersLM(TextGenerator):
@@ -74,6 +75,7 @@ class TransformersLM(TextGenerator):
         super().__init__(name, options, cache_dir=cache_dir)
         self.model: Any = None
         self.tokenizer: Any = None
+        self._batcher: Any = None  # ContinuousBatcher while loaded with max_batch > 1
         self.device: str = "cpu"
         self.load_seconds: float | None = None
         self.loaded_from: str | None = None
@@ -117,10 +119,17 @@ class TransformersLM(TextGenerator):
             self.model.to(self.device)
         self.model.eval()
         self.loaded_from = location
+        if self.options.max_batch > 1:
+            from .batching import ContinuousBatcher
+
+            self._batcher = ContinuousBatcher(self.model, self.options.max_batch)
         self.load_seconds = time.perf_counter() - started
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
 
     def _unload(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         self.model = None
         self.tokenizer = None
 
@@ -268,6 +277,34 @@ class TransformersLM(TextGenerator):
                 ids.update(int(e) for e in eos)
         return ids
 
+    def _stream_batched(self, prompt_ids: list[int], params: SamplingParams, seed: int, sampler: Any, detok: Any,
+                        stops: Any, eos: set[int], cancel: threading.Event | None, started: float,
+                        dropped: int) -> Iterator[TextChunk]:
+        """Decode in the model's continuous batch: submit, then relay what the scheduler produces."""
+        from .batching import BatchSequence
+
+        seq = BatchSequence(prompt_ids, params.max_new_tokens, sampler, detok, stops, eos, cancel or threading.Event())
+        self._batcher.submit(seq)
+        try:
+            while True:
+                text, finish, error = seq.out.get()
+                if error is not None:
+                    raise GenerationFailedError(f"Generation failed: {error}") from error
+                if finish is None:
+                    yield TextChunk(text)
+                    continue
+                ended = time.perf_counter()
+                decode_s = ended - seq.first_token_at if seq.first_token_at else 0.0
+                stats = GenerationStats(
+                    prompt_tokens=len(prompt_ids), completion_tokens=seq.generated, seed=seed,
+                    time_to_first_token_s=(seq.first_token_at - started) if seq.first_token_at else None,
+                    tokens_per_s=(seq.generated / decode_s) if decode_s > 0 and seq.generated else None,
+                    dropped_messages=dropped)  # fmt: skip
+                yield TextChunk(text, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+                return
+        finally:
+            seq.abandoned = True  # a consumer that stops reading frees its row at the next step
+
     def log_likelihood(self, text: str, cancel: threading.Event | None = None) -> tuple[float, int]:
         """NLL (nats) of every token of `text` after the first, in windows of the context size
         with half-window overlap, so each scored token sees at least half a window of context."""
@@ -314,6 +351,9 @@ class TransformersLM(TextGenerator):
         stops = StopStringFilter(params.stop)
         eos = self._eos_ids()
         device = self.model.device
+        if self._batcher is not None:
+            yield from self._stream_batched(prompt_ids, params, seed, sampler, detok, stops, eos, cancel, started, dropped)
+            return
         all_ids = torch.tensor([prompt_ids], device=device)  # (1, T)
         next_input = all_ids
         past: Any = None

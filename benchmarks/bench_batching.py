@@ -1,0 +1,110 @@
+"""Continuous batching on the default model: aggregate tokens/s with 1, 2, 4, 8, 16 concurrent streams.
+
+    .venv/bin/python benchmarks/bench_batching.py [--tokens 64] [--streams 1 2 4 8 16] [--dtype float32]
+
+Side by side in one run: plain `model.generate` (one request), the plugin with batching off
+(max_batch=1, requests one after another), and the plugin with batching on (max_batch=16) fed N
+concurrent requests from N threads. Prints aggregate tokens/s, the ratio to one stream, and the
+median time to first token under that load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from generators.base import ChatMessage, SamplingParams, TextRequest  # noqa: E402
+from generators.text.transformers_lm import TransformersLM  # noqa: E402
+from webui.settings import default_models  # noqa: E402
+
+PROMPTS = ["Tell me about the sea.", "Write a short poem about tea.", "Explain how a lighthouse works.",
+           "List three facts about owls.", "Describe a quiet morning in a harbour town."]
+
+
+def request(i: int, tokens: int) -> TextRequest:
+    # min_p 0 / temperature 0: greedy, and no EOS cut-off games: every stream asks for `tokens`
+    return TextRequest(messages=(ChatMessage("user", PROMPTS[i % len(PROMPTS)]),),
+                       params=SamplingParams(temperature=0.0, max_new_tokens=tokens))
+
+
+def run_streams(lm: TransformersLM, n: int, tokens: int) -> tuple[float, int, float]:
+    """(seconds, tokens produced, median time to first token) for n concurrent streams."""
+    produced = [0] * n
+    ttft: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        start = time.perf_counter()
+        first = None
+        for chunk in lm.stream(request(i, tokens)):
+            if chunk.text and first is None:
+                first = time.perf_counter() - start
+            if chunk.stats:
+                produced[i] = chunk.stats.completion_tokens
+        with lock:
+            ttft.append(first or 0.0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, sum(produced), statistics.median(ttft)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    import torch
+
+    source = default_models()[0].options["source"]
+    cache = str(ROOT / ".cache" / "models")
+    batched = TransformersLM("b", {"source": source, "device": "cpu", "dtype": args.dtype, "max_batch": 16}, cache_dir=cache)
+    batched.load()
+    single = TransformersLM("s", {"source": source, "device": "cpu", "dtype": args.dtype, "max_batch": 1}, cache_dir=cache)
+    single.load()
+    # plain generate, one request
+    ids, _ = single.encode(request(0, args.tokens))
+    inputs = torch.tensor([ids])
+    single.model.generate(inputs, max_new_tokens=4, do_sample=False)  # warm-up
+    start = time.perf_counter()
+    out = single.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=args.tokens,
+                                min_new_tokens=args.tokens, do_sample=False)
+    plain = (out.shape[1] - inputs.shape[1]) / (time.perf_counter() - start)
+    run_streams(single, 1, 8)  # warm-up
+    s_time, s_tokens, s_ttft = run_streams(single, 1, args.tokens)
+    run_streams(batched, 1, 8)
+    rows = []
+    base = None
+    for n in args.streams:
+        seconds, produced, ttft = run_streams(batched, n, args.tokens)
+        rate = produced / seconds
+        base = base or rate
+        rows.append((n, produced, seconds, rate, rate / base, ttft))
+    print(f"SmolLM2-135M-Instruct, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{args.tokens} new tokens per stream, greedy\n")
+    print(f"plain model.generate: {plain:.1f} tok/s; plugin, batching off: {s_tokens / s_time:.1f} tok/s "
+          f"({s_tokens / s_time / plain:.2f}x plain)\n")
+    print("| concurrent streams | tokens | seconds | aggregate tok/s | vs 1 stream | median time to first token |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, produced, seconds, rate, ratio, ttft in rows:
+        print(f"| {n} | {produced} | {seconds:.1f} | {rate:.1f} | {ratio:.2f}x | {ttft * 1000:.0f} ms |")
+    batched.unload()
+    single.unload()
+
+
+if __name__ == "__main__":
+    main()

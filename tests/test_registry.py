@@ -131,6 +131,26 @@ def test_concurrency_is_bounded_per_model(fake_plugin: type) -> None:
     t.join()
 
 
+def test_each_model_can_have_its_own_concurrency(fake_plugin: type) -> None:
+    from contextlib import ExitStack
+
+    reg = Registry({"fake-text": fake_plugin}, concurrency=1, acquire_timeout_s=0.2)
+    reg.add(ModelSpec("wide", "fake-text", {}, concurrency=3))
+    reg.add(ModelSpec("narrow", "fake-text"))
+    with ExitStack() as stack:
+        for _ in range(3):
+            stack.enter_context(reg.use("wide"))  # three at once
+        with pytest.raises(BusyError):
+            stack.enter_context(reg.use("wide"))
+        stack.enter_context(reg.use("narrow"))
+        with pytest.raises(BusyError):
+            stack.enter_context(reg.use("narrow"))
+    from webui.settings import load_settings
+
+    s = load_settings({"models": [{"name": "a", "plugin": "fake-text", "concurrency": 6}, {"name": "b"}], "concurrency": 2})
+    assert s.generation_slots() == 6 and [e.concurrency for e in s.model_list()] == [6, None]
+
+
 def test_load_failure_is_translated_and_model_can_retry(fake_plugin: type) -> None:
     class Flaky(fake_plugin):  # type: ignore[misc, valid-type]
         fail = True

@@ -35,7 +35,7 @@ def create_context(settings: Settings) -> AppContext:
     )
     for m in settings.model_list():
         try:
-            registry.add(ModelSpec(m.name, m.plugin, dict(m.options)))
+            registry.add(ModelSpec(m.name, m.plugin, dict(m.options), m.concurrency))
         except StudioError as exc:  # one misconfigured model must not keep the others from serving
             log.error("Model %r is not available: %s", m.name, exc)
     return AppContext(settings=settings, registry=registry, store=store)
@@ -45,7 +45,9 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
     """Start the UI and the API on settings.host:settings.port. Returns the running Blocks."""
     demo = build_app(ctx)
     router = build_router(ctx)
-    demo.queue(default_concurrency_limit=ctx.settings.concurrency, max_size=ctx.settings.queue_size)
+    # the page may run as many generations as the most concurrent model allows; each model's own
+    # limit is enforced by the registry (a model at its limit makes the request wait, then 'busy')
+    demo.queue(default_concurrency_limit=ctx.settings.generation_slots(), max_size=ctx.settings.queue_size)
     app_kwargs: dict[str, Any] = {"routes": list(router.routes), "exception_handlers": EXCEPTION_HANDLERS}
     demo.launch(
         server_name=ctx.settings.host,

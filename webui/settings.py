@@ -23,6 +23,8 @@ class ModelEntry(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     plugin: str = "transformers"
     options: dict[str, Any] = Field(default_factory=dict)
+    concurrency: int | None = Field(None, ge=1, le=256, description="simultaneous generations of this model; "
+                                    "default: the global `concurrency`")
 
 
 IMAGE_PLUGINS = frozenset({"gan", "vae"})
@@ -90,6 +92,10 @@ class Settings(BaseSettings):
             e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
             for e in entries
         ]
+
+    def generation_slots(self) -> int:
+        """How many generations the page may run at once: the largest per-model concurrency."""
+        return max([self.concurrency, *(e.concurrency or 0 for e in self.model_list())])
 
     def default_model_name(self) -> str:
         entries = self.model_list()

@@ -152,7 +152,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
 
     # ------------------------------------------------------------ wiring
     view_outputs = [chatbot, msg_ids, chat_id, focus_id, notice, alt_label]
-    generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.concurrency}
+    generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     refresh_list = chat_sidebar.wire(ctx, side, chat_id, render, view_outputs)
 
     def after_reply(query: str, cid: str | None, name: str | None, request: gr.Request) -> dict[Any, Any]:

@@ -159,7 +159,7 @@ def build(ctx: AppContext) -> Any:
         return handler
 
     go.click(ask, [prompt, pick_a, pick_b, tokens, temperature], [battle_id, answer_a, answer_b, reveal],
-             concurrency_id="generate", concurrency_limit=ctx.settings.concurrency, api_name="arena_ask")
+             concurrency_id="generate", concurrency_limit=ctx.settings.generation_slots(), api_name="arena_ask")
     for choice, button in vote_buttons.items():
         button.click(voter(choice), battle_id, [reveal, leader, leader_plot], **FAST, api_name=f"arena_vote_{choice}")
 
@@ -200,7 +200,7 @@ def build(ctx: AppContext) -> Any:
         return "Stopping after the current step…"
 
     run_metrics.click(do_metrics, [pick, which], [latest_table, plot, metrics_status], concurrency_id="generate",
-                      concurrency_limit=ctx.settings.concurrency, api_name="run_metrics")
+                      concurrency_limit=ctx.settings.generation_slots(), api_name="run_metrics")
     stop_metrics.click(stop_run, None, metrics_status, **FAST, api_name="stop_metrics")
     which.change(lambda m: history_plot(metrics.history(ctx), m), which, plot, **FAST, api_visibility="private")
 

@@ -123,7 +123,7 @@ def build(ctx: AppContext) -> Any:
     grid.select(select, page_ids, image_id, **FAST, **private)
     image_id.change(open_image, image_id, [preview, details, notice], **FAST, api_name="gallery_open")
     rerun.click(do_rerun, image_id, [image_id, preview, details, notice], concurrency_id="generate",
-                concurrency_limit=ctx.settings.concurrency, api_name="gallery_rerun").then(
+                concurrency_limit=ctx.settings.generation_slots(), api_name="gallery_rerun").then(
         show_page, filters, listing, **FAST, **private)
     delete.click(lambda: gr.Row(visible=True), None, confirm_row, **FAST, **private)
     cancel.click(lambda: gr.Row(visible=False), None, confirm_row, **FAST, **private)

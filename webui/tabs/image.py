@@ -179,7 +179,7 @@ def build(ctx: AppContext) -> None:
         return served(result.images[0].path), " ".join(x for x in (result.notice, note) if x)
 
     # ------------------------------------------------------------ wiring
-    generate_kwargs = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.concurrency}
+    generate_kwargs = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     model.change(pick_model, model, [truncation, temperature, label, start_label, end_label], **FAST,
                  api_visibility="private")
     dice.click(lambda: str(svc.random_seed()), None, seed, **FAST, api_visibility="private")

@@ -197,7 +197,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     # ------------------------------------------------------------ wiring
     view_outputs = [document, story_id, notice, alt_label, passage, inspector, sent]
     full_outputs = view_outputs + [title, passage_text, *settings_fields]
-    generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.concurrency}
+    generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     private = {"api_visibility": "private"}
     inputs = {story_id, title, your_text, *settings_fields}
     refresh_list = story_sidebar.wire(ctx, side, story_id, title, render_with_settings, full_outputs, new_story, inputs)

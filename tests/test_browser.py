@@ -108,9 +108,10 @@ def test_chat_in_a_real_browser(running_app, page, tmp_path: Path) -> None:
     page.get_by_role("tab", name="Models").click()
     page.get_by_role("button", name="Load", exact=True).click()
     page.get_by_text(re.compile(r"loaded \(\d+ MB\)")).wait_for()
-    def default_model_row() -> str:  # the other configured models (LSTM, GAN, VAE) stay "not loaded"
-        rows = page.locator("#models-table tr").all_inner_texts()
-        return next((r for r in rows if r.strip().startswith("smollm2-135m-instruct")), "")
+    def default_model_state() -> str:  # the other configured models (LSTM, GAN, VAE) stay "not loaded"
+        cells = [c.strip() for c in page.locator("#models-table").inner_text().splitlines()]
+        i = cells.index("smollm2-135m-instruct") if "smollm2-135m-instruct" in cells else -1
+        return cells[i + 3] if i >= 0 and i + 3 < len(cells) else ""  # name, plugin, modality, state
 
-    wait_for(lambda: "loaded" in default_model_row() and "not loaded" not in default_model_row())
+    wait_for(lambda: default_model_state() == "loaded")
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)

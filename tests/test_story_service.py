@@ -199,7 +199,12 @@ def test_crash_mid_stream_is_recovered_as_interrupted(ctx) -> None:
         gen = s.get(repo.Generation, p.generation_id)
         gen.outcome = "running"
         saved = p.text
-    assert ctx.store.recover_interrupted() == 1
+    from storage import Store
+
+    restarted = Store(ctx.store.url, ctx.store.data_dir)  # the next process: its own instance id
+    assert ctx.store.recover_interrupted() == 0  # a live instance's own generations are never touched
+    assert restarted.recover_interrupted() == 1
+    restarted.close()
     after = svc.get_story(ctx, OWNER, story.id)
     assert after.passages[-1].status == "interrupted" and after.passages[-1].text == saved
     stream.close()

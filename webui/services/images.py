@@ -275,31 +275,30 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
     labels = [label_index if label_index is not None else random.Random(s).randrange(len(names)) for s in seeds]
     ends = [ImageEnd(lab, s) for lab, s in zip(labels, seeds, strict=True)]
 
-    def work(g: ImageGenerator, generation_id: str) -> list[SavedImage]:
+    def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
         out: ImageOutput = g.sample(ends, checked)
         outputs = [(_meta(g, "sample", out.weights_hash, checked, **{"class": e.label, "class_name": names[e.label],
                                                                       "seed": e.seed}),
                     png.to_pil(pixels), None) for e, pixels in zip(ends, out.pixels, strict=True)]
-        return _store(ctx, owner, g, outputs, generation_id)
+        return _store(ctx, owner, g, outputs, generation_id), out.pixels
 
-    saved = _run(ctx, owner, model, {"kind": "sample", "count": count, "label": label_index,
-                                     **checked.model_dump(mode="json")}, base_seed, source, work)
-    grid = _grid_of(saved)
-    return ImageResult(saved, grid, notice=f"{count} image(s), seeds {seeds[0]}–{seeds[-1]}" if count > 1 else f"seed {seeds[0]}")
+    saved, pixels = _run(ctx, owner, model, {"kind": "sample", "count": count, "label": label_index,
+                                             **checked.model_dump(mode="json")}, base_seed, source, work)
+    notice = f"{count} image(s), seeds {seeds[0]}–{seeds[-1]}" if count > 1 else f"seed {seeds[0]}"
+    return ImageResult(saved, _grid_of(pixels), notice=notice)
 
 
-def _grid_of(saved: list[SavedImage]) -> Any:
-    import numpy as np
+def _grid_of(pixels: Any) -> Any:
+    """One display grid of a batch (N, H, W, C) uint8 — the same pixels the saved PNGs hold."""
+    n = len(pixels)
+    cols = min(10, n) if n <= 10 else 8 if n % 10 else 10
+    return png.tile(pixels, cols, max(1, 96 // pixels.shape[1]))
+
+
+def _enlarged(image: Any, scale: int) -> Any:
     from PIL import Image
 
-    pixels = []
-    for item in saved:
-        with Image.open(item.path) as im:
-            pixels.append(np.asarray(im.convert("L" if im.mode == "L" else "RGB")))
-    stack = np.stack([p if p.ndim == 3 else p[..., None] for p in pixels])
-    cols = min(10, len(saved)) if len(saved) <= 10 else 8 if len(saved) % 10 else 10
-    scale = max(1, 96 // stack.shape[1])
-    return png.tile(stack, cols, scale)
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 
 # ------------------------------------------------------------------ interpolate
@@ -318,7 +317,7 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
     checked = _params(gen, params)
     start, end = ImageEnd(labels[0], seeds[0]), ImageEnd(labels[1], seeds[1])
 
-    def work(g: ImageGenerator, generation_id: str) -> list[SavedImage]:
+    def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
         out = g.interpolate(start, end, frames, checked)
         tiles = [png.to_pil(p) for p in out.pixels]
         strip = png.tile(out.pixels, cols=frames)
@@ -328,16 +327,12 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
         meta = _meta(g, "interpolation", out.weights_hash, checked, frames=frames, **ends,
                      **{"class": start.label if same else None, "class_name": names[start.label] if same
                         else f"{names[start.label]}→{names[end.label]}", "seed": start.seed})
-        return _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id)
+        return _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id), strip
 
-    saved = _run(ctx, owner, model, {"kind": "interpolation", "frames": frames, "start": [start.label, start.seed],
-                                     "end": [end.label, end.seed], **checked.model_dump(mode="json")},
-                 start.seed, source, work)
-    from PIL import Image
-
-    with Image.open(saved[0].path) as im:
-        strip = im.resize((im.width * 2, im.height * 2), Image.NEAREST)
-    return ImageResult(saved, strip, notice=f"{frames} frames from {names[start.label]} (seed {start.seed}) "
+    saved, strip = _run(ctx, owner, model, {"kind": "interpolation", "frames": frames, "start": [start.label, start.seed],
+                                            "end": [end.label, end.seed], **checked.model_dump(mode="json")},
+                        start.seed, source, work)
+    return ImageResult(saved, _enlarged(strip, 2), notice=f"{frames} frames from {names[start.label]} (seed {start.seed}) "
                                             f"to {names[end.label]} (seed {end.seed})")
 
 
@@ -360,7 +355,7 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
     names = gen.class_names
     asked = parse_label(gen, label)
 
-    def work(g: Any, generation_id: str) -> tuple[list[SavedImage], int, bool]:
+    def work(g: Any, generation_id: str) -> tuple[list[SavedImage], Any, int, bool]:
         guessed = asked is None
         lab = g.guess_label(pixels) if guessed else asked
         if lab is None:
@@ -372,13 +367,10 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
         meta = _meta(g, "reconstruction", out.weights_hash, g.info.params(), **{"class": lab, "class_name": names[lab],
                                                                         "seed": None, "guessed_class": guessed,
                                                                         "input_hash": png.sha256(pixels.tobytes())})
-        return _store(ctx, owner, g, [(meta, strip, None)], generation_id), lab, guessed
+        return _store(ctx, owner, g, [(meta, strip, None)], generation_id), strip, lab, guessed
 
-    saved, lab, guessed = _run(ctx, owner, model, {"kind": "reconstruction", "label": asked}, None, source, work)
-    from PIL import Image
-
-    with Image.open(saved[0].path) as im:
-        strip = im.resize((im.width * 3, im.height * 3), Image.NEAREST)
+    saved, strip, lab, guessed = _run(ctx, owner, model, {"kind": "reconstruction", "label": asked}, None, source, work)
+    strip = _enlarged(strip, 3)
     how = "guessed by the classifier" if guessed else "as given"
     return ImageResult(saved, strip, notice=f"Read as {names[lab]} ({how}). Strip: your image, its reconstruction, "
                                             f"then the same handwriting as {', '.join(names)}.",

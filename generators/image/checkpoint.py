@@ -108,6 +108,31 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
                        meta.get("training", {}))
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device auto|cpu|cuda of the training commands, with a clear error when CUDA is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The torch RNG states a resumed run must restore to continue exactly."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename, so an interrupted save never corrupts."""
     path = Path(path)

@@ -26,7 +26,15 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import TRAINING_STATE_FILE, load_training_state, save_model, save_training_state
+from .checkpoint import (
+    TRAINING_STATE_FILE,
+    load_training_state,
+    resolve_device,
+    rng_state,
+    save_model,
+    save_training_state,
+    set_rng_state,
+)
 from .data import MNIST5K, ImageDataset, load_dataset
 from .plots import draw_curves
 from .trainers import TRAINERS, Trainer
@@ -93,27 +101,10 @@ def build_configs(model_type: str, data: ImageDataset, overrides: dict[str, str]
     return model_cls(**model_kwargs), train_cls(**train_kwargs)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -159,7 +150,7 @@ def train(options: TrainOptions) -> TrainResult:
     start_epoch, history, train_seconds = 0, [], 0.0
     if state is not None:
         trainer.load_state_dict(state["trainer"])
-        _set_rng_state(state["rng"], device)
+        set_rng_state(state["rng"], device)
         start_epoch, history, train_seconds = int(state["epoch"]), list(state["history"]), float(state["train_seconds"])
         log.info("resumed %s from epoch %d (%s)", options.model, start_epoch, checkpoint_path)
 
@@ -194,7 +185,7 @@ def train(options: TrainOptions) -> TrainResult:
                 "model_type": options.model, "data": data.source, "size": options.size, "seed": seed,
                 "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(train_config),
                 "epoch": epoch + 1, "history": history, "train_seconds": train_seconds,
-                "trainer": trainer.state_dict(), "rng": _rng_state(device)})
+                "trainer": trainer.state_dict(), "rng": rng_state(device)})
 
     training_info = {
         "command": "python -m generators.image.train " + " ".join(shlex.quote(a) for a in options_to_argv(options)),

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..base import SamplingParams
-from ..image.checkpoint import load_training_state, save_training_state
+from ..image.checkpoint import load_training_state, resolve_device, rng_state, save_training_state, set_rng_state
 from ..image.plots import draw_curves
 from .char_lstm import CharLSTMConfig, build_network, sample_next, save_char_lstm
 
@@ -180,14 +180,6 @@ def sample_text(model: Any, vocab: list[str], seed: int, length: int = SAMPLE_CH
 
 # ---------------------------------------------------------------------------- helpers
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def machine_description(device: torch.device) -> str:
@@ -209,17 +201,8 @@ def learning_rate(options: TrainOptions, step: int, total_steps: int) -> float:
     return options.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def model_config(options: TrainOptions, vocab_size: int) -> CharLSTMConfig:
@@ -268,7 +251,7 @@ def train(options: TrainOptions) -> TrainResult:
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device)
+        set_rng_state(state["rng"], device)
         start_epoch, history, train_seconds = int(state["epoch"]), list(state["history"]), float(state["train_seconds"])
         log.info("resumed from epoch %d (%s)", start_epoch, checkpoint_path)
 
@@ -326,7 +309,7 @@ def train(options: TrainOptions) -> TrainResult:
                 "vocab": data.vocab, "num_chars": len(data.train) + len(data.valid),
                 "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("text", "out")},
                 "epoch": epoch + 1, "history": history, "train_seconds": train_seconds,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(device)})
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(device)})
 
     last = history[-1] if history else {}
     training_info = {

@@ -26,8 +26,14 @@ from generators.base import ChatMessage, SamplingParams, TextRequest  # noqa: E4
 from generators.text.transformers_lm import TransformersLM  # noqa: E402
 from webui.settings import default_models  # noqa: E402
 
+# 16 different questions: streams share only the chat template's system prompt (as real users do),
+# never a whole prompt, so the prefix cache gets no help a real load would not give it.
 PROMPTS = ["Tell me about the sea.", "Write a short poem about tea.", "Explain how a lighthouse works.",
-           "List three facts about owls.", "Describe a quiet morning in a harbour town."]
+           "List three facts about owls.", "Describe a quiet morning in a harbour town.", "What is a prime number?",
+           "Give me a recipe for pancakes.", "Why is the sky blue?", "How do bees make honey?",
+           "Suggest a name for a grey cat.", "What causes the seasons?", "Explain photosynthesis simply.",
+           "Write a haiku about snow.", "How does a bicycle stay upright?", "What is the capital of Peru?",
+           "Tell a short story about a lost key."]
 
 
 def request(i: int, tokens: int) -> TextRequest:

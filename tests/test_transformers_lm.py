@@ -223,3 +223,108 @@ def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_mode
     assert batched._batcher.max_seen_batch >= 2  # they really shared steps
     batched.unload()
     alone.unload()
+
+
+class RecordingGreedy:
+    """A greedy sampler that keeps every logits row it was given."""
+
+    def __init__(self) -> None:
+        self.logits: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> int:
+        self.logits.append(logits[0].float().clone())
+        return int(logits.argmax())
+
+
+def test_prompts_prefilled_together_from_cached_prefixes_compute_what_they_compute_alone(tiny_model_dir: Path) -> None:
+    """Waiting prompts are prefilled in one forward, each from the longest prefix already in the
+    prefix cache (here the chat template's system prompt and a whole earlier turn). Each row's
+    logits at every step equal a plain full recomputation of that prompt alone within 1e-4 (padding
+    and cache reuse only reorder float sums), and the greedy tokens are identical."""
+    from generators.text.batching import BatchSequence
+    from generators.text.decoding import IncrementalDetokenizer, StopStringFilter
+
+    lm = TransformersLM("b", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
+    lm.load()
+    batcher = lm._batcher
+    first_turn = chat("Tell me about the sea.")
+    follow_up = TextRequest(messages=(ChatMessage("user", "Tell me about the sea."), ChatMessage("assistant", "It is wet."),
+                                      ChatMessage("user", "And the tides?")), params=SamplingParams())
+    requests = [first_turn, follow_up, chat("A poem about tea, please"), chat("Why?"),
+                TextRequest(prompt="Once upon a time there was", params=SamplingParams())]
+    prompts = [lm.encode(r)[0] for r in requests]
+    steps = 12
+
+    gate, entered = threading.Event(), threading.Event()
+    forward = batcher.model.forward
+
+    def gated_forward(*args: object, **kwargs: object) -> object:
+        if not gate.is_set():
+            entered.set()
+            gate.wait(30)
+        return forward(*args, **kwargs)
+
+    groups: list[int] = []
+    prefill = batcher._prefill
+
+    def counting_prefill(group: list[BatchSequence]) -> None:
+        groups.append(len(group))
+        prefill(group)
+
+    batcher.model.forward = gated_forward
+    batcher._prefill = counting_prefill
+    samplers = [RecordingGreedy() for _ in prompts]
+    seqs = [BatchSequence(ids, steps, sampler, IncrementalDetokenizer(lm.tokenizer), StopStringFilter(()), set(),
+                          threading.Event()) for ids, sampler in zip(prompts, samplers, strict=True)]
+    batcher.submit(seqs[0])  # the first turn runs first and fills the prefix cache …
+    assert entered.wait(30)
+    for seq in seqs[1:]:  # … while the others wait, to be admitted together
+        batcher.submit(seq)
+    gate.set()
+    for seq in seqs:
+        while seq.out.get(timeout=60)[1] is None:
+            pass
+    assert groups[:2] == [1, 4]
+    assert batcher.prefix_hits_tokens >= len(prompts[0]) - 1  # the follow-up reused the whole first turn
+    assert len(batcher.prefix_cache) >= 1
+
+    model = lm.model
+    for ids, sampler in zip(prompts, samplers, strict=True):
+        alone, tokens = [], list(ids)
+        with torch.inference_mode():
+            for _ in range(steps):
+                logits = model(input_ids=torch.tensor([tokens])).logits[0, -1].float()
+                alone.append(logits)
+                tokens.append(int(logits.argmax()))
+        assert len(sampler.logits) == steps
+        assert [int(x.argmax()) for x in sampler.logits] == tokens[len(ids):]
+        worst = max(float((a - b).abs().max()) for a, b in zip(sampler.logits, alone, strict=True))
+        assert worst < 1e-4, worst
+    lm.unload()
+
+
+def test_prefix_cache_finds_the_longest_shared_prefix_and_evicts_least_recently_used() -> None:
+    from generators.text.batching import PrefixCache
+
+    def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:  # 2 layers of (1, heads 1, n, dim 2) float32
+        return [(torch.arange(n, dtype=torch.float32).reshape(1, 1, n, 1).repeat(1, 1, 1, 2),) * 2 for _ in range(2)]
+
+    per_token = 2 * 2 * 2 * 4  # layers × (k, v) × dim × 4 bytes
+    cache = PrefixCache(max_bytes=10 * per_token)
+    assert cache.lookup([1, 2, 3]) == (0, None)
+    cache.add([1, 2, 3, 4], kv(4))
+    n, layers = cache.lookup([1, 2, 3, 9, 9])
+    assert n == 3 and layers is not None and layers[0][0].shape == (1, 1, 3, 2)
+    assert cache.lookup([1, 2, 3, 4])[0] == 3  # the last token always runs: its logits are needed
+    cache.add([1, 2], kv(2))  # already covered by [1, 2, 3, 4]
+    assert len(cache) == 1
+    cache.add([1, 2, 3, 4, 5], kv(5))  # extends the entry: replaces it
+    assert len(cache) == 1 and cache.bytes == 5 * per_token
+    cache.add([7, 8, 9], kv(3))
+    cache.lookup([1, 2, 3, 4, 5, 6])  # touch the first: the second is now least recently used
+    cache.add([5, 5, 5], kv(3))  # 11 tokens > 10: evict the least recently used
+    assert cache.lookup([7, 8, 9, 1])[0] == 0
+    assert cache.lookup([1, 2, 3, 4, 5, 6])[0] == 5
+    assert cache.bytes <= 10 * per_token
+    cache.add(list(range(100)), kv(100))  # larger than the whole budget: not kept
+    assert cache.lookup(list(range(100)))[0] == 0

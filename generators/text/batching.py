@@ -1,8 +1,9 @@
 """Continuous batching for a loaded causal LM: concurrent requests are decoded together.
 
 One scheduler thread per model owns the model while it runs. Between decoding steps it admits
-new sequences (each prefilled alone, then its KV cache joins the batch, left-padded to the
-batch's length) and retires finished or cancelled ones (their rows leave the cache). Every
+new sequences (the waiting prompts prefilled together in one forward, each from the longest
+prefix whose keys and values are already cached; then their KV cache joins the batch, the
+narrower side left-padded) and retires finished or cancelled ones (their rows leave the cache). Every
 sequence keeps its own sampling parameters, seed, stop strings and cancel event; a step feeds
 one token per sequence with an attention mask that hides the padding and per-sequence position
 ids, so each row computes what it would alone (up to float summation order: see the tests).
@@ -14,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +49,86 @@ class BatchSequence:
         self.out.put((tail, reason, None))
 
 
+class PrefixCache:
+    """Keys and values of recent prompts, so a prompt that starts like one seen before — the chat
+    template's system prompt, the earlier turns of the same chat, the story so far — is prefilled
+    only from where the two part (the idea of vLLM's automatic prefix caching, per prompt rather
+    than per block). Least recently used entries go first past `max_bytes`; scheduler thread only.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int = 64) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
+        self._sizes: dict[tuple[int, ...], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, ids: list[int]) -> tuple[int, list[tuple[Any, Any]] | None]:
+        """(n, keys/values of the first n tokens): the longest cached prefix, leaving at least one
+        token to run (its logits give the first new token)."""
+        key = tuple(ids)
+        best, best_key = 0, None
+        for other in self._entries:
+            n = _common_prefix(other, key)
+            if n > best:
+                best, best_key = n, other
+        n = min(best, len(ids) - 1)
+        if n <= 0 or best_key is None:
+            return 0, None
+        self._entries.move_to_end(best_key)
+        return n, [(k[:, :, :n], v[:, :, :n]) for k, v in self._entries[best_key]]
+
+    def add(self, ids: list[int], layers: list[tuple[Any, Any]]) -> None:
+        key = tuple(ids)
+        for other in list(self._entries):
+            n = _common_prefix(other, key)
+            if n == len(key):  # an entry already holds this prompt (or a longer one starting with it)
+                self._entries.move_to_end(other)
+                return
+            if n == len(other):  # the new prompt extends this entry: it replaces it
+                self._remove(other)
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = layers
+        self._sizes[key] = size
+        self.bytes += size
+        while self.bytes > self.max_bytes or len(self._entries) > self.max_entries:
+            self._remove(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._sizes.clear()
+        self.bytes = 0
+
+    def _remove(self, key: tuple[int, ...]) -> None:
+        del self._entries[key]
+        self.bytes -= self._sizes.pop(key)
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Length of the common prefix (binary search over slice comparisons, which run in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class ContinuousBatcher:
-    def __init__(self, model: Any, max_batch: int = 16) -> None:
+    def __init__(self, model: Any, max_batch: int = 16, prefix_cache_bytes: int = 256 << 20,
+                 prefill_tokens: int = 4096) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.prefix_hits_tokens = 0
         self._pending: queue.Queue[BatchSequence] = queue.Queue()
         self._wake = threading.Event()
         self._closed = False
@@ -119,46 +197,125 @@ class ContinuousBatcher:
         return True
 
     def _admit(self) -> None:
-        import torch
-        from transformers import DynamicCache
-
-        while len(self._rows) < self.max_batch:
+        """Move waiting requests into the batch: prefilled together, each from its longest cached prefix."""
+        new: list[BatchSequence] = []
+        while len(self._rows) + len(new) < self.max_batch:
             try:
                 seq = self._pending.get_nowait()
             except queue.Empty:
-                return
+                break
             if seq.stopped_by_caller():
                 seq.finish("cancelled")
                 continue
-            device = self.model.device
+            new.append(seq)
+        group: list[BatchSequence] = []
+        for seq in new:  # groups bounded in padded tokens, so a long prompt never pads many short ones
+            width = max((len(s.prompt_ids) for s in group + [seq]), default=0)
+            if group and width * (len(group) + 1) > self.prefill_tokens:
+                self._prefill_or_fail(group)
+                group = []
+            group.append(seq)
+        if group:
+            self._prefill_or_fail(group)
+
+    def _prefill_or_fail(self, group: list[BatchSequence]) -> None:
+        """A prefill that fails (out of memory, a bad prompt) fails its own requests, not the batch."""
+        try:
+            self._prefill(group)
+        except Exception as exc:  # noqa: BLE001 - the waiting requests get the error
+            log.exception("Prefill failed")
+            if self.prefix_cache is not None:
+                self.prefix_cache.clear()
+            for seq in group:
+                if seq not in self._rows:
+                    seq.out.put(("", None, exc))
+
+    def _prefill(self, group: list[BatchSequence]) -> None:
+        """One forward over the prompts of `group` (minus what the prefix cache already holds).
+
+        Row i is laid out as [pad][cached prefix i][pad][rest of prompt i]: the cached keys and
+        values are left-padded to the longest cached prefix and the uncached tokens to the longest
+        rest, the attention mask hides both paddings and explicit position ids keep each token at
+        its true position, so every row computes what its prompt computes alone.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        device = self.model.device
+        plans = []
+        for seq in group:
             seq.all_ids = torch.tensor([seq.prompt_ids], device=device)
-            out = self.model(input_ids=seq.all_ids, use_cache=True)
-            token = seq.sampler(seq.all_ids, out.logits[:, -1, :])
-            if not self._emit(seq, token):
-                continue
-            cache = out.past_key_values
-            length = len(seq.prompt_ids)
-            layers = [(layer.keys, layer.values) for layer in cache.layers]
-            if self._cache is None:
-                self._cache = DynamicCache(layers)
-                self._mask = torch.ones((1, length), dtype=torch.long, device=device)
-            else:
-                width = self._mask.shape[1]
-                pad_new, pad_old = max(0, width - length), max(0, length - width)
-                merged = []
-                for (k_old, v_old), (k_new, v_new) in zip(
-                        ((layer.keys, layer.values) for layer in self._cache.layers), layers, strict=True):
-                    merged.append((torch.cat([_left_pad(k_old, pad_old), _left_pad(k_new, pad_new)]),
-                                   torch.cat([_left_pad(v_old, pad_old), _left_pad(v_new, pad_new)])))
-                self._cache = DynamicCache(merged)
-                new_mask = torch.cat([torch.zeros((1, pad_new), dtype=torch.long, device=device),
-                                      torch.ones((1, length), dtype=torch.long, device=device)], dim=1)
-                old_mask = torch.cat([torch.zeros((self._mask.shape[0], pad_old), dtype=torch.long, device=device),
-                                      self._mask], dim=1)
-                self._mask = torch.cat([old_mask, new_mask])
-            self._rows.append(seq)
-            self._lengths.append(length)
-            self.max_seen_batch = max(self.max_seen_batch, len(self._rows))
+            cached, layers = self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
+            plans.append((seq, cached, layers))
+        self.prefix_hits_tokens += sum(n for _, n, _ in plans)
+        n_max = max(n for _, n, _ in plans)
+        s_max = max(len(seq.prompt_ids) - n for seq, n, _ in plans)
+        rows = len(group)
+        input_ids = torch.zeros((rows, s_max), dtype=torch.long, device=device)
+        position_ids = torch.zeros((rows, s_max), dtype=torch.long, device=device)
+        mask = torch.zeros((rows, n_max + s_max), dtype=torch.long, device=device)
+        for i, (seq, n, _) in enumerate(plans):
+            rest = seq.prompt_ids[n:]
+            input_ids[i, s_max - len(rest):] = torch.tensor(rest, device=device)
+            position_ids[i] = n  # padding positions: any value, they are masked
+            position_ids[i, s_max - len(rest):] = torch.arange(n, n + len(rest), device=device)
+            mask[i, n_max - n:n_max] = 1
+            mask[i, n_max + s_max - len(rest):] = 1
+        past = None
+        if n_max:
+            template = next(layers for _, n, layers in plans if n)
+            past_layers = []
+            for index, (k_ref, v_ref) in enumerate(template):
+                ks, vs = [], []
+                for _, n, layers in plans:
+                    k, v = layers[index] if n else (k_ref[:, :, :0], v_ref[:, :, :0])
+                    ks.append(_left_pad(k, n_max - n))
+                    vs.append(_left_pad(v, n_max - n))
+                past_layers.append((torch.cat(ks), torch.cat(vs)))
+            past = DynamicCache(past_layers)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=past,
+                         use_cache=True, logits_to_keep=1)
+        keep_float = mask[:, None, :, None]
+        layers = []
+        for layer in out.past_key_values.layers:  # padded slots hold zeros, never what padding computed
+            layers.append((layer.keys * keep_float.to(layer.keys.dtype), layer.values * keep_float.to(layer.values.dtype)))
+        if self.prefix_cache is not None:
+            for i, (seq, _, _) in enumerate(plans):
+                columns = mask[i].nonzero().squeeze(1)
+                self.prefix_cache.add(seq.prompt_ids, [(k[i:i + 1, :, columns], v[i:i + 1, :, columns]) for k, v in layers])
+        keep = []
+        for i, (seq, _, _) in enumerate(plans):
+            token = seq.sampler(seq.all_ids, out.logits[i:i + 1, -1, :])
+            if self._emit(seq, token):
+                keep.append(i)
+        if not keep:
+            return
+        if len(keep) < rows:
+            index = torch.tensor(keep, device=device)
+            layers = [(k[index], v[index]) for k, v in layers]
+            mask = mask[index]
+        self._join([group[i] for i in keep], layers, mask)
+
+    def _join(self, seqs: list[BatchSequence], layers: list[tuple[Any, Any]], mask: Any) -> None:
+        """Add prefilled rows to the batch; the narrower side is left-padded to the wider."""
+        import torch
+        from transformers import DynamicCache
+
+        if self._cache is None:
+            self._cache, self._mask = DynamicCache(layers), mask
+        else:
+            width, new_width = self._mask.shape[1], mask.shape[1]
+            pad_new, pad_old = max(0, width - new_width), max(0, new_width - width)
+            merged = []
+            for (k_old, v_old), (k_new, v_new) in zip(
+                    ((layer.keys, layer.values) for layer in self._cache.layers), layers, strict=True):
+                merged.append((torch.cat([_left_pad(k_old, pad_old), _left_pad(k_new, pad_new)]),
+                               torch.cat([_left_pad(v_old, pad_old), _left_pad(v_new, pad_new)])))
+            self._cache = DynamicCache(merged)
+            self._mask = torch.cat([_left_pad_mask(self._mask, pad_old), _left_pad_mask(mask, pad_new)])
+        self._rows.extend(seqs)
+        self._lengths.extend(len(seq.prompt_ids) for seq in seqs)
+        self.max_seen_batch = max(self.max_seen_batch, len(self._rows))
 
     def _step(self) -> None:
         import torch
@@ -210,6 +367,14 @@ class ContinuousBatcher:
         from transformers import DynamicCache
 
         self._cache = DynamicCache([(layer.keys[:, :, n:], layer.values[:, :, n:]) for layer in self._cache.layers])
+
+
+def _left_pad_mask(mask: Any, n: int) -> Any:
+    import torch
+
+    if n == 0:
+        return mask
+    return torch.cat([mask.new_zeros((mask.shape[0], n)), mask], dim=1)
 
 
 def _left_pad(t: Any, n: int) -> Any:

@@ -187,6 +187,32 @@ def test_bitsandbytes_quantization_loads_and_generates_on_cpu(tiny_model_dir: Pa
     assert last.stats is not None and last.stats.completion_tokens > 0 and isinstance(text, str)
 
 
+def test_dynamic_int8_quantizes_linear_layers_and_keeps_the_model_close(tiny_model_dir: Path) -> None:
+    """PyTorch dynamic int8: every Linear (the read-out too) holds int8 weights (counted in the reported
+    memory: they live outside the parameters), it decodes alone and batched, and its next-token
+    distribution stays close to float32's. (This tiny model is mostly embedding, which stays float,
+    so its memory does not shrink; SmolLM2's does, see the benchmark.)"""
+    full = TransformersLM("full", {"source": str(tiny_model_dir), "max_batch": 1})
+    full.load()
+    gen = TransformersLM("q", {"source": str(tiny_model_dir), "quantization": "dynamic-int8", "max_batch": 4})
+    gen.load()
+    assert "quantized" in type(gen.model.model.layers[0].mlp.up_proj).__module__
+    assert "quantized" in type(gen.model.lm_head).__module__
+    assert gen.memory_bytes() > gen.model.get_memory_footprint() > 0
+    ids = torch.tensor([full.encode(chat("Tell me about the sea."))[0]])
+    with torch.inference_mode():
+        p = torch.softmax(full.model(input_ids=ids).logits[0, -1], -1)
+        q = torch.softmax(gen.model(input_ids=ids).logits[0, -1], -1)
+    assert float((p - q).abs().sum()) < 0.1  # total variation distance of the next-token distributions
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda text: gen.generate(chat(text, temperature=0, max_new_tokens=6)), ["a", "b c", "d"]))
+    assert all(last.stats is not None and last.stats.completion_tokens > 0 for _, last in results)
+    with pytest.raises(LoadFailedError, match="float32"):
+        TransformersLM("x", {"source": str(tiny_model_dir), "quantization": "dynamic-int8", "dtype": "bfloat16"}).load()
+    gen.unload()
+    full.unload()
+
+
 def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path) -> None:
     """Greedy rows of a continuous batch give the tokens each request gives alone. (Left padding
     changes float summation order; on this fp32 model the argmax never flips — if it ever did, the

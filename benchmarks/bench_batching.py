@@ -1,6 +1,7 @@
 """Continuous batching on the default model: aggregate tokens/s with 1, 2, 4, 8, 16 concurrent streams.
 
     .venv/bin/python benchmarks/bench_batching.py [--tokens 64] [--streams 1 2 4 8 16] [--dtype float32]
+        [--quantization none|int4|dynamic-int8]
 
 Side by side in one run: plain `model.generate` (one request), the plugin with batching off
 (max_batch=1, requests one after another), and the plugin with batching on (max_batch=16) fed N
@@ -73,14 +74,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--quantization", default="none", choices=["none", "int4", "dynamic-int8"])
     args = parser.parse_args()
     import torch
 
     source = default_models()[0].options["source"]
     cache = str(ROOT / ".cache" / "models")
-    batched = TransformersLM("b", {"source": source, "device": "cpu", "dtype": args.dtype, "max_batch": 16}, cache_dir=cache)
+    options = {"source": source, "device": "cpu", "dtype": args.dtype, "quantization": args.quantization}
+    batched = TransformersLM("b", {**options, "max_batch": 16}, cache_dir=cache)
     batched.load()
-    single = TransformersLM("s", {"source": source, "device": "cpu", "dtype": args.dtype, "max_batch": 1}, cache_dir=cache)
+    single = TransformersLM("s", {**options, "max_batch": 1}, cache_dir=cache)
     single.load()
     # plain generate, one request
     ids, _ = single.encode(request(0, args.tokens))
@@ -100,7 +103,8 @@ def main() -> None:
         rate = produced / seconds
         base = base or rate
         rows.append((n, produced, seconds, rate, rate / base, ttft))
-    print(f"SmolLM2-135M-Instruct, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+    print(f"SmolLM2-135M-Instruct, {args.dtype}, quantization {args.quantization}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), "
           f"{args.tokens} new tokens per stream, greedy\n")
     print(f"plain model.generate: {plain:.1f} tok/s; plugin, batching off: {s_tokens / s_time:.1f} tok/s "
           f"({s_tokens / s_time / plain:.2f}x plain)\n")

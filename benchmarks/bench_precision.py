@@ -1,14 +1,18 @@
 """Single-stream speed and held-out perplexity of the default model at each precision, side by side.
 
-    .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb]
+    .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb] [--no-llama-cpp]
 
 Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
-default continuous batcher) loaded as float32, bfloat16, PyTorch dynamic int8, and bitsandbytes
-8-bit / 4-bit NF4. Speed is greedy tokens per second of wall time from the call to the last token
-(prefill included), the median of `--repeats` runs. Perplexity is the plugin's `log_likelihood`
+default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head), PyTorch
+dynamic int8, and bitsandbytes 8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
+extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads.
+Speed is greedy tokens per second of wall time from the call to the last token (prefill
+included), the median of `--repeats` runs. Perplexity is the plugin's `log_likelihood`
 (windows of up to 1,024 tokens, half overlapping) over the project's held-out text plus the
 first 8,000 characters of Debian's GPL-3 text when the machine has it; bits per character are
-printed too, so rows with another tokenizer (a llama.cpp row, later) compare on the same scale.
+printed too, so rows with another tokenizer compare on the same scale. llama.cpp scores the same
+token windows (its own tokenizer, the same vocabulary) and decodes greedily with its repeat
+penalty off.
 """
 
 from __future__ import annotations
@@ -60,11 +64,63 @@ def stream_rate(lm: TransformersLM, tokens: int, repeats: int) -> tuple[float, s
     return statistics.median(rates), text
 
 
+def gguf_path(source: str) -> Path:
+    from generators.text.model_source import resolve_source
+
+    return Path(resolve_source(source).location)
+
+
+def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int) -> tuple | None:
+    """(tok/s, memory, nll, scored tokens, greedy text) of llama.cpp on the GGUF file, or None when
+    llama-cpp-python is not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    common = {"model_path": str(path), "n_threads": threads, "n_threads_batch": threads, "verbose": False}
+    llm = Llama(n_ctx=2048, **common)
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def run(n: int) -> tuple[float, str]:
+        start = time.perf_counter()
+        out = llm.create_chat_completion(messages, max_tokens=n, temperature=0.0, top_k=1, repeat_penalty=1.0)
+        return out["usage"]["completion_tokens"] / (time.perf_counter() - start), out["choices"][0]["message"]["content"]
+
+    run(4)  # warm-up
+    results = [run(tokens) for _ in range(repeats)]
+    rate, sample = statistics.median(r for r, _ in results), results[-1][1]
+    memory = path.stat().st_size  # the weights as mapped from the file; its KV cache comes on top
+    llm.close()
+    import numpy as np
+
+    scorer = Llama(n_ctx=1024, logits_all=True, **common)
+    ids = scorer.tokenize(text.encode("utf-8"), add_bos=scorer.token_bos() >= 0 and scorer.metadata.get(
+        "tokenizer.ggml.add_bos_token", "false") == "true", special=False)
+    window, stride = 1024, 512
+    total, scored, done, start = 0.0, 0, 1, 0
+    while done < len(ids):  # the same windows as TransformersLM.log_likelihood
+        end = min(len(ids), start + window)
+        scorer.reset()
+        scorer.eval(ids[start:end])
+        logits = np.asarray(scorer.scores[: end - start - 1], dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        nll = -logp[np.arange(end - start - 1), ids[start + 1:end]]
+        first_new = done - start - 1
+        total += float(nll[first_new:].sum())
+        scored += len(nll) - first_new
+        done = end
+        start = max(start + stride, end - window // 2) if end < len(ids) else end
+    scorer.close()
+    return rate, memory, total, scored, sample
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-bnb", action="store_true", help="leave out the bitsandbytes rows")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp row")
     args = parser.parse_args()
     import torch
 
@@ -106,11 +162,22 @@ def main() -> None:
         same = sample == plain_text[:len(sample)] and len(sample) > 0
         rows.append((label, rate, rate / plain, memory, ppl, ppl / base_ppl - 1, nll / math.log(2) / len(text), same))
 
+    if not args.no_llama_cpp:
+        found = llama_cpp_row(gguf_path(source), text, args.tokens, args.repeats, torch.get_num_threads())
+        if found is None:
+            print("(no llama.cpp row: pip install -r requirements-llamacpp.txt)\n")
+        else:
+            rate, memory, nll, scored, sample = found
+            ppl = math.exp(nll / scored)
+            same = sample == plain_text[:len(sample)] and len(sample) > 0
+            rows.append(("llama.cpp, GGUF Q4_1 as stored", rate, rate / plain, memory, ppl, ppl / base_ppl - 1,
+                         nll / math.log(2) / len(text), same))
+
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), torch {torch.__version__}, {torch.get_num_threads()} "
           f"thread(s), {args.tokens} greedy tokens, median of {args.repeats}\n")
     print(f"plain model.generate, float32: {plain:.1f} tok/s\n")
     print(f"perplexity text: {text_name} ({count} tokens, {len(text)} characters)\n")
-    print("| plugin, single stream | tok/s | vs plain generate | memory | perplexity | vs float32 | bits/char "
+    print("| single stream | tok/s | vs plain generate | memory | perplexity | vs float32 | bits/char "
           "| greedy text = float32 generate |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for label, rate, ratio, memory, ppl, delta, bpc, same in rows:

@@ -158,8 +158,9 @@ def check_vocab(vocab: Sequence[str]) -> list[str]:
 
 
 def save_char_lstm(out_dir: str | os.PathLike, model: Any, vocab: Sequence[str],
-                   training: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir``; returns the folder."""
+                   training: dict[str, Any] | None = None, dtype: Any = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir``; returns the folder. ``dtype``
+    (e.g. torch.float16) stores the weights smaller; loading casts them back to float32."""
     from safetensors.torch import save_file
 
     vocab = check_vocab(vocab)
@@ -170,7 +171,7 @@ def save_char_lstm(out_dir: str | os.PathLike, model: Any, vocab: Sequence[str],
     state = model.state_dict()
     if model.config.tie_weights:
         state.pop("head.weight")  # the same tensor as embedding.weight
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in state.items()}
     save_file(tensors, out / WEIGHTS_FILE, metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,

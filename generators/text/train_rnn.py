@@ -75,6 +75,7 @@ class TrainOptions:
     resume: bool = False
     progress: bool = True
     max_steps: int | None = None  # stop each epoch after this many steps (quick runs and tests)
+    export_dtype: str = "float32"  # float32 | float16 | bfloat16: the exported weights (training stays float32)
 
 
 @dataclass
@@ -241,7 +242,8 @@ def train(options: TrainOptions) -> TrainResult:
                 log.warning("--%s %s ignored on resume: the checkpoint's %s is used", key.replace("_", "-"),
                             getattr(options, key), saved[key])
         options = dataclasses.replace(options, **{k: saved[k] for k in saved if k not in
-                                                  ("text", "out", "epochs", "device", "threads", "resume", "progress")})
+                                                  ("text", "out", "epochs", "device", "threads", "resume", "progress",
+                                                   "export_dtype")})
     config = model_config(options, len(data.vocab))
     seed = options.seed
     torch.manual_seed(seed)
@@ -254,6 +256,12 @@ def train(options: TrainOptions) -> TrainResult:
         set_rng_state(state["rng"], device)
         start_epoch, history, train_seconds = int(state["epoch"]), list(state["history"]), float(state["train_seconds"])
         log.info("resumed from epoch %d (%s)", start_epoch, checkpoint_path)
+    # Each start of the command with another --epochs is a segment with its own cosine schedule: a run
+    # extended with `--resume --epochs N` restarts the learning rate, so the export records the segments
+    # (a checkpoint written before segments were recorded counts as one finished run).
+    segments = [dict(s) for s in state.get("segments", [{"start_epoch": 0, "epochs": start_epoch}])] if state else []
+    if not segments or segments[-1]["epochs"] != options.epochs:
+        segments.append({"start_epoch": start_epoch, "epochs": options.epochs})
 
     steps_per_epoch = (len(data.train) - options.seq_len - 1) // (options.batch_size * options.seq_len)
     if steps_per_epoch < 1:
@@ -308,12 +316,16 @@ def train(options: TrainOptions) -> TrainResult:
             save_training_state(checkpoint_path, {
                 "vocab": data.vocab, "num_chars": len(data.train) + len(data.valid),
                 "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("text", "out")},
-                "epoch": epoch + 1, "history": history, "train_seconds": train_seconds,
+                "epoch": epoch + 1, "history": history, "train_seconds": train_seconds, "segments": segments,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(device)})
 
     last = history[-1] if history else {}
+    commands = []
+    for i, segment in enumerate(segments):
+        argv = options_to_argv(dataclasses.replace(options, epochs=segment["epochs"])) + (["--resume"] if i else [])
+        commands.append("python -m generators.text.train_rnn " + " ".join(shlex.quote(a) for a in argv))
     training_info = {
-        "command": "python -m generators.text.train_rnn " + " ".join(shlex.quote(a) for a in options_to_argv(options)),
+        "command": " && ".join(commands), "segments": segments, "weights_dtype": options.export_dtype,
         "text": text_path.name, "train_chars": len(data.train), "validation_chars": len(data.valid),
         "epochs": len(history), "steps_per_epoch": steps_per_epoch, "seq_len": options.seq_len,
         "batch_size": options.batch_size, "lr": options.lr, "clip": options.clip, "seed": seed,
@@ -322,7 +334,7 @@ def train(options: TrainOptions) -> TrainResult:
         "validation_bpc": last.get("val_bpc"),
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in history],
     }
-    save_char_lstm(out, model, data.vocab, training_info)
+    save_char_lstm(out, model, data.vocab, training_info, dtype=getattr(torch, options.export_dtype))
     log.info("exported the model to %s", out)
     return TrainResult(out, len(history), train_seconds, last, history)
 
@@ -343,6 +355,8 @@ def options_to_argv(options: TrainOptions) -> list[str]:
         argv += ["--threads", str(options.threads)]
     if options.max_steps:
         argv += ["--max-steps", str(options.max_steps)]
+    if options.export_dtype != "float32":
+        argv += ["--export-dtype", options.export_dtype]
     return argv
 
 
@@ -365,15 +379,20 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt (with a larger --epochs: extend a finished run; "
+                             "the learning rate restarts on a cosine over the new total)")
     parser.add_argument("--max-steps", type=int, default=None, help="at most this many steps per epoch (quick runs)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--export-dtype", choices=("float32", "float16", "bfloat16"), default=d.export_dtype,
+                        help="dtype of the exported weights (float16 halves the file; training is float32)")
     args = parser.parse_args(argv)
     return TrainOptions(text=args.text, out=args.out, epochs=args.epochs, seq_len=args.seq_len, batch_size=args.batch_size,
                         embed_dim=args.embed_dim, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
                         tie_weights=args.tie_weights, lr=args.lr, clip=args.clip, weight_decay=args.weight_decay,
                         seed=args.seed, device=args.device, threads=args.threads, resume=args.resume,
-                        progress=not args.no_progress, max_steps=args.max_steps)
+                        progress=not args.no_progress, max_steps=args.max_steps,
+                        export_dtype=args.export_dtype)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -246,6 +246,33 @@ def test_resume_equals_uninterrupted_training(tmp_path: Path, monkeypatch: pytes
         assert torch.equal(x, y), name
 
 
+def test_a_finished_run_extended_with_more_epochs_records_both_segments_and_exports_float16(tmp_path: Path) -> None:
+    """`--resume --epochs N` on a finished run restarts the learning-rate cosine over the new total; the
+    exported config says so (two segments, the two commands that reproduce it), and `--export-dtype
+    float16` halves the weights file while the loaded model predicts as the float32 one does."""
+    first = train(_options(tmp_path, "run", epochs=1, max_steps=10))
+    size32 = (first.out / "model.safetensors").stat().st_size
+    extended = train(_options(tmp_path, "run", epochs=3, max_steps=10, resume=True, export_dtype="float16"))
+    assert [row["epoch"] for row in extended.history] == [1, 2, 3]
+    lrs = [row["lr"] for row in extended.history]
+    assert lrs[1] > lrs[0]  # the restart
+    training = json.loads((first.out / "config.json").read_text())["training"]
+    assert training["segments"] == [{"start_epoch": 0, "epochs": 1}, {"start_epoch": 1, "epochs": 3}]
+    one, two = training["command"].split(" && ")
+    assert "--epochs 1 " in one and "--resume" not in one and "--epochs 3 " in two and two.endswith("--resume")
+    assert training["weights_dtype"] == "float16" and "--export-dtype float16" in two
+    assert (first.out / "model.safetensors").stat().st_size < size32 * 0.6
+    loaded = load_char_lstm(first.out)
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    x = torch.randint(len(loaded.vocab), (2, 12))
+    with torch.inference_mode():
+        ours, _ = loaded.model(x)
+        state = torch.load(first.out / "checkpoint.pt", weights_only=False)["model"]
+        loaded.model.load_state_dict(state)
+        exact, _ = loaded.model(x)
+    torch.testing.assert_close(ours, exact, atol=2e-2, rtol=0)
+
+
 def test_clear_errors_for_bad_text_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_text(tmp_path / "nope.txt")

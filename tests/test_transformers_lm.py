@@ -187,6 +187,24 @@ def test_bitsandbytes_quantization_loads_and_generates_on_cpu(tiny_model_dir: Pa
     assert last.stats is not None and last.stats.completion_tokens > 0 and isinstance(text, str)
 
 
+def _assert_close_to_float32_and_decodes_batched(full: TransformersLM, gen: TransformersLM, model_dir: Path,
+                                                 quantization: str) -> None:
+    """The quantized model's next-token distribution stays close to float32's; it decodes several
+    requests batched; it refuses non-float32 weights. Unloads both."""
+    ids = torch.tensor([full.encode(chat("Tell me about the sea."))[0]])
+    with torch.inference_mode():
+        p = torch.softmax(full.model(input_ids=ids).logits[0, -1], -1)
+        q = torch.softmax(gen.model(input_ids=ids).logits[0, -1], -1)
+    assert float((p - q).abs().sum()) < 0.1  # total variation distance of the next-token distributions
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda text: gen.generate(chat(text, temperature=0, max_new_tokens=6)), ["a", "b c", "d"]))
+    assert all(last.stats is not None and last.stats.completion_tokens > 0 for _, last in results)
+    with pytest.raises(LoadFailedError, match="float32"):
+        TransformersLM("x", {"source": str(model_dir), "quantization": quantization, "dtype": "bfloat16"}).load()
+    gen.unload()
+    full.unload()
+
+
 def test_dynamic_int8_quantizes_linear_layers_and_keeps_the_model_close(tiny_model_dir: Path) -> None:
     """PyTorch dynamic int8: every Linear (the read-out too) holds int8 weights (counted in the reported
     memory: they live outside the parameters), it decodes alone and batched, and its next-token
@@ -199,18 +217,7 @@ def test_dynamic_int8_quantizes_linear_layers_and_keeps_the_model_close(tiny_mod
     assert "quantized" in type(gen.model.model.layers[0].mlp.up_proj).__module__
     assert "quantized" in type(gen.model.lm_head).__module__
     assert gen.memory_bytes() > gen.model.get_memory_footprint() > 0
-    ids = torch.tensor([full.encode(chat("Tell me about the sea."))[0]])
-    with torch.inference_mode():
-        p = torch.softmax(full.model(input_ids=ids).logits[0, -1], -1)
-        q = torch.softmax(gen.model(input_ids=ids).logits[0, -1], -1)
-    assert float((p - q).abs().sum()) < 0.1  # total variation distance of the next-token distributions
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda text: gen.generate(chat(text, temperature=0, max_new_tokens=6)), ["a", "b c", "d"]))
-    assert all(last.stats is not None and last.stats.completion_tokens > 0 for _, last in results)
-    with pytest.raises(LoadFailedError, match="float32"):
-        TransformersLM("x", {"source": str(tiny_model_dir), "quantization": "dynamic-int8", "dtype": "bfloat16"}).load()
-    gen.unload()
-    full.unload()
+    _assert_close_to_float32_and_decodes_batched(full, gen, tiny_model_dir, "dynamic-int8")
 
 
 def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_model_dir: Path) -> None:
@@ -230,18 +237,7 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     assert isinstance(gen.model.lm_head, Int8Linear)
     packed = sum(b.numel() * b.element_size() for b in gen.model.buffers() if b.dtype in (torch.uint8, torch.int8))
     assert gen.memory_bytes() >= gen.model.model.embed_tokens.weight.numel() * 4 + packed
-    ids = torch.tensor([full.encode(chat("Tell me about the sea."))[0]])
-    with torch.inference_mode():
-        p = torch.softmax(full.model(input_ids=ids).logits[0, -1], -1)
-        q = torch.softmax(gen.model(input_ids=ids).logits[0, -1], -1)
-    assert float((p - q).abs().sum()) < 0.1  # total variation distance of the next-token distributions
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda text: gen.generate(chat(text, temperature=0, max_new_tokens=6)), ["a", "b c", "d"]))
-    assert all(last.stats is not None and last.stats.completion_tokens > 0 for _, last in results)
-    with pytest.raises(LoadFailedError, match="float32"):
-        TransformersLM("x", {"source": str(tiny_model_dir), "quantization": "int4", "dtype": "bfloat16"}).load()
-    gen.unload()
-    full.unload()
+    _assert_close_to_float32_and_decodes_batched(full, gen, tiny_model_dir, "int4")
 
 
 def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path) -> None:

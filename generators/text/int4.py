@@ -52,7 +52,26 @@ def dequantize_weight(packed_q: torch.Tensor, scales_and_zeros: torch.Tensor, gr
     return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(n, k)
 
 
-class Int4Linear(nn.Module):
+class _WeightOnlyLinear(nn.Module):
+    """Shared forward: activations to bfloat16 through the kernel, back in the input's dtype, plus bias."""
+
+    in_features: int
+    out_features: int
+
+    def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _keep_bias(self, linear: nn.Linear) -> None:
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = self._matmul(x.reshape(-1, self.in_features).to(torch.bfloat16))
+        out = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+
+class Int4Linear(_WeightOnlyLinear):
     """Drop-in for `nn.Linear` (inference only) with 4-bit group-quantized weights."""
 
     def __init__(self, linear: nn.Linear, group_size: int = GROUP_SIZE) -> None:
@@ -61,21 +80,16 @@ class Int4Linear(nn.Module):
         packed, scales_and_zeros = quantize_weight(linear.weight, group_size)
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._keep_bias(linear)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed_weight, self.group_size, self.scales_and_zeros)
-        out = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+    def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(flat, self.packed_weight, self.group_size, self.scales_and_zeros)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits=4, group_size={self.group_size}"
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(_WeightOnlyLinear):
     """Drop-in for `nn.Linear` (inference only) with int8 weights, one bfloat16 scale per output row."""
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -85,15 +99,10 @@ class Int8Linear(nn.Module):
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
         self.register_buffer("weight_int8", torch.round(w / scale.to(torch.float32)[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scales", scale)
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._keep_bias(linear)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales)
-        out = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+    def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat, self.weight_int8, self.scales)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits=8"

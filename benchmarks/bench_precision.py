@@ -18,11 +18,13 @@ penalty off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +72,29 @@ def gguf_path(source: str) -> Path:
     return Path(resolve_source(source).location)
 
 
-def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int) -> tuple | None:
+@contextlib.contextmanager
+def extra_buffer_types(enabled: bool) -> Iterator[None]:
+    """llama.cpp's "extra buffer types" (weight repacking, AMX tiles) for the models loaded inside.
+    On this project's VM (Xeon with AMX) decoding with them on dies with a segmentation fault in
+    llama_decode, so the benchmark turns them off unless asked: the plain AVX-512 kernels remain."""
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def params() -> object:
+        p = original()
+        p.use_extra_bufts = enabled
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int,
+                  extra_buffers: bool = False) -> tuple | None:
     """(tok/s, memory, nll, scored tokens, greedy text) of llama.cpp on the GGUF file, or None when
     llama-cpp-python is not installed."""
     try:
@@ -78,7 +102,8 @@ def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int
     except ImportError:
         return None
     common = {"model_path": str(path), "n_threads": threads, "n_threads_batch": threads, "verbose": False}
-    llm = Llama(n_ctx=2048, **common)
+    with extra_buffer_types(extra_buffers):
+        llm = Llama(n_ctx=2048, **common)
     messages = [{"role": "user", "content": PROMPT}]
 
     def run(n: int) -> tuple[float, str]:
@@ -93,7 +118,8 @@ def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int
     llm.close()
     import numpy as np
 
-    scorer = Llama(n_ctx=1024, logits_all=True, **common)
+    with extra_buffer_types(extra_buffers):
+        scorer = Llama(n_ctx=1024, logits_all=True, **common)
     ids = scorer.tokenize(text.encode("utf-8"), add_bos=scorer.token_bos() >= 0 and scorer.metadata.get(
         "tokenizer.ggml.add_bos_token", "false") == "true", special=False)
     window, stride = 1024, 512
@@ -121,6 +147,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-bnb", action="store_true", help="leave out the bitsandbytes rows")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp row")
+    parser.add_argument("--llama-cpp-extra-buffers", action="store_true",
+                        help="let llama.cpp repack weights / use AMX (crashes on this project's VM)")
     args = parser.parse_args()
     import torch
 
@@ -163,7 +191,8 @@ def main() -> None:
         rows.append((label, rate, rate / plain, memory, ppl, ppl / base_ppl - 1, nll / math.log(2) / len(text), same))
 
     if not args.no_llama_cpp:
-        found = llama_cpp_row(gguf_path(source), text, args.tokens, args.repeats, torch.get_num_threads())
+        found = llama_cpp_row(gguf_path(source), text, args.tokens, args.repeats, torch.get_num_threads(),
+                              args.llama_cpp_extra_buffers)
         if found is None:
             print("(no llama.cpp row: pip install -r requirements-llamacpp.txt)\n")
         else:

@@ -7,7 +7,8 @@ default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-b
 dynamic int8, and bitsandbytes 8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
 extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads.
 Speed is greedy tokens per second of wall time from the call to the last token (prefill
-included), the median of `--repeats` runs. Perplexity is the plugin's `log_likelihood`
+included), the median of `--repeats` rounds that run every row once in turn (this VM's speed drifts
+by ±30 % over minutes, so rows timed one after another would not compare). Perplexity is the plugin's `log_likelihood`
 (windows of up to 1,024 tokens, half overlapping) over the project's held-out text plus the
 first 8,000 characters of Debian's GPL-3 text when the machine has it; bits per character are
 printed too, so rows with another tokenizer compare on the same scale. llama.cpp scores the same
@@ -93,38 +94,34 @@ def extra_buffer_types(enabled: bool) -> Iterator[None]:
         low.llama_model_default_params = original
 
 
-def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int,
-                  extra_buffers: bool = False) -> tuple | None:
-    """(tok/s, memory, nll, scored tokens, greedy text) of llama.cpp on the GGUF file, or None when
-    llama-cpp-python is not installed."""
+def llama_cpp_models(path: Path, threads: int, extra_buffers: bool) -> tuple | None:
+    """(generator, scorer) llama.cpp models on the GGUF file, or None without llama-cpp-python."""
     try:
         from llama_cpp import Llama
     except ImportError:
         return None
     common = {"model_path": str(path), "n_threads": threads, "n_threads_batch": threads, "verbose": False}
     with extra_buffer_types(extra_buffers):
-        llm = Llama(n_ctx=2048, **common)
-    messages = [{"role": "user", "content": PROMPT}]
+        return Llama(n_ctx=2048, **common), Llama(n_ctx=1024, logits_all=True, **common)
 
-    def run(n: int) -> tuple[float, str]:
-        start = time.perf_counter()
-        out = llm.create_chat_completion(messages, max_tokens=n, temperature=0.0, top_k=1, repeat_penalty=1.0)
-        return out["usage"]["completion_tokens"] / (time.perf_counter() - start), out["choices"][0]["message"]["content"]
 
-    run(4)  # warm-up
-    results = [run(tokens) for _ in range(repeats)]
-    rate, sample = statistics.median(r for r, _ in results), results[-1][1]
-    memory = path.stat().st_size  # the weights as mapped from the file; its KV cache comes on top
-    llm.close()
+def llama_cpp_rate(llm: object, tokens: int) -> tuple[float, str]:
+    """Greedy tok/s (prefill included) and text of one chat request, repeat penalty off."""
+    start = time.perf_counter()
+    out = llm.create_chat_completion([{"role": "user", "content": PROMPT}], max_tokens=tokens, temperature=0.0,
+                                     top_k=1, repeat_penalty=1.0)
+    return out["usage"]["completion_tokens"] / (time.perf_counter() - start), out["choices"][0]["message"]["content"]
+
+
+def llama_cpp_nll(scorer: object, text: str) -> tuple[float, int]:
+    """NLL (nats) and scored tokens over the same half-overlapping 1,024-token windows as the plugin."""
     import numpy as np
 
-    with extra_buffer_types(extra_buffers):
-        scorer = Llama(n_ctx=1024, logits_all=True, **common)
-    ids = scorer.tokenize(text.encode("utf-8"), add_bos=scorer.token_bos() >= 0 and scorer.metadata.get(
-        "tokenizer.ggml.add_bos_token", "false") == "true", special=False)
+    ids = scorer.tokenize(text.encode("utf-8"), add_bos=scorer.metadata.get("tokenizer.ggml.add_bos_token") == "true",
+                          special=False)
     window, stride = 1024, 512
     total, scored, done, start = 0.0, 0, 1, 0
-    while done < len(ids):  # the same windows as TransformersLM.log_likelihood
+    while done < len(ids):
         end = min(len(ids), start + window)
         scorer.reset()
         scorer.eval(ids[start:end])
@@ -137,8 +134,7 @@ def llama_cpp_row(path: Path, text: str, tokens: int, repeats: int, threads: int
         scored += len(nll) - first_new
         done = end
         start = max(start + stride, end - window // 2) if end < len(ids) else end
-    scorer.close()
-    return rate, memory, total, scored, sample
+    return total, scored
 
 
 def main() -> None:
@@ -163,47 +159,66 @@ def main() -> None:
     reference = TransformersLM("ref", {"source": source, "device": "cpu", "max_batch": 1}, cache_dir=cache)
     reference.load()
     ids = torch.tensor([reference.encode(request(args.tokens))[0]])
-    with torch.inference_mode():
-        reference.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
-        plain_rates = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            out = reference.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,
-                                           min_new_tokens=args.tokens, do_sample=False)
-            plain_rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
-    plain = statistics.median(plain_rates)
-    plain_text = reference.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    reference.unload()
 
-    rows = []
-    base_ppl = None
+    def plain_rate(tokens: int) -> tuple[float, str]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = reference.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                           min_new_tokens=tokens, do_sample=False)
+        text = reference.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start), text
+
+    models = []
     for label, options in variants:
         lm = TransformersLM(label, {"source": source, "device": "cpu", **options}, cache_dir=cache)
         lm.load()
-        memory = lm.memory_bytes()
-        stream_rate(lm, 4, 1)  # warm-up
-        rate, sample = stream_rate(lm, args.tokens, args.repeats)
+        models.append((label, lm))
+    llama = None if args.no_llama_cpp else llama_cpp_models(gguf_path(source), torch.get_num_threads(),
+                                                            args.llama_cpp_extra_buffers)
+    # Every contender once per round, round after round: a shared VM's speed drifts over minutes, so
+    # rows measured one after another would compare different machines.
+    contenders = [("plain", plain_rate)]
+    contenders += [(label, lambda n, lm=lm: stream_rate(lm, n, 1)) for label, lm in models]
+    if llama is not None:
+        contenders.append(("llama.cpp", lambda n: llama_cpp_rate(llama[0], n)))
+    for _, measure in contenders:
+        measure(4)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    samples: dict[str, str] = {}
+    for _ in range(args.repeats):
+        for name, measure in contenders:
+            rate, samples[name] = measure(args.tokens)
+            rates[name].append(rate)
+    plain, plain_text = statistics.median(rates["plain"]), samples["plain"]
+
+    rows = []
+    base_ppl = None
+    for label, lm in models:
         nll, count = lm.log_likelihood(text)
-        lm.unload()
         ppl = math.exp(nll / count)
         base_ppl = base_ppl or ppl
+        rate, sample = statistics.median(rates[label]), samples[label]
         same = sample == plain_text[:len(sample)] and len(sample) > 0
-        rows.append((label, rate, rate / plain, memory, ppl, ppl / base_ppl - 1, nll / math.log(2) / len(text), same))
-
-    if not args.no_llama_cpp:
-        found = llama_cpp_row(gguf_path(source), text, args.tokens, args.repeats, torch.get_num_threads(),
-                              args.llama_cpp_extra_buffers)
-        if found is None:
+        rows.append((label, rate, rate / plain, lm.memory_bytes(), ppl, ppl / base_ppl - 1,
+                     nll / math.log(2) / len(text), same))
+        lm.unload()
+    reference.unload()
+    if llama is None:
+        if not args.no_llama_cpp:
             print("(no llama.cpp row: pip install -r requirements-llamacpp.txt)\n")
-        else:
-            rate, memory, nll, scored, sample = found
-            ppl = math.exp(nll / scored)
-            same = sample == plain_text[:len(sample)] and len(sample) > 0
-            rows.append(("llama.cpp, GGUF Q4_1 as stored", rate, rate / plain, memory, ppl, ppl / base_ppl - 1,
-                         nll / math.log(2) / len(text), same))
+    else:
+        nll, scored = llama_cpp_nll(llama[1], text)
+        ppl = math.exp(nll / scored)
+        rate, sample = statistics.median(rates["llama.cpp"]), samples["llama.cpp"]
+        same = sample == plain_text[:len(sample)] and len(sample) > 0
+        memory = gguf_path(source).stat().st_size  # the weights as mapped from the file; its KV cache comes on top
+        rows.append(("llama.cpp, GGUF Q4_1 as stored", rate, rate / plain, memory, ppl, ppl / base_ppl - 1,
+                     nll / math.log(2) / len(text), same))
+        for model in llama:
+            model.close()
 
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), torch {torch.__version__}, {torch.get_num_threads()} "
-          f"thread(s), {args.tokens} greedy tokens, median of {args.repeats}\n")
+          f"thread(s), {args.tokens} greedy tokens, median of {args.repeats} interleaved rounds\n")
     print(f"plain model.generate, float32: {plain:.1f} tok/s\n")
     print(f"perplexity text: {text_name} ({count} tokens, {len(text)} characters)\n")
     print("| single stream | tok/s | vs plain generate | memory | perplexity | vs float32 | bits/char "

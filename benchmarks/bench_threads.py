@@ -7,6 +7,9 @@ request threads when batching is off), so this is the speed users get. On this p
 worker thread decodes 1.3-2x slower than the main thread with the same torch thread count (and the
 second intra-op thread barely helps there); OMP_WAIT_POLICY and glibc malloc arenas do not change it.
 This script reproduces it: bare `model(...)` decode steps on a KV cache, no plugin code involved.
+Cause: the main thread ran parallel regions first, so two threads own OpenMP teams, the process has
+more OpenMP threads than CPUs, and libgomp throttles its spin-wait between the many tiny regions of a
+decode step. A worker that is the only thread doing torch work is as fast as the main thread.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from generators.base import ChatMessage, SamplingParams, TextRequest  # noqa: E402
-from generators.text.transformers_lm import TransformersLM  # noqa: E402
+from generators.text.transformers_lm import TransformersLM, scoring_windows  # noqa: E402
 from webui.settings import default_models  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -53,18 +53,15 @@ def request(tokens: int) -> TextRequest:
     return TextRequest(messages=(ChatMessage("user", PROMPT),), params=SamplingParams(temperature=0.0, max_new_tokens=tokens))
 
 
-def stream_rate(lm: TransformersLM, tokens: int, repeats: int) -> tuple[float, str]:
-    rates, text = [], ""
-    for _ in range(repeats):
-        start = time.perf_counter()
-        parts, produced = [], 0
-        for chunk in lm.stream(request(tokens)):
-            parts.append(chunk.text)
-            if chunk.stats:
-                produced = chunk.stats.completion_tokens
-        rates.append(produced / (time.perf_counter() - start))
-        text = "".join(parts)
-    return statistics.median(rates), text
+def stream_rate(lm: TransformersLM, tokens: int) -> tuple[float, str]:
+    """Greedy tok/s (prefill included) and text of one request through the plugin."""
+    start = time.perf_counter()
+    parts, produced = [], 0
+    for chunk in lm.stream(request(tokens)):
+        parts.append(chunk.text)
+        if chunk.stats:
+            produced = chunk.stats.completion_tokens
+    return produced / (time.perf_counter() - start), "".join(parts)
 
 
 def gguf_path(source: str) -> Path:
@@ -114,26 +111,21 @@ def llama_cpp_rate(llm: object, tokens: int) -> tuple[float, str]:
 
 
 def llama_cpp_nll(scorer: object, text: str) -> tuple[float, int]:
-    """NLL (nats) and scored tokens over the same half-overlapping 1,024-token windows as the plugin."""
+    """NLL (nats) and scored tokens over the plugin's own half-overlapping 1,024-token windows."""
     import numpy as np
 
     ids = scorer.tokenize(text.encode("utf-8"), add_bos=scorer.metadata.get("tokenizer.ggml.add_bos_token") == "true",
                           special=False)
-    window, stride = 1024, 512
-    total, scored, done, start = 0.0, 0, 1, 0
-    while done < len(ids):
-        end = min(len(ids), start + window)
+    total, scored = 0.0, 0
+    for start, end, first_new in scoring_windows(len(ids), 1024):
         scorer.reset()
         scorer.eval(ids[start:end])
         logits = np.asarray(scorer.scores[: end - start - 1], dtype=np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         nll = -logp[np.arange(end - start - 1), ids[start + 1:end]]
-        first_new = done - start - 1
         total += float(nll[first_new:].sum())
         scored += len(nll) - first_new
-        done = end
-        start = max(start + stride, end - window // 2) if end < len(ids) else end
     return total, scored
 
 
@@ -178,7 +170,7 @@ def main() -> None:
     # Every contender once per round, round after round: a shared VM's speed drifts over minutes, so
     # rows measured one after another would compare different machines.
     contenders = [("plain", plain_rate)]
-    contenders += [(label, lambda n, lm=lm: stream_rate(lm, n, 1)) for label, lm in models]
+    contenders += [(label, lambda n, lm=lm: stream_rate(lm, n)) for label, lm in models]
     if llama is not None:
         contenders.append(("llama.cpp", lambda n: llama_cpp_rate(llama[0], n)))
     for _, measure in contenders:
@@ -191,16 +183,18 @@ def main() -> None:
             rates[name].append(rate)
     plain, plain_text = statistics.median(rates["plain"]), samples["plain"]
 
-    rows = []
-    base_ppl = None
+    rows: list[tuple] = []
+
+    def add_row(label: str, name: str, memory: int, nll: float, count: int) -> None:
+        ppl = math.exp(nll / count)
+        base_ppl = rows[0][4] if rows else ppl  # float32 is the first row
+        rate, sample = statistics.median(rates[name]), samples[name]
+        same = sample == plain_text[:len(sample)] and len(sample) > 0
+        rows.append((label, rate, rate / plain, memory, ppl, ppl / base_ppl - 1, nll / math.log(2) / len(text), same))
+
     for label, lm in models:
         nll, count = lm.log_likelihood(text)
-        ppl = math.exp(nll / count)
-        base_ppl = base_ppl or ppl
-        rate, sample = statistics.median(rates[label]), samples[label]
-        same = sample == plain_text[:len(sample)] and len(sample) > 0
-        rows.append((label, rate, rate / plain, lm.memory_bytes(), ppl, ppl / base_ppl - 1,
-                     nll / math.log(2) / len(text), same))
+        add_row(label, label, lm.memory_bytes(), nll, count)
         lm.unload()
     reference.unload()
     if llama is None:
@@ -208,12 +202,8 @@ def main() -> None:
             print("(no llama.cpp row: pip install -r requirements-llamacpp.txt)\n")
     else:
         nll, scored = llama_cpp_nll(llama[1], text)
-        ppl = math.exp(nll / scored)
-        rate, sample = statistics.median(rates["llama.cpp"]), samples["llama.cpp"]
-        same = sample == plain_text[:len(sample)] and len(sample) > 0
         memory = gguf_path(source).stat().st_size  # the weights as mapped from the file; its KV cache comes on top
-        rows.append(("llama.cpp, GGUF Q4_1 as stored", rate, rate / plain, memory, ppl, ppl / base_ppl - 1,
-                     nll / math.log(2) / len(text), same))
+        add_row("llama.cpp, GGUF Q4_1 as stored", "llama.cpp", memory, nll, scored)
         for model in llama:
             model.close()
 

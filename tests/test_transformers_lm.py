@@ -381,3 +381,16 @@ def test_prefix_cache_finds_the_longest_shared_prefix_and_evicts_least_recently_
     assert cache.bytes <= 10 * per_token
     cache.add(list(range(100)), kv(100))  # larger than the whole budget: not kept
     assert cache.lookup(list(range(100)))[0] == 0
+
+
+def test_scoring_windows_score_every_predicted_token_once_with_half_a_window_of_context() -> None:
+    from generators.text.transformers_lm import scoring_windows
+
+    for length, window in [(2, 8), (8, 8), (9, 8), (2105, 1024), (3000, 9)]:
+        scored = []
+        for start, end, first_new in scoring_windows(length, window):
+            assert end - start <= window
+            positions = list(range(start + 1 + first_new, end))  # predicted tokens counted in this window
+            assert all(p - start >= min(window // 2, p) for p in positions)  # context before each
+            scored += positions
+        assert scored == list(range(1, length))

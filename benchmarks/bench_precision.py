@@ -5,7 +5,9 @@
 Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
 default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head), PyTorch
 dynamic int8, and bitsandbytes 8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
-extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads.
+extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads, in
+a child process (two OpenMP runtimes in one process spin against each other). All torch work runs
+on the compute lane, as in the studio.
 Speed is greedy tokens per second of wall time from the call to the last token (prefill
 included), the median of `--repeats` rounds that run every row once in turn (this VM's speed drifts
 by ±30 % over minutes, so rows timed one after another would not compare). Perplexity is the plugin's `log_likelihood`
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from generators.base import ChatMessage, SamplingParams, TextRequest  # noqa: E402
+from generators.compute import lane  # noqa: E402
 from generators.text.transformers_lm import TransformersLM, scoring_windows  # noqa: E402
 from webui.settings import default_models  # noqa: E402
 
@@ -102,6 +105,58 @@ def llama_cpp_models(path: Path, threads: int, extra_buffers: bool) -> tuple | N
         return Llama(n_ctx=2048, **common), Llama(n_ctx=1024, logits_all=True, **common)
 
 
+def _serve_llama_cpp(conn: object, path: str, threads: int, extra_buffers: bool) -> None:
+    """Child process: load llama.cpp on the GGUF file, then answer ("rate", tokens) / ("nll", text)."""
+    models = llama_cpp_models(Path(path), threads, extra_buffers)
+    conn.send(models is not None)
+    while models is not None:
+        command, arg = conn.recv()
+        if command == "rate":
+            conn.send(llama_cpp_rate(models[0], arg))
+        elif command == "nll":
+            conn.send(llama_cpp_nll(models[1], arg))
+        else:
+            for model in models:
+                model.close()
+            return
+
+
+class LlamaCppProcess:
+    """llama.cpp in a child process. In this process its OpenMP threads and torch's would share two
+    cores and spin against each other (measured: llama.cpp 85 tok/s alone, 30 interleaved in one
+    process); a child process keeps each side's threads asleep while the other measures."""
+
+    def __init__(self, path: Path, threads: int, extra_buffers: bool) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve_llama_cpp, args=(child, str(path), threads, extra_buffers),
+                                       daemon=True)
+        self.process.start()
+        self.available = self._receive()
+
+    def _receive(self) -> object:
+        try:
+            return self.conn.recv()
+        except EOFError:
+            raise SystemExit(f"llama.cpp's process died (exit code {self.process.exitcode}); "
+                             "try --no-llama-cpp or --llama-cpp-extra-buffers") from None
+
+    def rate(self, tokens: int) -> tuple[float, str]:
+        self.conn.send(("rate", tokens))
+        return self._receive()
+
+    def nll(self, text: str) -> tuple[float, int]:
+        self.conn.send(("nll", text))
+        return self._receive()
+
+    def close(self) -> None:
+        if self.available:
+            self.conn.send(("exit", None))
+        self.process.join(timeout=30)
+
+
 def llama_cpp_rate(llm: object, tokens: int) -> tuple[float, str]:
     """Greedy tok/s (prefill included) and text of one chat request, repeat penalty off."""
     start = time.perf_counter()
@@ -152,7 +207,7 @@ def main() -> None:
     reference.load()
     ids = torch.tensor([reference.encode(request(args.tokens))[0]])
 
-    def plain_rate(tokens: int) -> tuple[float, str]:
+    def plain_generate(tokens: int) -> tuple[float, str]:
         start = time.perf_counter()
         with torch.inference_mode():
             out = reference.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
@@ -160,19 +215,25 @@ def main() -> None:
         text = reference.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start), text
 
+    def plain_rate(tokens: int) -> tuple[float, str]:  # on the lane, like all tensor work here (generators/compute.py)
+        return lane().call(plain_generate, tokens)
+
     models = []
     for label, options in variants:
         lm = TransformersLM(label, {"source": source, "device": "cpu", **options}, cache_dir=cache)
         lm.load()
         models.append((label, lm))
-    llama = None if args.no_llama_cpp else llama_cpp_models(gguf_path(source), torch.get_num_threads(),
-                                                            args.llama_cpp_extra_buffers)
+    llama = None if args.no_llama_cpp else LlamaCppProcess(gguf_path(source), torch.get_num_threads(),
+                                                           args.llama_cpp_extra_buffers)
+    if llama is not None and not llama.available:
+        llama.close()
+        llama = None
     # Every contender once per round, round after round: a shared VM's speed drifts over minutes, so
     # rows measured one after another would compare different machines.
     contenders = [("plain", plain_rate)]
     contenders += [(label, lambda n, lm=lm: stream_rate(lm, n)) for label, lm in models]
     if llama is not None:
-        contenders.append(("llama.cpp", lambda n: llama_cpp_rate(llama[0], n)))
+        contenders.append(("llama.cpp", llama.rate))
     for _, measure in contenders:
         measure(4)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
@@ -201,11 +262,10 @@ def main() -> None:
         if not args.no_llama_cpp:
             print("(no llama.cpp row: pip install -r requirements-llamacpp.txt)\n")
     else:
-        nll, scored = llama_cpp_nll(llama[1], text)
+        nll, scored = llama.nll(text)
         memory = gguf_path(source).stat().st_size  # the weights as mapped from the file; its KV cache comes on top
-        add_row("llama.cpp, GGUF Q4_1 as stored", "llama.cpp", memory, nll, scored)
-        for model in llama:
-            model.close()
+        add_row("llama.cpp, GGUF Q4_1 as stored (own process)", "llama.cpp", memory, nll, scored)
+        llama.close()
 
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), torch {torch.__version__}, {torch.get_num_threads()} "
           f"thread(s), {args.tokens} greedy tokens, median of {args.repeats} interleaved rounds\n")

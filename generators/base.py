@@ -5,6 +5,10 @@ is loaded: source, device, quantization …) and a pydantic `Params` model (per-
 parameters with defaults and bounds). Nothing here imports torch: importing a plugin
 module must be free of side effects.
 
+A plugin runs its tensor work on the process's compute lane (`generators.compute`: `lane().call`,
+`lane().iterate`), never in the caller's thread: one thread doing all of it is what keeps torch's
+OpenMP threads from oversubscribing the CPU. `load` already runs `_load` off the caller's thread.
+
     from generators.registry import Registry
     reg = Registry.discover()
     for chunk in reg.get("smollm2-135m-instruct").stream(TextRequest(messages=[...])):
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .compute import in_fresh_thread
 
 Modality = Literal["text", "image"]
 ProgressFn = Callable[[str], None]
@@ -220,10 +226,12 @@ class Generator(ABC):
         return self._loaded
 
     def load(self, progress: ProgressFn | None = None) -> None:
+        """Load once. `_load` runs in a short-lived thread, so the OpenMP team its tensor work creates
+        leaves with it (see `generators.compute`) and a long load stalls no one's stream."""
         with self._lock:
             if self._loaded:
                 return
-            self._load(progress or (lambda _msg: None))
+            in_fresh_thread(self._load, progress or (lambda _msg: None))
             self._loaded = True
 
     def unload(self) -> None:

@@ -28,6 +28,7 @@ from ..base import (
     ProgressFn,
     StrictModel,
 )
+from ..compute import on_lane
 
 BUILTIN_PREFIX = "builtin:"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -181,6 +182,7 @@ class _TorchImagePlugin(ImageGenerator):
             raise LoadFailedError(f"{self.name} is not loaded.")
 
     # -- the contract
+    @on_lane
     def sample(self, ends: Sequence[ImageEnd], params: BaseModel) -> ImageOutput:
         import torch
 
@@ -193,6 +195,7 @@ class _TorchImagePlugin(ImageGenerator):
             images = self._decode(z.to(self._device), y.to(self._device), params)
         return ImageOutput(self._to_uint8(images), self.weights_hash)
 
+    @on_lane
     def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
         """`frames` images walking from `start` to `end`: latents by slerp, classes by mixing their embeddings."""
         import torch
@@ -256,6 +259,7 @@ class VAEPlugin(_TorchImagePlugin):
     def _decode(self, z: Any, y: Any, params: VAEParams) -> Any:
         return self._model.decode(z, y)
 
+    @on_lane
     def guess_label(self, pixels: Any) -> int | None:
         """The classifier's guess for an image (H, W, C uint8 at `image_size`), or None without a classifier."""
         import torch
@@ -279,6 +283,7 @@ class VAEPlugin(_TorchImagePlugin):
             raise InvalidOptionsError(f"Expected a {w}×{h} image with {c} channel(s), got shape {array.shape}.")
         return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).to(self._device)
 
+    @on_lane
     def reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
         """Encode as class `label` (posterior mean), decode as each of `targets` — the same handwriting, other classes."""
         import torch

@@ -1,6 +1,7 @@
 """Continuous batching for a loaded causal LM: concurrent requests are decoded together.
 
-One scheduler thread per model owns the model while it runs. Between decoding steps it admits
+The scheduler is a stepper of the process's compute lane (`generators.compute`): the lane thread
+runs one decoding step of the whole batch per tick, between other tensor jobs. Between steps it admits
 new sequences (the waiting prompts prefilled together in one forward, each from the longest
 prefix whose keys and values are already cached; then their KV cache joins the batch, the
 narrower side left-padded) and retires finished or cancelled ones (their rows leave the cache). Every
@@ -18,6 +19,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..compute import ComputeLane
+from ..compute import lane as compute_lane
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class PrefixCache:
     """Keys and values of recent prompts, so a prompt that starts like one seen before — the chat
     template's system prompt, the earlier turns of the same chat, the story so far — is prefilled
     only from where the two part (the idea of vLLM's automatic prefix caching, per prompt rather
-    than per block). Least recently used entries go first past `max_bytes`; scheduler thread only.
+    than per block). Least recently used entries go first past `max_bytes`; compute lane only.
     """
 
     def __init__(self, max_bytes: int, max_entries: int = 64) -> None:
@@ -123,14 +127,13 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 class ContinuousBatcher:
     def __init__(self, model: Any, max_batch: int = 16, prefix_cache_bytes: int = 256 << 20,
-                 prefill_tokens: int = 4096) -> None:
+                 prefill_tokens: int = 4096, lane: ComputeLane | None = None) -> None:
         self.model = model
         self.max_batch = max_batch
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.prefix_hits_tokens = 0
         self._pending: queue.Queue[BatchSequence] = queue.Queue()
-        self._wake = threading.Event()
         self._closed = False
         # the batch: sequences (rows), their KV cache, attention mask and true lengths
         self._rows: list[BatchSequence] = []
@@ -139,40 +142,52 @@ class ContinuousBatcher:
         self._lengths: list[int] = []
         self.steps = 0
         self.max_seen_batch = 0
-        self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
-        self._thread.start()
+        self.lane = lane if lane is not None else compute_lane()
+        self.lane.add_stepper(self)
 
     def submit(self, seq: BatchSequence) -> None:
         if self._closed:
             raise RuntimeError("the batcher is closed")
+        if self.lane.on_lane():  # its reader would wait for a step that only this thread can run
+            raise RuntimeError("read a batched stream from another thread than the compute lane")
         self._pending.put(seq)
-        self._wake.set()
+        self.lane.wake()
 
     def close(self) -> None:
+        """Leave the lane; sequences still running or waiting get an error."""
         self._closed = True
-        self._wake.set()
-        self._thread.join(timeout=30)
+        self.lane.call(self._shut_down)
 
-    # ------------------------------------------------------------ scheduler thread
-    def _run(self) -> None:
+    def _shut_down(self) -> None:
+        self.lane.remove_stepper(self)
+        gone = RuntimeError("the model was unloaded")
+        for seq in self._rows:
+            seq.out.put(("", None, gone))
+        while True:
+            try:
+                self._pending.get_nowait().out.put(("", None, gone))
+            except queue.Empty:
+                break
+        self._rows, self._cache, self._mask, self._lengths = [], None, None, []
+
+    # ------------------------------------------------------------ on the compute lane
+    def has_work(self) -> bool:
+        return not self._closed and (bool(self._rows) or not self._pending.empty())
+
+    def tick(self) -> None:
+        """Admit what waits, then one decoding step of the batch."""
         import torch
 
         with torch.inference_mode():
-            while not self._closed:
-                try:
-                    self._admit()
-                    if not self._rows:
-                        self._wake.wait(0.5)
-                        self._wake.clear()
-                        continue
+            try:
+                self._admit()
+                if self._rows:
                     self._step()
-                except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
-                    log.exception("Batched decoding failed")
-                    for seq in self._rows:
-                        seq.out.put(("", None, exc))
-                    self._rows, self._cache, self._mask, self._lengths = [], None, None, []
-        for seq in self._rows:
-            seq.out.put(("", None, RuntimeError("the model was unloaded")))
+            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                log.exception("Batched decoding failed")
+                for seq in self._rows:
+                    seq.out.put(("", None, exc))
+                self._rows, self._cache, self._mask, self._lengths = [], None, None, []
 
     def _emit(self, seq: BatchSequence, token: int) -> bool:
         """Handle one sampled token; True if the sequence goes on."""

@@ -45,6 +45,7 @@ from ..base import (
     TextGenerator,
     TextRequest,
 )
+from ..compute import lane
 from .decoding import StopStringFilter
 
 log = logging.getLogger(__name__)
@@ -391,29 +392,38 @@ class CharLSTM(TextGenerator):
         start = len(self._start_ids())
         if len(ids) <= start:
             raise InvalidOptionsError("The text has no characters this model knows.")
+        model, device = self.model, self.device
+
+        def score(chunk: list[int], state: Any, first: int) -> tuple[float, Any]:
+            with torch.inference_mode():
+                out, state = model(torch.tensor([chunk[:-1]], device=device), state)
+                nll = torch.nn.functional.cross_entropy(out[0].float(), torch.tensor(chunk[1:], device=device),
+                                                        reduction="none")
+            return float(nll[first:].sum()), state
+
         total, state = 0.0, None
         for i in range(0, len(ids) - 1, PRIME_CHUNK):
             if cancel is not None and cancel.is_set():
                 raise GenerationFailedError("Scoring was stopped.")
-            chunk = ids[i:i + PRIME_CHUNK + 1]
-            with torch.inference_mode():
-                out, state = self.model(torch.tensor([chunk[:-1]], device=self.device), state)
-                nll = torch.nn.functional.cross_entropy(out[0].float(), torch.tensor(chunk[1:], device=self.device),
-                                                        reduction="none")
             first = max(0, start - 1 - i)  # the primer's own characters are not scored
-            total += float(nll[first:].sum())
+            nll_sum, state = lane().call(score, ids[i:i + PRIME_CHUNK + 1], state, first)
+            total += nll_sum
         return total, len(ids) - start
 
     # ------------------------------------------------------------ generation
     def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
-        import torch
-
         if request.prompt is None:
             raise InvalidOptionsError(
                 f"{self.name!r} (char-lstm) is a character-level continuation model and cannot chat; "
                 "use it in the Story tab (a plain-text prompt to continue)."
             )
         self._require_loaded()
+        yield from lane().iterate(self._stream(request, cancel))
+
+    def _stream(self, request: TextRequest, cancel: threading.Event | None) -> Iterator[TextChunk]:
+        """The decoding loop, advanced on the compute lane one chunk per job."""
+        import torch
+
         started = time.perf_counter()
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbits(32)
@@ -426,8 +436,7 @@ class CharLSTM(TextGenerator):
         first_token_at: float | None = None
         finish: Literal["stop", "length", "cancelled"] = "length"
 
-        # Grad mode is per thread and a streaming caller may resume this generator on another worker
-        # thread after a yield: inference mode is entered per model call, never across a yield.
+        # Inference mode is entered per model call, never across a yield: between two items the lane runs other jobs.
         logits, state = None, None
         primer = prompt_ids or self._start_ids()
         for i in range(0, len(primer), PRIME_CHUNK):

@@ -39,6 +39,7 @@ from ..base import (
     TextGenerator,
     TextRequest,
 )
+from ..compute import lane
 from .decoding import IncrementalDetokenizer, Sampler, StopStringFilter
 from .model_source import ensure_gguf_cache, resolve_source
 
@@ -374,22 +375,26 @@ class TransformersLM(TextGenerator):
         if len(ids) < 2:
             raise InvalidOptionsError("The text is too short to score.")
         window = max(8, min(self.context_window, 1024))
+        model = self.model
+
+        def score(start: int, end: int, first_new: int) -> tuple[float, int]:
+            chunk = torch.tensor([ids[start:end]], device=model.device)
+            with torch.inference_mode():
+                logits = model(input_ids=chunk).logits[0, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")[first_new:]
+            return float(nll.sum()), int(nll.numel())
+
         total, scored = 0.0, 0
         for start, end, first_new in scoring_windows(len(ids), window):
             if cancel is not None and cancel.is_set():
                 raise GenerationFailedError("Scoring was stopped.")
-            chunk = torch.tensor([ids[start:end]], device=self.model.device)
-            with torch.inference_mode():
-                logits = self.model(input_ids=chunk).logits[0, :-1].float()
-            targets = chunk[0, 1:]
-            nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-            total += float(nll[first_new:].sum())
-            scored += int(nll[first_new:].numel())
+            nll_sum, n = lane().call(score, start, end, first_new)  # one window per job: streams go on between
+            total += nll_sum
+            scored += n
         return total, scored
 
     # ------------------------------------------------------------ generation
     def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
-        import torch
 
         self._require_loaded()
         started = time.perf_counter()
@@ -400,10 +405,19 @@ class TransformersLM(TextGenerator):
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         eos = self._eos_ids()
-        device = self.model.device
         if self._batcher is not None:
             yield from self._stream_batched(prompt_ids, params, seed, sampler, detok, stops, eos, cancel, started, dropped)
-            return
+        else:
+            yield from lane().iterate(self._stream_alone(prompt_ids, params, seed, sampler, detok, stops, eos, cancel,
+                                                         started, dropped))
+
+    def _stream_alone(self, prompt_ids: list[int], params: SamplingParams, seed: int, sampler: Any, detok: Any,
+                      stops: Any, eos: set[int], cancel: threading.Event | None, started: float,
+                      dropped: int) -> Iterator[TextChunk]:
+        """Batching off: decode this request by itself (advanced on the compute lane, one chunk per job)."""
+        import torch
+
+        device = self.model.device
         all_ids = torch.tensor([prompt_ids], device=device)  # (1, T)
         next_input = all_ids
         past: Any = None
@@ -411,8 +425,7 @@ class TransformersLM(TextGenerator):
         first_token_at: float | None = None
         finish: Literal["stop", "length", "cancelled"] = "length"
 
-        # Grad mode is per thread and a streaming caller (Gradio, Starlette) may resume this generator on
-        # another worker thread after each yield: enter inference mode per step, never across a yield.
+        # Inference mode is entered per step, never across a yield: between two items the lane runs other jobs.
         for _ in range(params.max_new_tokens):
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import select
 
 from generators.base import ChatMessage, GenerationFailedError, ImageGenerator, InvalidOptionsError, TextGenerator, TextRequest
+from generators.compute import lane
 from storage.models import MetricResult, new_id
 
 from .context import AppContext
@@ -109,9 +110,12 @@ def image_metrics(gen: ImageGenerator, progress: Progress, cancel: threading.Eve
 
     if gen.image_size != (32, 32, 1) or len(gen.class_names) != 10:
         raise InvalidOptionsError(f"{gen.name}: the image metrics need a 10-class 32 px grayscale digit model.")
-    classifier = load_model(WEIGHTS_DIR / "classifier-mnist32").model
-    held_out = load_mnist5k(32, "eval")
-    _, real = accuracy_and_features(classifier, held_out.images, held_out.labels)
+    def reference() -> tuple[Any, Any]:
+        classifier = load_model(WEIGHTS_DIR / "classifier-mnist32").model
+        held_out = load_mnist5k(32, "eval")
+        return classifier, accuracy_and_features(classifier, held_out.images, held_out.labels)[1]
+
+    classifier, real = lane().call(reference)  # the process's tensor work runs on one thread (generators.compute)
     labels = balanced_labels(IMAGE_SAMPLES, 10)
     pixels = []
     for start in range(0, IMAGE_SAMPLES, 100):
@@ -119,10 +123,15 @@ def image_metrics(gen: ImageGenerator, progress: Progress, cancel: threading.Eve
         progress(0.1 + 0.8 * start / IMAGE_SAMPLES, f"{gen.name}: generating digits {start + 1}–{start + 100}")
         ends = [ImageEnd(int(labels[k]), k) for k in range(start, start + 100)]
         pixels.append(torch.from_numpy(gen.sample(ends, gen.info.params()).pixels))
-    images = torch.cat(pixels).permute(0, 3, 1, 2).float() / 255.0
-    accuracy, features = accuracy_and_features(classifier, images, labels)
+
+    def measure() -> tuple[float, float]:
+        images = torch.cat(pixels).permute(0, 3, 1, 2).float() / 255.0
+        accuracy, features = accuracy_and_features(classifier, images, labels)
+        return accuracy, frechet_distance(features, real)
+
+    accuracy, frechet = lane().call(measure)
     dataset = f"mnist5k held-out (1,000) vs {IMAGE_SAMPLES} generated, seeds 0–{IMAGE_SAMPLES - 1}"
-    return [("class_accuracy", accuracy, dataset), ("frechet", frechet_distance(features, real), dataset)]
+    return [("class_accuracy", accuracy, dataset), ("frechet", frechet, dataset)]
 
 
 def run(ctx: AppContext, models: list[str] | None = None, progress: Progress | None = None,

@@ -240,14 +240,19 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     _assert_close_to_float32_and_decodes_batched(full, gen, tiny_model_dir, "int4")
 
 
-def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path) -> None:
-    """Greedy rows of a continuous batch give the tokens each request gives alone. (Left padding
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "transformers-forward"])
+def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path, lean: bool) -> None:
+    """Greedy rows of a continuous batch give the tokens each request gives alone, with the lean
+    Llama step and with transformers' forward (what other architectures get). (Left padding
     changes float summation order; on this fp32 model the argmax never flips — if it ever did, the
     right check is the logits within ~1e-5, not the tokens.)"""
     alone = TransformersLM("alone", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 1})
     alone.load()
     batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     batched.load()
+    assert batched._batcher.lean is not None  # a Llama gets the lean step
+    if not lean:
+        batched._batcher.lean = None
     prompts = ["a", "a much longer prompt about the sea and ships", "tea?", "numbers 1 2 3 4 5 6 7 8 9 10 11 12"]
     lengths = [40, 17, 33, 25]  # rows retire at different steps, others keep going
     expected = ["".join(c.text for c in alone.stream(chat(p, temperature=0.0, max_new_tokens=n)))

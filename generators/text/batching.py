@@ -22,6 +22,7 @@ from typing import Any
 
 from ..compute import ComputeLane
 from ..compute import lane as compute_lane
+from .fast_step import KVCache, LeanLlamaStep, _left_pad
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class BatchSequence:
     eos: set[int]
     cancel: threading.Event
     out: queue.Queue[tuple[str, str | None, BaseException | None]] = field(default_factory=queue.Queue)
-    all_ids: Any = None  # torch (1, T) of prompt + generated
+    ids: list[int] = field(default_factory=list)  # prompt + generated
     generated: int = 0
     first_token_at: float | None = None
     finished: bool = False
@@ -127,7 +128,7 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 class ContinuousBatcher:
     def __init__(self, model: Any, max_batch: int = 16, prefix_cache_bytes: int = 256 << 20,
-                 prefill_tokens: int = 4096, lane: ComputeLane | None = None) -> None:
+                 prefill_tokens: int = 4096, lane: ComputeLane | None = None, lean: bool = True) -> None:
         self.model = model
         self.max_batch = max_batch
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
@@ -142,6 +143,8 @@ class ContinuousBatcher:
         self._lengths: list[int] = []
         self.steps = 0
         self.max_seen_batch = 0
+        # Decoding steps through the lean Llama step where the model allows, else transformers' forward.
+        self.lean = LeanLlamaStep(model) if lean and LeanLlamaStep.unsupported(model) is None else None
         self.lane = lane if lane is not None else compute_lane()
         self.lane.add_stepper(self)
 
@@ -191,15 +194,13 @@ class ContinuousBatcher:
 
     def _emit(self, seq: BatchSequence, token: int) -> bool:
         """Handle one sampled token; True if the sequence goes on."""
-        import torch
-
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
         if token in seq.eos:
             seq.finish("stop")
             return False
         seq.generated += 1
-        seq.all_ids = torch.cat([seq.all_ids, torch.tensor([[token]], device=seq.all_ids.device)], dim=1)
+        seq.ids.append(token)
         text = seq.stops.push(seq.detok.push(token))
         if text:
             seq.out.put((text, None, None))
@@ -259,7 +260,7 @@ class ContinuousBatcher:
         device = self.model.device
         plans = []
         for seq in group:
-            seq.all_ids = torch.tensor([seq.prompt_ids], device=device)
+            seq.ids = list(seq.prompt_ids)
             cached, layers = self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
             plans.append((seq, cached, layers))
         self.prefix_hits_tokens += sum(n for _, n, _ in plans)
@@ -298,11 +299,8 @@ class ContinuousBatcher:
             for i, (seq, _, _) in enumerate(plans):
                 columns = mask[i].nonzero().squeeze(1)
                 self.prefix_cache.add(seq.prompt_ids, [(k[i:i + 1, :, columns], v[i:i + 1, :, columns]) for k, v in layers])
-        keep = []
-        for i, (seq, _, _) in enumerate(plans):
-            token = seq.sampler(seq.all_ids, out.logits[i:i + 1, -1, :])
-            if self._emit(seq, token):
-                keep.append(i)
+        keep = [i for i, token in enumerate(self._sample([seq for seq, _, _ in plans], out.logits[:, -1, :]))
+                if self._emit(group[i], token)]
         if not keep:
             return
         if len(keep) < rows:
@@ -314,19 +312,11 @@ class ContinuousBatcher:
     def _join(self, seqs: list[BatchSequence], layers: list[tuple[Any, Any]], mask: Any) -> None:
         """Add prefilled rows to the batch; the narrower side is left-padded to the wider."""
         import torch
-        from transformers import DynamicCache
 
         if self._cache is None:
-            self._cache, self._mask = DynamicCache(layers), mask
+            self._cache, self._mask = KVCache(layers), mask
         else:
-            width, new_width = self._mask.shape[1], mask.shape[1]
-            pad_new, pad_old = max(0, width - new_width), max(0, new_width - width)
-            merged = []
-            for (k_old, v_old), (k_new, v_new) in zip(
-                    ((layer.keys, layer.values) for layer in self._cache.layers), layers, strict=True):
-                merged.append((torch.cat([_left_pad(k_old, pad_old), _left_pad(k_new, pad_new)]),
-                               torch.cat([_left_pad(v_old, pad_old), _left_pad(v_new, pad_new)])))
-            self._cache = DynamicCache(merged)
+            pad_old, pad_new = self._cache.merge(layers)
             self._mask = torch.cat([_left_pad_mask(self._mask, pad_old), _left_pad_mask(mask, pad_new)])
         self._rows.extend(seqs)
         self._lengths.extend(len(seq.prompt_ids) for seq in seqs)
@@ -343,20 +333,39 @@ class ContinuousBatcher:
         self._retain(keep)
         if not self._rows:
             return
-        input_ids = torch.cat([seq.all_ids[:, -1:] for seq in self._rows])  # (B, 1)
+        input_ids = torch.tensor([[seq.ids[-1]] for seq in self._rows], device=device)  # (B, 1)
         position_ids = torch.tensor([[n] for n in self._lengths], device=device)
         self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=device)], dim=1)
-        out = self.model(input_ids=input_ids, attention_mask=self._mask, position_ids=position_ids,
-                         past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+        if self.lean is not None:
+            logits = self.lean(input_ids, position_ids, self._mask, self._cache)
+        else:
+            from transformers import DynamicCache
+
+            out = self.model(input_ids=input_ids, attention_mask=self._mask, position_ids=position_ids,
+                             past_key_values=DynamicCache(self._cache.layers()), use_cache=True)
+            self._cache.reserve(1)
+            for index, layer in enumerate(out.past_key_values.layers):
+                self._cache.append(index, layer.keys[:, :, -1:], layer.values[:, :, -1:])
+            self._cache.advance()
+            logits = out.logits[:, -1, :]
         self.steps += 1
-        keep = []
-        for i, seq in enumerate(self._rows):
-            self._lengths[i] += 1
-            token = seq.sampler(seq.all_ids, out.logits[i:i + 1, -1, :])
-            if self._emit(seq, token):
-                keep.append(i)
+        self._lengths = [n + 1 for n in self._lengths]
+        keep = [i for i, token in enumerate(self._sample(self._rows, logits)) if self._emit(self._rows[i], token)]
         self._retain(keep)
+
+    def _sample(self, seqs: list[BatchSequence], logits: Any) -> list[int]:
+        """The next token of each row: plain greedy rows in one argmax, the others by their sampler."""
+        import torch
+
+        plain = [getattr(seq.sampler, "plain_greedy", False) for seq in seqs]
+        greedy = logits.argmax(dim=-1).tolist() if any(plain) else None
+        tokens = []
+        for i, seq in enumerate(seqs):
+            if plain[i]:
+                tokens.append(greedy[i])
+            else:
+                tokens.append(seq.sampler(torch.tensor([seq.ids], device=logits.device), logits[i:i + 1]))
+        return tokens
 
     def _retain(self, keep: list[int]) -> None:
         import torch
@@ -367,7 +376,7 @@ class ContinuousBatcher:
             self._rows, self._cache, self._mask, self._lengths = [], None, None, []
             return
         index = torch.tensor(keep, device=self._mask.device)
-        self._cache.batch_select_indices(index)
+        self._cache.select(index)
         self._mask = self._mask[index]
         self._rows = [self._rows[i] for i in keep]
         self._lengths = [self._lengths[i] for i in keep]
@@ -376,12 +385,7 @@ class ContinuousBatcher:
         first = int(used[0]) if len(used) else 0
         if first:
             self._mask = self._mask[:, first:]
-            self._drop_left(first)
-
-    def _drop_left(self, n: int) -> None:
-        from transformers import DynamicCache
-
-        self._cache = DynamicCache([(layer.keys[:, :, n:], layer.values[:, :, n:]) for layer in self._cache.layers])
+            self._cache.drop_left(first)
 
 
 def _left_pad_mask(mask: Any, n: int) -> Any:
@@ -390,12 +394,3 @@ def _left_pad_mask(mask: Any, n: int) -> Any:
     if n == 0:
         return mask
     return torch.cat([mask.new_zeros((mask.shape[0], n)), mask], dim=1)
-
-
-def _left_pad(t: Any, n: int) -> Any:
-    """(B, H, T, D) with n zero positions prepended on the sequence axis."""
-    import torch
-
-    if n == 0:
-        return t
-    return torch.cat([t.new_zeros((*t.shape[:2], n, t.shape[3])), t], dim=2)

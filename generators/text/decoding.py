@@ -43,6 +43,7 @@ class Sampler:
             if params.min_p > 0.0:
                 procs.append(MinPLogitsWarper(params.min_p))
         self.processors = LogitsProcessorList(procs)
+        self.plain_greedy = self.greedy and not procs  # the argmax alone decides (the batcher takes it for all rows at once)
         # Sampling draws from a CPU generator so a seed gives the same tokens on any device.
         self.rng = torch.Generator(device="cpu").manual_seed(seed)
         self._torch = torch

@@ -1,0 +1,87 @@
+"""The lean Llama decoding step and its KV cache, against transformers' own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from generators.text.fast_step import KVCache, LeanLlamaStep
+
+
+def tiny_llama(**overrides: object) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    options = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, **overrides}
+    config = LlamaConfig(**options)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},
+                                       {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}])
+def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(overrides: dict) -> None:
+    """Three prompts of different lengths, left-padded as the batcher lays them out, decoded 6 steps:
+    every step's logits equal transformers' forward with the same mask, positions and cache within
+    1e-5 (float sums in another order), and so do the cached keys and values."""
+    model = tiny_llama(**overrides)
+    lean = LeanLlamaStep(model)
+    prompts = [[5, 9, 3, 7, 1, 2, 8], [4, 4], [10, 20, 30, 40]]
+    width = max(map(len, prompts))
+    ids = torch.zeros((3, width), dtype=torch.long)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    positions = torch.zeros((3, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+        positions[i, width - len(p):] = torch.arange(len(p))
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        cache, reference = KVCache(layers, capacity=width + 2), DynamicCache(layers)  # the lean cache must grow
+        lengths = torch.tensor([[len(p)] for p in prompts])
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(6):
+            mask = torch.cat([mask, torch.ones((3, 1), dtype=torch.long)], dim=1)
+            got = lean(token, lengths, mask, cache)
+            ref = model(input_ids=token, attention_mask=mask, position_ids=lengths, past_key_values=reference, use_cache=True)
+            reference = ref.past_key_values
+            assert torch.allclose(got, ref.logits[:, -1], atol=1e-5, rtol=0), float((got - ref.logits[:, -1]).abs().max())
+            token, lengths = got.argmax(-1, keepdim=True), lengths + 1
+        assert cache.width == mask.shape[1] and cache.capacity >= cache.width
+        for (k, v), layer in zip(cache.layers(), reference.layers, strict=True):
+            keep = mask.bool()[:, None, :, None]  # padded slots: ours are zeros, transformers' hold whatever
+            assert torch.allclose(k * keep, layer.keys * keep, atol=1e-5)
+            assert torch.allclose(v * keep, layer.values * keep, atol=1e-5)
+
+
+def test_kv_cache_grows_merges_selects_and_drops_columns_keeping_its_contents() -> None:
+    def layer(rows: int, width: int, base: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        k = base + torch.arange(rows * 2 * width * 3, dtype=torch.float32).view(rows, 2, width, 3)
+        return [(k, -k)]
+
+    a = KVCache(layer(2, 4, 0.0), capacity=5)
+    original = a.layers()[0][0].clone()
+    a.reserve(10)
+    assert a.capacity >= 14 and torch.equal(a.layers()[0][0], original)
+    a.append(0, torch.ones((2, 2, 1, 3)), -torch.ones((2, 2, 1, 3)))
+    a.advance()
+    assert a.width == 5 and torch.equal(a.layers()[0][0][:, :, 4], torch.ones((2, 2, 3)))
+    pad_old, pad_new = a.merge(layer(1, 7, 1000.0))  # wider rows join: the old rows get 2 columns of padding
+    assert (pad_old, pad_new) == (2, 0) and a.rows == 3 and a.width == 7
+    k = a.layers()[0][0]
+    assert torch.equal(k[:2, :, :2], torch.zeros((2, 2, 2, 3))) and torch.equal(k[:2, :, 2:6], original)
+    assert torch.equal(k[2], layer(1, 7, 1000.0)[0][0][0])
+    a.select(torch.tensor([0, 2]))
+    assert a.rows == 2 and torch.equal(a.layers()[0][0][0, :, 2:6], original[0])
+    a.drop_left(2)
+    assert a.width == 5 and torch.equal(a.layers()[0][0][0, :, :4], original[0])
+    assert torch.equal(a.layers()[0][1], -a.layers()[0][0])
+
+
+def test_other_architectures_are_left_to_transformers_with_a_reason() -> None:
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    assert "gpt2" in LeanLlamaStep.unsupported(gpt2)
+    assert LeanLlamaStep.unsupported(tiny_llama()) is None
+    assert "silu" in LeanLlamaStep.unsupported(tiny_llama(hidden_act="gelu"))
+    with pytest.raises(ValueError, match="gpt2"):
+        LeanLlamaStep(gpt2)

@@ -92,8 +92,10 @@ def test_in_fresh_thread_returns_raises_and_leaves_no_thread_behind() -> None:
 
 
 def _forward_threads(model: torch.nn.Module) -> list[threading.Thread]:
+    """Threads that run the model (hooked on its input embedding: the lean decoding step skips the top module)."""
     threads: list[threading.Thread] = []
-    model.register_forward_pre_hook(lambda *_: threads.append(threading.current_thread()))
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model
+    embedding.register_forward_pre_hook(lambda *_: threads.append(threading.current_thread()))
     return threads
 
 

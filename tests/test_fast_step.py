@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from generators.text.fast_step import KVCache, LeanLlamaStep
+from generators.text.int4 import quantize_int4
 
 
 def tiny_llama(**overrides: object) -> LlamaForCausalLM:
@@ -18,13 +19,27 @@ def tiny_llama(**overrides: object) -> LlamaForCausalLM:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},
-                                       {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}])
+                                       {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+                                       {"int4": True, "num_key_value_heads": 4, "head_dim": 16}, {"int4": True},
+                                       {"dynamic-int8": True}],
+                         ids=["gqa", "biases", "rope-scaling", "int4", "int4-k-v-of-32-rows", "dynamic-int8"])
 def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(overrides: dict) -> None:
     """Three prompts of different lengths, left-padded as the batcher lays them out, decoded 6 steps:
     every step's logits equal transformers' forward with the same mask, positions and cache within
-    1e-5 (float sums in another order), and so do the cached keys and values."""
+    1e-5 (float sums in another order), and so do the cached keys and values. q/k/v and gate/up are
+    fused into one matmul each for float and int4 weights (the model's own layers become views of
+    the fused weights); dynamic int8 layers run one by one."""
+    quantize = {k: overrides.pop(k) for k in ("int4", "dynamic-int8") if k in overrides}
     model = tiny_llama(**overrides)
+    if "int4" in quantize:
+        quantize_int4(model)
+    if "dynamic-int8" in quantize:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     lean = LeanLlamaStep(model)
+    layers = len(model.model.layers)
+    # int4 rows fuse in blocks of 64: k and v of 32 rows (2 heads of 16) stay separate calls; dynamic int8 never fuses
+    expected = {"dynamic-int8": 0, "int4": 2 * layers if overrides.get("num_key_value_heads") == 4 else layers}
+    assert lean.fused == next((expected[k] for k in quantize), 2 * layers)
     prompts = [[5, 9, 3, 7, 1, 2, 8], [4, 4], [10, 20, 30, 40]]
     width = max(map(len, prompts))
     ids = torch.zeros((3, width), dtype=torch.long)

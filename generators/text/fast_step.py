@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 LEAN_MODEL_TYPES = ("llama",)
+INT4_ROW_BLOCK = 64
 
 
 class KVCache:
@@ -103,11 +104,83 @@ def _left_pad(t: Any, n: int) -> Any:
     return torch.cat([t.new_zeros((*t.shape[:2], n, t.shape[3])), t], dim=2)
 
 
+def _hooked(module: Any) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+
+
 def _call(module: Any) -> Any:
     """The module's forward without nn.Module's call machinery, unless hooks are attached."""
-    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
-        return module
-    return module.forward
+    return module if _hooked(module) else module.forward
+
+
+def fuse_projections(modules: list[Any]) -> Any:
+    """One call for several projections of the same input, checked against them on a random input."""
+    import torch
+
+    fused = _fuse(modules)
+    if fused is None:
+        return None
+    probe = torch.randn((2, 1, modules[0].in_features), generator=torch.Generator().manual_seed(0))
+    probe = probe.to(device=_first_tensor(modules[0]).device)
+    with torch.inference_mode():
+        if not torch.equal(fused(probe), torch.cat([m(probe) for m in modules], dim=-1)):
+            raise RuntimeError("fused projections differ from the layers they fuse")  # a kernel changed its layout
+    return fused
+
+
+def _first_tensor(module: Any) -> Any:
+    return next(iter(module.buffers()), None) if next(iter(module.parameters()), None) is None \
+        else next(iter(module.parameters()))
+
+
+def _fuse(modules: list[Any]) -> Any:
+    """One matmul computing `cat([m(x) for m in modules], -1)` — q/k/v, or gate/up — or None when
+    they cannot be fused (other layer types, hooks, mixed biases). The modules' own weights become
+    views of the fused tensor, so the model computes exactly what it did and holds no second copy."""
+    import torch
+    from torch import nn
+
+    from .int4 import Int4Linear
+
+    kinds = {type(m) for m in modules}
+    if kinds not in ({nn.Linear}, {Int4Linear}) or any(_hooked(m) for m in modules):
+        return None
+    biases = [m.bias for m in modules]
+    if len({b is None for b in biases}) != 1:
+        return None
+    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    sizes = [m.out_features for m in modules]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if kinds == {nn.Linear}:
+        weight = torch.cat([m.weight.detach() for m in modules])
+        for m, start, size in zip(modules, starts, sizes, strict=True):
+            m.weight = nn.Parameter(weight[start:start + size], requires_grad=False)
+        linear = torch.nn.functional.linear
+        return lambda x: linear(x, weight, bias)
+    # The CPU int4 kernel lays out rows in blocks of 64: packed rows concatenate only in whole blocks.
+    if kinds == {Int4Linear} and len({m.group_size for m in modules}) == 1 and all(n % INT4_ROW_BLOCK == 0 for n in sizes):
+        packed = torch.cat([m.packed_weight for m in modules])  # rows are packed independently
+        scales_and_zeros = torch.cat([m.scales_and_zeros for m in modules], dim=1)
+        for m, start, size in zip(modules, starts, sizes, strict=True):
+            m.packed_weight = packed[start:start + size]
+        group, width, total = modules[0].group_size, modules[0].in_features, sum(sizes)
+        kernel, bf16 = torch._weight_int4pack_mm_for_cpu, torch.bfloat16
+
+        def int4(x: Any) -> Any:
+            out = kernel(x.reshape(-1, width).to(bf16), packed, group, scales_and_zeros)
+            out = out.to(x.dtype).reshape(*x.shape[:-1], total)
+            return out if bias is None else out + bias
+
+        return int4
+    return None
+
+
+def _unfused(modules: list[Any]) -> Any:
+    """The projections one by one (layer types that do not fuse: dynamic int8, bitsandbytes), joined."""
+    import torch
+
+    calls = [_call(m) for m in modules]
+    return lambda x: torch.cat([call(x) for call in calls], dim=-1)
 
 
 class LeanLlamaStep:
@@ -141,26 +214,37 @@ class LeanLlamaStep:
         config = model.config
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
-        self.norm = inner.norm
+        self._torch = torch
+        self.norm = self._norm(inner.norm)
         self.head = _call(model.lm_head)
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.layers = []
+        self.fused = 0
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append((layer.input_layernorm, _call(attn.q_proj), _call(attn.k_proj), _call(attn.v_proj),
-                                _call(attn.o_proj), attn.scaling, attn.head_dim, layer.post_attention_layernorm,
-                                _call(mlp.gate_proj), _call(mlp.up_proj), _call(mlp.down_proj)))
+            qkv = fuse_projections([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = fuse_projections([mlp.gate_proj, mlp.up_proj])
+            self.fused += (qkv is not None) + (gate_up is not None)
+            qkv = qkv or _unfused([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = gate_up or _unfused([mlp.gate_proj, mlp.up_proj])
+            split_qkv = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+            # single projections through the same path: int4 calls the kernel directly, skipping the module
+            o_proj = fuse_projections([attn.o_proj]) or _call(attn.o_proj)
+            down = fuse_projections([mlp.down_proj]) or _call(mlp.down_proj)
+            self.layers.append((self._norm(layer.input_layernorm), qkv, split_qkv, o_proj, attn.scaling,
+                                attn.head_dim, self._norm(layer.post_attention_layernorm), gate_up,
+                                mlp.up_proj.out_features, down))
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         self._rope = apply_rotary_pos_emb
-        self._torch = torch
         self._F = torch.nn.functional
 
-    def _rms(self, norm: Any, x: Any) -> Any:
-        if x.dtype == self._torch.float32:  # the same arithmetic as LlamaRMSNorm in float32, one kernel
-            return self._F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
-        return norm.forward(x)
+    def _norm(self, norm: Any) -> Any:
+        """LlamaRMSNorm as one kernel in float32 (the same arithmetic); its own forward otherwise."""
+        weight, eps, forward = norm.weight, norm.variance_epsilon, norm.forward
+        rms_norm, float32, shape = self._torch.nn.functional.rms_norm, self._torch.float32, tuple(norm.weight.shape)
+        return lambda x: rms_norm(x, shape, weight, eps) if x.dtype == float32 else forward(x)
 
     def __call__(self, input_ids: Any, position_ids: Any, mask: Any, cache: KVCache) -> Any:
         """input_ids, position_ids: (B, 1); mask: (B, width + 1) with 1 where a row has a token,
@@ -173,18 +257,18 @@ class LeanLlamaStep:
         gqa = self.heads != self.kv_heads
         cache.reserve(1)
         end = cache.width + 1
-        for index, (norm_in, q_proj, k_proj, v_proj, o_proj, scaling, head_dim, norm_post, gate, up, down) \
+        for index, (norm_in, qkv, split_qkv, o_proj, scaling, head_dim, norm_post, gate_up, width, down) \
                 in enumerate(self.layers):
-            h = self._rms(norm_in, x)
-            q = q_proj(h).view(rows, 1, self.heads, head_dim).transpose(1, 2)
-            k = k_proj(h).view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
-            v = v_proj(h).view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
+            q, k, v = qkv(norm_in(x)).split(split_qkv, dim=-1)
+            q = q.view(rows, 1, self.heads, head_dim).transpose(1, 2)
+            k = k.view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
+            v = v.view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
             q, k = self._rope(q, k, cos, sin)
             cache.append(index, k, v)
             attn = F.scaled_dot_product_attention(q, cache.keys[index][:, :, :end], cache.values[index][:, :, :end],
                                                   attn_mask=attn_mask, scale=scaling, enable_gqa=gqa)
             x = x + o_proj(attn.transpose(1, 2).reshape(rows, 1, self.heads * head_dim))
-            h = self._rms(norm_post, x)
-            x = x + down(F.silu(gate(h)) * up(h))
+            gate, up = gate_up(norm_post(x)).split([width, width], dim=-1)
+            x = x + down(F.silu(gate) * up)
         cache.advance()
-        return self.head(self._rms(self.norm, x))[:, -1]
+        return self.head(self.norm(x))[:, -1]

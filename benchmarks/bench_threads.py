@@ -1,15 +1,14 @@
-"""Decode speed of the default model in the main thread against a worker thread, side by side.
+"""Decode speed of the default model on the compute lane alone, and once other threads run torch too.
 
     .venv/bin/python benchmarks/bench_threads.py [--quantization none|int4] [--batch 1]
 
-The studio decodes in worker threads (the continuous batcher's scheduler thread, or the server's
-request threads when batching is off), so this is the speed users get. On this project's 2-core VM a
-worker thread decodes 1.3-2x slower than the main thread with the same torch thread count (and the
-second intra-op thread barely helps there); OMP_WAIT_POLICY and glibc malloc arenas do not change it.
-This script reproduces it: bare `model(...)` decode steps on a KV cache, no plugin code involved.
-Cause: the main thread ran parallel regions first, so two threads own OpenMP teams, the process has
-more OpenMP threads than CPUs, and libgomp throttles its spin-wait between the many tiny regions of a
-decode step. A worker that is the only thread doing torch work is as fast as the main thread.
+Why the studio runs all tensor work on one thread (`generators/compute.py`): torch's CPU operators
+run on an OpenMP (libgomp) team per calling thread, kept until that thread exits. Once a second
+thread has run parallel regions the process holds more OpenMP threads than CPUs, libgomp throttles
+its spin-wait, and each of the hundreds of tiny parallel regions of a decode step pays a futex
+wake-up. This script shows it on bare `model(...)` decode steps on a KV cache (no plugin code): first
+on the lane while it is the only thread doing torch work, then after the main thread has run torch
+as well (what a server's request threads did before the lane), then from a third thread.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from generators.compute import lane  # noqa: E402
 from generators.text.transformers_lm import TransformersLM  # noqa: E402
 from webui.settings import default_models  # noqa: E402
 
@@ -55,20 +55,23 @@ def main() -> None:
             return b * args.steps / (time.perf_counter() - start)
 
     threads = torch.get_num_threads()
-    rows: list[tuple[str, float]] = [("main thread", decode_rate())]
+    # 1. the studio's way: only the compute lane runs tensor work (the load ran in a thread that has exited)
+    rows: list[tuple[str, float]] = [("compute lane, the only thread with an OpenMP team", lane().call(decode_rate))]
+    # 2. what a server did before the lane: request threads run torch too, and every such thread keeps a team
+    rows.append(("main thread as well (now two teams)", decode_rate()))
+    rows.append(("compute lane again (two teams)", lane().call(decode_rate)))
 
     def in_worker(n: int) -> None:
         torch.set_num_threads(n)
-        rows.append((f"worker thread, {n} torch thread(s)", decode_rate()))
+        rows.append((f"a third thread, {n} torch thread(s)", decode_rate()))
 
     for n in sorted({threads, 1}, reverse=True):
         worker = threading.Thread(target=in_worker, args=(n,))
         worker.start()
         worker.join()
-    rows.append(("main thread again", decode_rate()))
     print(f"SmolLM2-135M-Instruct, quantization {args.quantization}, batch {b}, {threads} torch thread(s), "
           f"torch {torch.__version__}\n")
-    print("| where | tok/s | vs main thread |\n|---|---:|---:|")
+    print("| where | tok/s | vs the lane alone |\n|---|---:|---:|")
     for name, rate in rows:
         print(f"| {name} | {rate:.1f} | {rate / rows[0][1]:.2f}x |")
 

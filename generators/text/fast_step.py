@@ -120,17 +120,17 @@ def fuse_projections(modules: list[Any]) -> Any:
     fused = _fuse(modules)
     if fused is None:
         return None
-    probe = torch.randn((2, 1, modules[0].in_features), generator=torch.Generator().manual_seed(0))
-    probe = probe.to(device=_first_tensor(modules[0]).device)
+    first = modules[0]
+    weight = getattr(first, "weight", None)
+    dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else torch.float32
+    device = next(iter(first.buffers()), weight).device
+    probe = torch.randn((2, 1, first.in_features), generator=torch.Generator().manual_seed(0)).to(device, dtype)
     with torch.inference_mode():
-        if not torch.equal(fused(probe), torch.cat([m(probe) for m in modules], dim=-1)):
-            raise RuntimeError("fused projections differ from the layers they fuse")  # a kernel changed its layout
+        got, want = fused(probe).float(), torch.cat([m(probe) for m in modules], dim=-1).float()
+    # a layout mistake is off by the size of the values; another summation order is off in the last bits
+    if (got - want).abs().max() > 1e-2 * want.abs().max():
+        raise RuntimeError("fused projections differ from the layers they fuse")  # a kernel changed its layout
     return fused
-
-
-def _first_tensor(module: Any) -> Any:
-    return next(iter(module.buffers()), None) if next(iter(module.parameters()), None) is None \
-        else next(iter(module.parameters()))
 
 
 def _fuse(modules: list[Any]) -> Any:

@@ -44,9 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="language model weights: bitsandbytes 8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) "
                         "or dynamic-int8 (PyTorch, CPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile language models' single-stream decoding step (Llama family; needs g++): "
-                        "~1.2-1.6x faster on a CPU, the first load compiles for a minute or more")
     p.add_argument("--share", action="store_true", default=None, help="also open a public Gradio link")
     p.add_argument(
         "--share-without-auth",

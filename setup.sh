@@ -8,12 +8,12 @@ PYTHON="${PYTHON:-python3.11}"
 # tests that run the studio on a real PostgreSQL server (the tests start their own cluster;
 # the Debian service itself is not needed).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 \
-   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
+   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  echo "==> Installing Debian packages (chromium, chromium-driver, postgresql, g++ for torch.compile)"
+  echo "==> Installing Debian packages (chromium, chromium-driver, postgresql)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver postgresql g++ >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver postgresql >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

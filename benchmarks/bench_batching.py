@@ -1,7 +1,7 @@
 """Continuous batching on the default model: aggregate tokens/s with 1, 2, 4, 8, 16 concurrent streams.
 
     .venv/bin/python benchmarks/bench_batching.py [--tokens 64] [--streams 1 2 4 8 16] [--dtype float32]
-        [--quantization none|int4|dynamic-int8] [--compile]
+        [--quantization none|int4|dynamic-int8]
 
 Side by side in one run: plain `model.generate` (one request), the plugin with batching off
 (max_batch=1, requests one after another), and the plugin with batching on (max_batch=16) fed N
@@ -76,14 +76,13 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--quantization", default="none", choices=["none", "int4", "dynamic-int8"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the single-stream step (compiles at load)")
     args = parser.parse_args()
     import torch
 
     source = default_models()[0].options["source"]
     cache = str(ROOT / ".cache" / "models")
     options = {"source": source, "device": "cpu", "dtype": args.dtype, "quantization": args.quantization}
-    batched = TransformersLM("b", {**options, "max_batch": 16, "compile": args.compile}, cache_dir=cache)
+    batched = TransformersLM("b", {**options, "max_batch": 16}, cache_dir=cache)
     batched.load()
     single = TransformersLM("s", {**options, "max_batch": 1}, cache_dir=cache)
     single.load()
@@ -109,8 +108,7 @@ def main() -> None:
         rate = produced / seconds
         base = base or rate
         rows.append((n, produced, seconds, rate, rate / base, ttft))
-    print(f"SmolLM2-135M-Instruct, {args.dtype}, quantization {args.quantization}, compile {args.compile}, "
-          f"torch {torch.__version__}, "
+    print(f"SmolLM2-135M-Instruct, {args.dtype}, quantization {args.quantization}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), "
           f"{args.tokens} new tokens per stream, greedy\n")
     print(f"plain model.generate: {plain:.1f} tok/s; plugin, batching off: {s_tokens / s_time:.1f} tok/s "

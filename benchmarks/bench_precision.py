@@ -1,11 +1,10 @@
 """Single-stream speed and held-out perplexity of the default model at each precision, side by side.
 
-    .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb] [--no-llama-cpp] [--no-compile]
+    .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb] [--no-llama-cpp]
 
 Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
-default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head), int4 with
-its decoding step through torch.compile (`compile=true`), PyTorch dynamic int8, and bitsandbytes
-8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
+default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head), PyTorch
+dynamic int8, and bitsandbytes 8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
 extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads, in
 a child process (two OpenMP runtimes in one process spin against each other). All torch work runs
 on the compute lane, as in the studio.
@@ -191,7 +190,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-bnb", action="store_true", help="leave out the bitsandbytes rows")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp row")
-    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile row (compiles ~1.5 min)")
     parser.add_argument("--llama-cpp-extra-buffers", action="store_true",
                         help="let llama.cpp repack weights / use AMX (crashes on this project's VM)")
     args = parser.parse_args()
@@ -201,10 +199,7 @@ def main() -> None:
     cache = str(ROOT / ".cache" / "models")
     text, text_name = held_out_text()
     variants = [("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("int4 (groups of 32)", {"quantization": "int4"}),
-                ("int4 + torch.compile", {"quantization": "int4", "compile": True}),
                 ("dynamic int8", {"quantization": "dynamic-int8"})]
-    if args.no_compile:
-        variants = [v for v in variants if not v[1].get("compile")]
     if not args.no_bnb:
         variants += [("bitsandbytes 8-bit", {"quantization": "8bit"}), ("bitsandbytes 4-bit NF4", {"quantization": "4bit"})]
 

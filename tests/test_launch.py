@@ -82,10 +82,3 @@ def test_unwritable_database_is_a_clear_startup_error(tmp_path: Path) -> None:
     blocker.write_text("")
     r = run_launch("--data-dir", str(tmp_path), "--db-url", f"sqlite:///{blocker}/db.sqlite", "--port", "0")
     assert r.returncode == 2 and "Could not open or migrate the database" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_compile_flag_reaches_only_the_language_models() -> None:
-    models = {m.plugin: m.options for m in load_settings({"compile": True, "quantization": "int4"}).model_list()}
-    assert models["transformers"]["compile"] is True and models["transformers"]["quantization"] == "int4"
-    assert "compile" not in models["char-lstm"]
-    assert "compile" not in {m.plugin: m.options for m in load_settings({}).model_list()}["transformers"]

@@ -399,26 +399,3 @@ def test_scoring_windows_score_every_predicted_token_once_with_half_a_window_of_
             assert all(p - start >= min(window // 2, p) for p in positions)  # context before each
             scored += positions
         assert scored == list(range(1, length))
-
-
-def test_compiled_decoding_step_gives_the_eager_tokens(tiny_model_dir: Path) -> None:
-    """compile=true: the single-stream step goes through torch.compile (compiled while loading) and
-    greedy decoding gives the same tokens as the eager step; batched steps stay eager."""
-    eager = TransformersLM("eager", {"source": str(tiny_model_dir), "device": "cpu"})
-    eager.load()
-    compiled = TransformersLM("compiled", {"source": str(tiny_model_dir), "device": "cpu", "compile": True})
-    compiled.load()
-    assert compiled.compile_seconds is not None and compiled._batcher.lean._compiled is not None
-    for request in (chat("Hello there, how are you?", temperature=0, max_new_tokens=30),
-                    TextRequest(prompt="Once upon a time", params=SamplingParams(temperature=0, max_new_tokens=30))):
-        assert compiled.generate(request)[0] == eager.generate(request)[0]
-    compiled.unload()
-    eager.unload()
-
-
-def test_compile_says_what_it_needs(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(LoadFailedError, match="max_batch"):
-        TransformersLM("m", {"source": str(tiny_model_dir), "device": "cpu", "compile": True, "max_batch": 1}).load()
-    monkeypatch.setattr("shutil.which", lambda _name: None)
-    with pytest.raises(LoadFailedError, match="g\\+\\+"):
-        TransformersLM("m", {"source": str(tiny_model_dir), "device": "cpu", "compile": True}).load()

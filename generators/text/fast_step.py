@@ -219,7 +219,6 @@ class LeanLlamaStep:
         self.head = _call(model.lm_head)
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.gqa = self.heads != self.kv_heads  # a plain bool here: computed inside a compiled step it is symbolic
         self.layers = []
         self.fused = 0
         for layer in inner.layers:
@@ -240,7 +239,6 @@ class LeanLlamaStep:
 
         self._rope = apply_rotary_pos_emb
         self._F = torch.nn.functional
-        self._compiled: Any = None
 
     def _norm(self, norm: Any) -> Any:
         """LlamaRMSNorm as one kernel in float32 (the same arithmetic); its own forward otherwise."""
@@ -251,27 +249,14 @@ class LeanLlamaStep:
     def __call__(self, input_ids: Any, position_ids: Any, mask: Any, cache: KVCache) -> Any:
         """input_ids, position_ids: (B, 1); mask: (B, width + 1) with 1 where a row has a token,
         the new column included; `cache` gets the new keys and values and advances by one."""
-        attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # (B, 1, 1, width + 1)
-        cache.reserve(2)  # a free column beyond the new one: the compiled step is never traced with end == capacity
-        forward = self._compiled if self._compiled is not None and input_ids.shape[0] == 1 else self._forward
-        logits = forward(input_ids, position_ids, attn_mask, cache.keys, cache.values, cache.width + 1)
-        cache.advance()
-        return logits
-
-    def compile(self) -> None:
-        """Single-stream steps through `torch.compile` (inductor with its C++ wrapper: the Python
-        between kernels is what it removes). Batched steps stay eager: one compiled graph only, and
-        they spend their time in the matmuls anyway. Compiles on the next single-row step."""
-        self._compiled = self._torch.compile(self._forward, dynamic=True, options={"cpp_wrapper": True})
-
-    def _forward(self, input_ids: Any, position_ids: Any, attn_mask: Any, keys: list[Any], values: list[Any],
-                 end: int) -> Any:
-        """The step itself: writes column end - 1 of every layer's keys and values, returns (B, vocab) logits."""
         F = self._F
         rows = input_ids.shape[0]
         x = self.embed(input_ids)  # (B, 1, hidden)
         cos, sin = self.rotary(x, position_ids)
-        gqa = self.gqa
+        attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # (B, 1, 1, width + 1)
+        gqa = self.heads != self.kv_heads
+        cache.reserve(1)
+        end = cache.width + 1
         for index, (norm_in, qkv, split_qkv, o_proj, scaling, head_dim, norm_post, gate_up, width, down) \
                 in enumerate(self.layers):
             q, k, v = qkv(norm_in(x)).split(split_qkv, dim=-1)
@@ -279,11 +264,11 @@ class LeanLlamaStep:
             k = k.view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
             v = v.view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
             q, k = self._rope(q, k, cos, sin)
-            keys[index][:, :, end - 1:end] = k
-            values[index][:, :, end - 1:end] = v
-            attn = F.scaled_dot_product_attention(q, keys[index][:, :, :end], values[index][:, :, :end],
+            cache.append(index, k, v)
+            attn = F.scaled_dot_product_attention(q, cache.keys[index][:, :, :end], cache.values[index][:, :, :end],
                                                   attn_mask=attn_mask, scale=scaling, enable_gqa=gqa)
             x = x + o_proj(attn.transpose(1, 2).reshape(rows, 1, self.heads * head_dim))
             gate, up = gate_up(norm_post(x)).split([width, width], dim=-1)
             x = x + down(F.silu(gate) * up)
+        cache.advance()
         return self.head(self.norm(x))[:, -1]

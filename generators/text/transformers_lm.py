@@ -76,9 +76,6 @@ class TransformersLoadOptions(StrictModel):
     allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
     trust_remote_code: bool = False
     max_batch: int = Field(16, ge=1, le=256, description="concurrent requests decoded together (1 = no batching)")
-    compile: bool = Field(False, description="torch.compile the single-stream decoding step (Llama-family models, "
-                          "batching on; needs a C++ compiler): ~1.6x faster on a CPU; the first load compiles for "
-                          "minutes, later loads reuse the on-disk cache")
 
 
 class TransformersLM(TextGenerator):
@@ -100,7 +97,6 @@ class TransformersLM(TextGenerator):
         self._batcher: Any = None  # ContinuousBatcher while loaded with max_batch > 1
         self.device: str = "cpu"
         self.load_seconds: float | None = None
-        self.compile_seconds: float | None = None
         self.loaded_from: str | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -153,43 +149,8 @@ class TransformersLM(TextGenerator):
             from .batching import ContinuousBatcher
 
             self._batcher = ContinuousBatcher(self.model, self.options.max_batch)
-            if opts.compile:
-                self._compile_step(progress)
-        elif opts.compile:
-            raise LoadFailedError("compile=true speeds up the batched decoder: set max_batch to 2 or more.")
         self.load_seconds = time.perf_counter() - started
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
-
-    def _compile_step(self, progress: ProgressFn) -> None:
-        """torch.compile the lean decoding step and compile it now, in the loading thread, so no
-        request waits for it (and no stream stalls on the compute lane)."""
-        import os
-        import shutil
-
-        import torch
-
-        from .fast_step import KVCache, LeanLlamaStep
-
-        lean = self._batcher.lean
-        if lean is None:
-            raise LoadFailedError(f"compile=true needs a Llama-family model: {LeanLlamaStep.unsupported(self.model)}.")
-        if not (shutil.which("g++") or shutil.which("c++")):
-            raise LoadFailedError("compile=true needs a C++ compiler for torch.compile: install g++ "
-                                  "(Debian: apt-get install g++) or set compile=false.")
-        if self.cache_dir:  # compiled kernels survive a reboot next to the converted weights (/tmp may not)
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(self.cache_dir) / "torchinductor"))
-        progress(f"Compiling {self.name}'s decoding step (torch.compile: minutes the first time, cached afterwards)…")
-        started = time.perf_counter()
-        lean.compile()
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.ones((1, 8), dtype=torch.long, device=self.model.device), use_cache=True)
-            cache = KVCache([(layer.keys, layer.values) for layer in out.past_key_values.layers])
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            for step in range(3):  # the first call compiles; the next ones show it does not compile again
-                mask = torch.ones((1, cache.width + 1), dtype=torch.long, device=token.device)
-                token = lean(token, torch.tensor([[8 + step]], device=token.device), mask, cache).argmax(-1, keepdim=True)
-        self.compile_seconds = time.perf_counter() - started
-        log.info("Compiled %s's decoding step in %.0f s", self.name, self.compile_seconds)
 
     def _unload(self) -> None:
         if self._batcher is not None:

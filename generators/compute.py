@@ -12,8 +12,8 @@ team, and decoding runs as fast as in a script's main thread.
 So plugins run their tensor work here:
 - `call(fn, ...)` (or a method decorated with `@on_lane`) runs one job and returns its result
   (or raises its exception) in the caller;
-- `iterate(gen)` advances a generator one item per job, so a streaming plugin (the char LSTM)
-  interleaves with everything else instead of holding the lane for a whole reply;
+- `iterate(gen)` advances a generator one time slice (10 ms) per job, so a streaming plugin (the
+  char LSTM) interleaves with everything else instead of holding the lane for a whole reply;
 - a stepper (the continuous batcher) is ticked between jobs while it has work: one decoding step
   of the whole batch per tick;
 - `in_fresh_thread(fn, ...)` is for the long, rare jobs (loading a model: up to ~15 s) that should
@@ -28,9 +28,11 @@ and the batcher refuses to be read from the lane.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -68,9 +70,12 @@ class ComputeLane:
 
     # ------------------------------------------------------------ jobs
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Queue `fn` for the lane; it runs in a copy of the caller's context (context variables such as
+        a web request's progress tracker stay visible, as with `asyncio.to_thread`)."""
         future: Future[T] = Future()
+        context = contextvars.copy_context()
         with self._cv:
-            self._jobs.append((fn, args, kwargs, future))
+            self._jobs.append((context.run, (fn, *args), kwargs, future))
             self._cv.notify()
         return future
 
@@ -80,15 +85,31 @@ class ComputeLane:
             return fn(*args, **kwargs)
         return self.submit(fn, *args, **kwargs).result()
 
-    def iterate(self, items: Iterable[T]) -> Iterator[T]:
-        """Yield the items of `items`, each produced on the lane; closing this closes it on the lane."""
+    def iterate(self, items: Iterable[T], slice_s: float = 0.01) -> Iterator[T]:
+        """Yield the items of `items`, produced on the lane; closing this closes it on the lane.
+
+        One job produces items for up to `slice_s` seconds (at least one item), so a fast stream — the
+        char LSTM makes a character in well under a millisecond — is not held to one item per batch
+        step of a busy language model, and a decoding step waits at most one slice for it."""
         it = iter(items)
+
+        def pull() -> tuple[list[T], bool]:
+            out: list[T] = []
+            deadline = time.perf_counter() + slice_s
+            while True:
+                item = next(it, _END)
+                if item is _END:
+                    return out, True
+                out.append(item)
+                if time.perf_counter() >= deadline:
+                    return out, False
+
         try:
             while True:
-                item = self.call(next, it, _END)
-                if item is _END:
+                produced, done = self.call(pull)
+                yield from produced
+                if done:
                     return
-                yield item
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -162,10 +183,11 @@ def in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return its result or raise its exception. For long, rare jobs such as loading a model."""
     result: list[Any] = []
     error: list[BaseException] = []
+    context = contextvars.copy_context()  # the caller's context variables (a request's progress tracker) come along
 
     def run() -> None:
         try:
-            result.append(fn(*args, **kwargs))
+            result.append(context.run(fn, *args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             error.append(exc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -38,11 +39,14 @@ def test_iterate_makes_each_item_on_the_lane_and_closes_an_abandoned_generator_t
         finally:
             closed_on.append(threading.current_thread())
 
-    stream = own.iterate(numbers())
+    stream = own.iterate(numbers(), slice_s=0.0)  # one item per job
     assert [next(stream) for _ in range(3)] == [0, 1, 2]
     stream.close()
     assert made_on == [own.thread] * 3 and closed_on == [own.thread]
     assert list(own.iterate(iter([4, 5]))) == [4, 5]
+    before = own.jobs_run
+    assert list(own.iterate(numbers(), slice_s=5.0)) == list(range(100))
+    assert own.jobs_run - before == 2  # a fast generator: all of it in one slice, then its close
 
 
 class Counter:
@@ -81,6 +85,21 @@ def test_jobs_interleave_with_stepper_ticks_so_neither_starves() -> None:
     counter.add(3)
     time.sleep(0.05)
     assert log.count("step") == 50  # a removed stepper is not ticked
+
+
+REQUEST = contextvars.ContextVar("request", default="none")
+
+
+def test_jobs_and_fresh_threads_see_the_callers_context_variables() -> None:
+    """Gradio finds a request's progress tracker through a context variable: a load or a job must see it."""
+    own = ComputeLane("test-lane")
+    token = REQUEST.set("req-1")
+    try:
+        assert own.call(REQUEST.get) == "req-1"
+        assert in_fresh_thread(REQUEST.get) == "req-1"
+    finally:
+        REQUEST.reset(token)
+    assert own.call(REQUEST.get) == "none"
 
 
 def test_in_fresh_thread_returns_raises_and_leaves_no_thread_behind() -> None:

@@ -156,14 +156,17 @@ def test_stop_strings_end_the_text(tiny: CharLSTM) -> None:
     assert text == cut and last.finish_reason == "stop" and stop not in text
 
 
-def test_cancel_stops_within_one_step(tiny: CharLSTM) -> None:
+def test_cancel_stops_at_the_next_step(tiny: CharLSTM) -> None:
+    """The stream runs on the compute lane in 10 ms slices: what a slice made before the cancel is
+    delivered, the next step sees the cancel and ends the stream."""
     cancel = threading.Event()
     chunks = []
-    for chunk in tiny.stream(TextRequest(prompt="a", params=SamplingParams(max_new_tokens=500, seed=0)), cancel):
+    for chunk in tiny.stream(TextRequest(prompt="a", params=SamplingParams(max_new_tokens=5000, seed=0)), cancel):
         chunks.append(chunk)
         cancel.set()
-    assert chunks[-1].finish_reason == "cancelled" and chunks[-1].stats.completion_tokens == 1
-    assert len("".join(c.text for c in chunks)) == 1
+    stats = chunks[-1].stats
+    assert chunks[-1].finish_reason == "cancelled" and 1 <= stats.completion_tokens < 5000
+    assert len("".join(c.text for c in chunks)) == stats.completion_tokens  # every character made is delivered
     text, last = _run(tiny, cancel=cancel)  # cancelled before it starts
     assert text == "" and last.finish_reason == "cancelled"
 

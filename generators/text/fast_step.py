@@ -235,9 +235,6 @@ class LeanLlamaStep:
             self.layers.append((self._norm(layer.input_layernorm), qkv, split_qkv, o_proj, attn.scaling,
                                 attn.head_dim, self._norm(layer.post_attention_layernorm), gate_up,
                                 mlp.up_proj.out_features, down))
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        self._rope = apply_rotary_pos_emb
         self._F = torch.nn.functional
 
     def _norm(self, norm: Any) -> Any:
@@ -249,21 +246,24 @@ class LeanLlamaStep:
     def __call__(self, input_ids: Any, position_ids: Any, mask: Any, cache: KVCache) -> Any:
         """input_ids, position_ids: (B, 1); mask: (B, width + 1) with 1 where a row has a token,
         the new column included; `cache` gets the new keys and values and advances by one."""
-        F = self._F
+        F, cat = self._F, self._torch.cat
         rows = input_ids.shape[0]
         x = self.embed(input_ids)  # (B, 1, hidden)
         cos, sin = self.rotary(x, position_ids)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, head_dim): broadcast over heads
         attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # (B, 1, 1, width + 1)
         gqa = self.heads != self.kv_heads
         cache.reserve(1)
         end = cache.width + 1
         for index, (norm_in, qkv, split_qkv, o_proj, scaling, head_dim, norm_post, gate_up, width, down) \
                 in enumerate(self.layers):
-            q, k, v = qkv(norm_in(x)).split(split_qkv, dim=-1)
-            q = q.view(rows, 1, self.heads, head_dim).transpose(1, 2)
-            k = k.view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
+            # q and k rotated together (transformers' apply_rotary_pos_emb arithmetic, once for both)
+            qk, v = qkv(norm_in(x)).split([split_qkv[0] + split_qkv[1], split_qkv[2]], dim=-1)
+            qk = qk.view(rows, 1, self.heads + self.kv_heads, head_dim).transpose(1, 2)
+            half = head_dim // 2
+            qk = qk * cos + cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            q, k = qk.split([self.heads, self.kv_heads], dim=1)
             v = v.view(rows, 1, self.kv_heads, head_dim).transpose(1, 2)
-            q, k = self._rope(q, k, cos, sin)
             cache.append(index, k, v)
             attn = F.scaled_dot_product_attention(q, cache.keys[index][:, :, :end], cache.values[index][:, :, :end],
                                                   attn_mask=attn_mask, scale=scaling, enable_gqa=gqa)

@@ -171,6 +171,10 @@ class ContinuousBatcher:
                 self._pending.get_nowait().out.put(("", None, gone))
             except queue.Empty:
                 break
+        self._clear()
+
+    def _clear(self) -> None:
+        """No rows left: drop the batch's KV cache and mask."""
         self._rows, self._cache, self._mask, self._lengths = [], None, None, []
 
     # ------------------------------------------------------------ on the compute lane
@@ -190,7 +194,7 @@ class ContinuousBatcher:
                 log.exception("Batched decoding failed")
                 for seq in self._rows:
                     seq.out.put(("", None, exc))
-                self._rows, self._cache, self._mask, self._lengths = [], None, None, []
+                self._clear()
 
     def _emit(self, seq: BatchSequence, token: int) -> bool:
         """Handle one sampled token; True if the sequence goes on."""
@@ -373,7 +377,7 @@ class ContinuousBatcher:
         if len(keep) == len(self._rows):
             return
         if not keep:
-            self._rows, self._cache, self._mask, self._lengths = [], None, None, []
+            self._clear()
             return
         index = torch.tensor(keep, device=self._mask.device)
         self._cache.select(index)

@@ -421,7 +421,7 @@ class CharLSTM(TextGenerator):
         yield from lane().iterate(self._stream(request, cancel))
 
     def _stream(self, request: TextRequest, cancel: threading.Event | None) -> Iterator[TextChunk]:
-        """The decoding loop, advanced on the compute lane one chunk per job."""
+        """The decoding loop, advanced on the compute lane in time slices."""
         import torch
 
         started = time.perf_counter()

@@ -60,8 +60,7 @@ class KVCache:
         """Make room for n more columns."""
         if self.width + n <= self.capacity:
             return
-        grown = KVCache(self.layers(), capacity=max(2 * self.capacity, self.width + n))
-        self.keys, self.values = grown.keys, grown.values
+        self._rebuild(self.layers(), max(2 * self.capacity, self.width + n))
 
     def append(self, index: int, k: Any, v: Any) -> None:
         """Write one column (B, H, 1, D) of layer `index` at `width` (advance with `advance()`)."""
@@ -78,8 +77,7 @@ class KVCache:
 
     def drop_left(self, n: int) -> None:
         """Forget the first n columns (padding in every row)."""
-        grown = KVCache([(k[:, :, n:], v[:, :, n:]) for k, v in self.layers()], capacity=self.capacity)
-        self.keys, self.values, self.width = grown.keys, grown.values, grown.width
+        self._rebuild([(k[:, :, n:], v[:, :, n:]) for k, v in self.layers()], self.capacity)
 
     def merge(self, layers: list[tuple[Any, Any]]) -> tuple[int, int]:
         """Append rows given as (B', H, T', D) per layer; the narrower side is left-padded.
@@ -90,9 +88,13 @@ class KVCache:
         merged = [(torch.cat([_left_pad(k_old, pad_old), _left_pad(k_new, pad_new)]),
                    torch.cat([_left_pad(v_old, pad_old), _left_pad(v_new, pad_new)]))
                   for (k_old, v_old), (k_new, v_new) in zip(self.layers(), layers, strict=True)]
-        grown = KVCache(merged, capacity=self.capacity + pad_old)
-        self.keys, self.values, self.width = grown.keys, grown.values, grown.width
+        self._rebuild(merged, self.capacity + pad_old)
         return pad_old, pad_new
+
+    def _rebuild(self, layers: list[tuple[Any, Any]], capacity: int) -> None:
+        """New buffers of `capacity` holding `layers` (their width becomes this cache's)."""
+        rebuilt = KVCache(layers, capacity=capacity)
+        self.keys, self.values, self.width = rebuilt.keys, rebuilt.values, rebuilt.width
 
 
 def _left_pad(t: Any, n: int) -> Any:
@@ -140,10 +142,12 @@ def _fuse(modules: list[Any]) -> Any:
     import torch
     from torch import nn
 
-    from .int4 import Int4Linear
+    from .int4 import Int4Linear, weight_only_linear
 
     kinds = {type(m) for m in modules}
     if kinds not in ({nn.Linear}, {Int4Linear}) or any(_hooked(m) for m in modules):
+        return None
+    if kinds == {nn.Linear} and len(modules) == 1:  # its own forward already is one F.linear: nothing to fuse
         return None
     biases = [m.bias for m in modules]
     if len({b is None for b in biases}) != 1:
@@ -164,14 +168,12 @@ def _fuse(modules: list[Any]) -> Any:
         for m, start, size in zip(modules, starts, sizes, strict=True):
             m.packed_weight = packed[start:start + size]
         group, width, total = modules[0].group_size, modules[0].in_features, sum(sizes)
-        kernel, bf16 = torch._weight_int4pack_mm_for_cpu, torch.bfloat16
+        kernel = torch._weight_int4pack_mm_for_cpu
 
-        def int4(x: Any) -> Any:
-            out = kernel(x.reshape(-1, width).to(bf16), packed, group, scales_and_zeros)
-            out = out.to(x.dtype).reshape(*x.shape[:-1], total)
-            return out if bias is None else out + bias
+        def matmul(rows: Any) -> Any:
+            return kernel(rows, packed, group, scales_and_zeros)
 
-        return int4
+        return lambda x: weight_only_linear(x, matmul, width, total, bias)
     return None
 
 

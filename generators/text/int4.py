@@ -52,6 +52,14 @@ def dequantize_weight(packed_q: torch.Tensor, scales_and_zeros: torch.Tensor, gr
     return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(n, k)
 
 
+def weight_only_linear(x: torch.Tensor, matmul: Any, in_features: int, out_features: int,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """`matmul` (a weight-only kernel) on x as bfloat16 rows, back in x's dtype and shape, plus bias."""
+    out = matmul(x.reshape(-1, in_features).to(torch.bfloat16))
+    out = out.to(x.dtype).reshape(*x.shape[:-1], out_features)
+    return out if bias is None else out + bias
+
+
 class _WeightOnlyLinear(nn.Module):
     """Shared forward: activations to bfloat16 through the kernel, back in the input's dtype, plus bias."""
 
@@ -65,10 +73,7 @@ class _WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        out = self._matmul(x.reshape(-1, self.in_features).to(torch.bfloat16))
-        out = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+        return weight_only_linear(x, self._matmul, self.in_features, self.out_features, self.bias)
 
 
 class Int4Linear(_WeightOnlyLinear):

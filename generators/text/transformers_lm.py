@@ -414,7 +414,7 @@ class TransformersLM(TextGenerator):
     def _stream_alone(self, prompt_ids: list[int], params: SamplingParams, seed: int, sampler: Any, detok: Any,
                       stops: Any, eos: set[int], cancel: threading.Event | None, started: float,
                       dropped: int) -> Iterator[TextChunk]:
-        """Batching off: decode this request by itself (advanced on the compute lane, one chunk per job)."""
+        """Batching off: decode this request by itself (advanced on the compute lane in time slices)."""
         import torch
 
         device = self.model.device

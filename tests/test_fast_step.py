@@ -97,6 +97,27 @@ def test_kv_cache_grows_merges_selects_and_drops_columns_keeping_its_contents() 
     assert torch.equal(a.layers()[0][1], -a.layers()[0][0])
 
 
+@pytest.mark.parametrize("shapes", [[(2, 3), (2, 3)], [(2, 3), (4, 5)]], ids=["stacked", "per-layer"])
+def test_kv_cache_step_views_write_the_next_column_of_every_layer(shapes: list[tuple[int, int]]) -> None:
+    """Layers of one shape share one buffer; layers of different shapes (some architectures vary
+    heads per layer) keep their own, with the same views."""
+    layers = [(torch.randn(2, h, 4, d), torch.randn(2, h, 4, d)) for h, d in shapes]
+    cache = KVCache(layers, capacity=4)
+    assert (cache._stacked is not None) == (len(set(shapes)) == 1)
+    cache.reserve(1)
+    key_columns, value_columns, keys, values = cache.step_views()
+    for index, (h, d) in enumerate(shapes):
+        key_columns[index].copy_(torch.full((2, h, 1, d), 7.0))
+        value_columns[index].copy_(torch.full((2, h, 1, d), -7.0))
+        assert keys[index].shape == (2, h, 5, d) and torch.equal(keys[index][:, :, :4], layers[index][0])
+    cache.advance()
+    for (k, v), (k_old, v_old) in zip(cache.layers(), layers, strict=True):
+        assert torch.equal(k[:, :, :4], k_old) and torch.equal(v[:, :, :4], v_old)
+        assert bool((k[:, :, 4] == 7).all()) and bool((v[:, :, 4] == -7).all())
+    cache.select(torch.tensor([1]))
+    assert cache.rows == 1 and torch.equal(cache.layers()[-1][0][0, :, :4], layers[-1][0][1])
+
+
 def test_other_architectures_are_left_to_transformers_with_a_reason() -> None:
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     assert "gpt2" in LeanLlamaStep.unsupported(gpt2)

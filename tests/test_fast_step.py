@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from generators.text.fast_step import KVCache, LeanLlamaStep
+from generators.text.fast_step import KVCache, LeanLlamaStep, calibrate_row_padding
 from generators.text.int4 import quantize_int4
 
 
@@ -21,14 +21,17 @@ def tiny_llama(**overrides: object) -> LlamaForCausalLM:
 @pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},
                                        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
                                        {"int4": True, "num_key_value_heads": 4, "head_dim": 16}, {"int4": True},
-                                       {"dynamic-int8": True}, {"bfloat16": True}],
-                         ids=["gqa", "biases", "rope-scaling", "int4", "int4-k-v-of-32-rows", "dynamic-int8", "bfloat16"])
+                                       {"dynamic-int8": True}, {"bfloat16": True}, {"padded": True, "attention_bias": True}],
+                         ids=["gqa", "biases", "rope-scaling", "int4", "int4-k-v-of-32-rows", "dynamic-int8", "bfloat16",
+                              "rows-padded-to-16"])
 def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(overrides: dict) -> None:
     """Three prompts of different lengths, left-padded as the batcher lays them out, decoded 6 steps:
     every step's logits equal transformers' forward with the same mask, positions and cache within
     1e-5 (float sums in another order), and so do the cached keys and values. q/k/v and gate/up are
     fused into one matmul each for float and int4 weights (the model's own layers become views of
-    the fused weights); dynamic int8 layers run one by one."""
+    the fused weights); dynamic int8 layers run one by one. "rows-padded-to-16": the batch of 3 runs
+    its matmuls on 16 rows, as it does where MKL is faster with 16 (`calibrate_row_padding`)."""
+    padded = overrides.pop("padded", False)
     quantize = {k: overrides.pop(k) for k in ("int4", "dynamic-int8", "bfloat16") if k in overrides}
     model = tiny_llama(**overrides)
     tolerance = 1e-5
@@ -38,7 +41,8 @@ def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(ov
         quantize_int4(model)
     if "dynamic-int8" in quantize:
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    lean = LeanLlamaStep(model)
+    lean = LeanLlamaStep(model, row_padding={3: 16} if padded else None)
+    assert lean.row_padding == ({3: 16} if padded else {})  # tiny layers are never padded by measurement
     layers = len(model.model.layers)
     # int4 rows fuse in blocks of 64: k and v of 32 rows (2 heads of 16) stay separate calls; dynamic int8 never fuses
     int4_fused = 2 * layers if overrides.get("num_key_value_heads") == 4 else layers
@@ -116,6 +120,12 @@ def test_kv_cache_step_views_write_the_next_column_of_every_layer(shapes: list[t
         assert bool((k[:, :, 4] == 7).all()) and bool((v[:, :, 4] == -7).all())
     cache.select(torch.tensor([1]))
     assert cache.rows == 1 and torch.equal(cache.layers()[-1][0][0, :, :4], layers[-1][0][1])
+
+
+def test_row_padding_is_measured_on_big_float_matrices_only() -> None:
+    assert calibrate_row_padding(torch.randn(64, 32)) == {}
+    padding = calibrate_row_padding(torch.randn(1024, 1024))
+    assert set(padding.values()) <= {16} and all(2 <= rows < 16 for rows in padding)
 
 
 def test_other_architectures_are_left_to_transformers_with_a_reason() -> None:

@@ -122,6 +122,31 @@ def test_kv_cache_step_views_write_the_next_column_of_every_layer(shapes: list[t
     assert cache.rows == 1 and torch.equal(cache.layers()[-1][0][0, :, :4], layers[-1][0][1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_through_matrix_vector_gives_transformers_logits(dtype: torch.dtype) -> None:
+    """A batch of one row takes `torch.mv` for every float matmul where that is faster (bfloat16 on
+    this machine): forced here, its logits equal transformers' (1e-5 float32, 3e-2 bfloat16)."""
+    model = tiny_llama(attention_bias=True).to(dtype)
+    lean = LeanLlamaStep(model, row_padding={}, matrix_vector=True)
+    assert all(p.one_row is not p.call for p in lean._projections())
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    with torch.inference_mode():
+        ids = torch.tensor([[5, 9, 3, 7]])
+        out = model(input_ids=ids, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        cache, reference = KVCache(layers), DynamicCache(layers)
+        token, mask = out.logits[:, -1].argmax(-1, keepdim=True), torch.ones((1, 4), dtype=torch.long)
+        for position in range(4, 8):
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], dim=1)
+            got = lean(token, torch.tensor([[position]]), mask, cache)
+            ref = model(input_ids=token, attention_mask=mask, position_ids=torch.tensor([[position]]),
+                        past_key_values=reference, use_cache=True)
+            reference = ref.past_key_values
+            want = ref.logits[:, -1].float()
+            assert torch.allclose(got.float(), want, atol=tolerance, rtol=0), float((got.float() - want).abs().max())
+            token = want.argmax(-1, keepdim=True)
+
+
 def test_row_padding_is_measured_on_big_float_matrices_only() -> None:
     assert calibrate_row_padding(torch.randn(64, 32)) == {}
     padding = calibrate_row_padding(torch.randn(1024, 1024))

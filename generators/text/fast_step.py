@@ -13,7 +13,10 @@ head_dim) is a view of them, so there are no transposes; int4 outputs stay bfloa
 operator promotes them; RoPE rotates by a flip of the two halves times a signed sin; the RMS norm is
 one layer-norm kernel (see `_norm`); the cache hands out every layer's views in four operators.
 Measured on SmolLM2-135M int4, one stream, interleaved on one model: 97 → 111 tok/s for these
-changes together (float32 and bfloat16 unchanged: their matmuls dominate). Prefill and scoring
+changes together (float32 and bfloat16 unchanged: their matmuls dominate). Two kernel choices are
+measured per model at load, because they are facts of the CPU and its BLAS, not of the model: one
+row through `torch.mv` (bfloat16 here: 37 → 52 tok/s) and float batches padded to 16 rows (MKL's
+sgemm: 14 rows 80 → 57 ms per step). Prefill and scoring
 keep using the model's forward: with many tokens per call its overhead does not matter.
 
 The continuous batcher (`batching.py`) uses it for every step when `LeanLlamaStep.unsupported(model)`
@@ -144,13 +147,53 @@ class Projection:
     comes in whatever dtype the kernel produces — the next operator (an add to the float32 residual,
     the RoPE multiply) promotes it exactly, so no conversion of its own is spent."""
 
-    def __init__(self, call: Any, input_dtype: Any, fused: bool, weight: Any = None) -> None:
+    def __init__(self, call: Any, input_dtype: Any, fused: bool, weight: Any = None, bias: Any = None) -> None:
         self.call, self.input_dtype, self.fused = call, input_dtype, fused
-        self.weight = weight  # the float weight of a plain matmul (None for other kinds)
+        self.weight, self.bias = weight, bias  # of a plain float matmul (weight None for other kinds)
+        self.one_row = call  # the call for a batch of one row (see `use_matrix_vector`)
+
+    def use_matrix_vector(self) -> None:
+        """One row through `torch.mv` (matrix × vector) instead of a one-row matmul."""
+        import torch
+
+        weight, bias, mv = self.weight, self.bias, torch.mv
+        if bias is None:
+            self.one_row = lambda x: mv(weight, x[0])[None]
+        else:
+            self.one_row = lambda x: (mv(weight, x[0]) + bias)[None]
 
 
 PAD_ROWS = 16
 PAD_MIN_ELEMENTS = 1 << 20
+
+
+def matrix_vector_is_faster(weight: Any, margin: float = 0.9) -> bool:
+    """Whether one row goes faster through `torch.mv` than through a one-row matmul. bfloat16 here:
+    oneDNN's matmul for one row takes 16.5 ms for SmolLM2's layers and `mv` 11.6 (the head 2.66 vs
+    1.54 ms); float32 ties (both MKL). Measured on the layer at load, as `calibrate_row_padding`."""
+    import torch
+
+    if weight.numel() < PAD_MIN_ELEMENTS or weight.device.type != "cpu":
+        return False
+    row = torch.randn((1, weight.shape[1]), generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+    linear, mv = torch.nn.functional.linear, torch.mv
+    return _best_seconds(lambda: mv(weight, row[0])) < margin * _best_seconds(lambda: linear(row, weight))
+
+
+def _best_seconds(call: Any, repeats: int = 3) -> float:
+    """Best of `repeats` timings of `call()` after one untimed call."""
+    import time
+
+    import torch
+
+    best = float("inf")
+    with torch.inference_mode():
+        call()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
 def calibrate_row_padding(weight: Any, margin: float = 0.9) -> dict[int, int]:
@@ -161,27 +204,14 @@ def calibrate_row_padding(weight: Any, margin: float = 0.9) -> dict[int, int]:
     alone 8.6 ms for 16, 17.9 for 14). Measured on the layer itself (a few ms at load, best of three),
     because other CPUs and BLAS libraries switch elsewhere or not at all (bfloat16 here: never).
     Small matrices are not worth it and their timings are noise: no padding."""
-    import time
-
     import torch
 
     if weight.numel() < PAD_MIN_ELEMENTS or weight.device.type != "cpu":
         return {}
     rows = torch.randn((PAD_ROWS, weight.shape[1]), generator=torch.Generator().manual_seed(0)).to(weight.dtype)
     linear = torch.nn.functional.linear
-
-    def seconds(m: int) -> float:
-        best = float("inf")
-        with torch.inference_mode():
-            linear(rows[:m], weight)
-            for _ in range(3):
-                start = time.perf_counter()
-                linear(rows[:m], weight)
-                best = min(best, time.perf_counter() - start)
-        return best
-
-    padded = seconds(PAD_ROWS)
-    return {m: PAD_ROWS for m in range(2, PAD_ROWS) if padded < margin * seconds(m)}
+    padded = _best_seconds(lambda: linear(rows, weight))
+    return {m: PAD_ROWS for m in range(2, PAD_ROWS) if padded < margin * _best_seconds(lambda m=m: linear(rows[:m], weight))}
 
 
 def fuse_projections(modules: list[Any], dtype: Any) -> Projection | None:
@@ -217,8 +247,9 @@ def _fuse(modules: list[Any], dtype: Any) -> Projection | None:
     kinds = {type(m) for m in modules}
     if kinds not in ({nn.Linear}, {Int4Linear}) or any(_hooked(m) for m in modules):
         return None
-    if kinds == {nn.Linear} and len(modules) == 1:  # its own forward already is one F.linear: nothing to fuse
-        return None
+    if kinds == {nn.Linear} and len(modules) == 1:  # one F.linear on its own weight: nothing copied
+        weight, bias, linear = modules[0].weight, modules[0].bias, torch.nn.functional.linear
+        return Projection(lambda x: linear(x, weight, bias), weight.dtype, fused=False, weight=weight, bias=bias)
     biases = [m.bias for m in modules]
     if len({b is None for b in biases}) != 1:
         return None
@@ -230,7 +261,7 @@ def _fuse(modules: list[Any], dtype: Any) -> Projection | None:
         for m, start, size in zip(modules, starts, sizes, strict=True):
             m.weight = nn.Parameter(weight[start:start + size], requires_grad=False)
         linear = torch.nn.functional.linear
-        return Projection(lambda x: linear(x, weight, bias), weight.dtype, fused=True, weight=weight)
+        return Projection(lambda x: linear(x, weight, bias), weight.dtype, fused=True, weight=weight, bias=bias)
     # The CPU int4 kernel lays out rows in blocks of 64: packed rows concatenate only in whole blocks.
     if kinds == {Int4Linear} and len({m.group_size for m in modules}) == 1 and all(n % INT4_ROW_BLOCK == 0 for n in sizes):
         packed = torch.cat([m.packed_weight for m in modules])  # rows are packed independently
@@ -283,9 +314,10 @@ class LeanLlamaStep:
                 return f"odd head size {attn.head_dim}"
         return None
 
-    def __init__(self, model: Any, row_padding: dict[int, int] | None = None) -> None:
-        """`row_padding`: {batch size: rows to pad the batch to}; measured by `calibrate_row_padding`
-        on the model's widest layer when None."""
+    def __init__(self, model: Any, row_padding: dict[int, int] | None = None, matrix_vector: bool | None = None) -> None:
+        """`row_padding`: {batch size: rows to pad the batch to}; `matrix_vector`: one row through
+        `torch.mv`. Measured on the model's widest layer when None (`calibrate_row_padding`,
+        `matrix_vector_is_faster`)."""
         import torch
 
         reason = self.unsupported(model)
@@ -298,7 +330,7 @@ class LeanLlamaStep:
         self.rotary = inner.rotary_emb
         self._torch = torch
         self.norm = self._norm(inner.norm)
-        self.head = _call(model.lm_head)
+        self.head = projection([model.lm_head], dtype)
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = inner.layers[0].self_attn.head_dim
@@ -320,24 +352,32 @@ class LeanLlamaStep:
         widest = self.layers[0][6].weight  # gate/up, fused
         self.row_padding = row_padding if row_padding is not None else \
             ({} if widest is None else calibrate_row_padding(widest))
+        if matrix_vector if matrix_vector is not None else (widest is not None and matrix_vector_is_faster(widest)):
+            for p in self._projections():
+                if p.weight is not None:
+                    p.use_matrix_vector()
+
+    def _projections(self) -> list[Projection]:
+        return [self.head] + [p for layer in self.layers for p in (layer[1], layer[3], layer[6], layer[8])]
 
     def _norm(self, norm: Any) -> Any:
-        """LlamaRMSNorm of float32 rows (B, n), x · rsqrt(mean(x²) + eps) · w, as one layer norm of
+        """LlamaRMSNorm of rows (B, n) in its weight's dtype, x · rsqrt(mean(x²) + eps) · w, as one layer norm of
         [x, −x]: its mean is 0 and its variance mean(x²), so the first half is exactly the RMS norm.
         PyTorch's CPU `rms_norm` is a composite of ~8 operators (7.6 µs per call for one row here,
-        the layer norm kernel 1.7 µs), and a step normalizes 61 times. Other dtypes: the module's forward."""
+        the layer norm kernel 1.7 µs), and a step normalizes 61 times. (In bfloat16 it rounds once
+        where transformers rounds twice.) Other inputs: the module's forward."""
         torch = self._torch
         weight, eps, forward = norm.weight.detach(), norm.variance_epsilon, _call(norm)
         n = weight.shape[-1]
-        doubled, shape = torch.cat([weight, weight]).float(), (2 * n,)
-        sign = torch.tensor([[1.0], [-1.0]], device=weight.device)  # (2, 1): rows of x and −x
-        layer_norm, mul, float32 = torch.layer_norm, torch.mul, torch.float32
+        doubled, shape, dtype = torch.cat([weight, weight]), (2 * n,), weight.dtype
+        sign = torch.tensor([[1.0], [-1.0]], dtype=dtype, device=weight.device)  # (2, 1): rows of x and −x
+        layer_norm, mul = torch.layer_norm, torch.mul
 
         if _hooked(norm):
             return norm
 
         def rms_norm(x: Any) -> Any:
-            if x.dtype != float32 or x.dim() != 2:
+            if x.dtype != dtype or x.dim() != 2:
                 return forward(x)
             return layer_norm(mul(x[:, None], sign).view(x.shape[0], 2 * n), shape, doubled, None, eps)[:, :n]
 
@@ -353,6 +393,7 @@ class LeanLlamaStep:
         rows, heads, kv_heads, head_dim = input_ids.shape[0], self.heads, self.kv_heads, self.head_dim
         x = self.embed(input_ids.view(rows))  # (B, hidden)
         padded = self.row_padding.get(rows, rows)
+        one = padded == 1
         if padded > rows:  # the matmuls run on `padded` rows of which the first `rows` are real
             x = torch.cat([x, x.new_zeros((padded - rows, x.shape[1]))])
             attn_rows = x.new_zeros((padded, heads * head_dim))  # the output projection's input; padding stays 0
@@ -366,7 +407,7 @@ class LeanLlamaStep:
         qk_shape, v_shape, qk_heads = (rows, heads + kv_heads, 2, head_dim // 2), (rows, kv_heads, 1, head_dim), \
             [heads, kv_heads]
         for index, (norm_in, qkv, split_qkv, o_proj, scaling, norm_post, gate_up, width, down) in enumerate(self.layers):
-            qk, v = qkv.call(norm_in(x).to(qkv.input_dtype)).split(split_qkv, dim=1)
+            qk, v = (qkv.one_row if one else qkv.call)(norm_in(x).to(qkv.input_dtype)).split(split_qkv, dim=1)
             if padded > rows:
                 qk, v = qk[:rows], v[:rows]
             qk = qk.view(qk_shape)
@@ -380,9 +421,11 @@ class LeanLlamaStep:
             if padded > rows:
                 attn_rows[:rows] = attn
                 attn = attn_rows
-            x = x + o_proj.call(attn.to(o_proj.input_dtype))
-            gate, up = gate_up.call(norm_post(x).to(gate_up.input_dtype)).to(dtype).split([width, width], dim=1)
-            x = x + down.call((silu(gate) * up).to(down.input_dtype))
+            x = x + (o_proj.one_row if one else o_proj.call)(attn.to(o_proj.input_dtype))
+            gate_and_up = (gate_up.one_row if one else gate_up.call)(norm_post(x).to(gate_up.input_dtype))
+            gate, up = gate_and_up.to(dtype).split([width, width], dim=1)
+            x = x + (down.one_row if one else down.call)((silu(gate) * up).to(down.input_dtype))
         cache.advance()
-        logits = self.head(self.norm(x))
+        head = self.head
+        logits = (head.one_row if one else head.call)(self.norm(x).to(head.input_dtype))
         return logits[:rows] if padded > rows else logits

@@ -1,12 +1,14 @@
 """Continuous batching on the default model: aggregate tokens/s with 1, 2, 4, 8, 16 concurrent streams.
 
     .venv/bin/python benchmarks/bench_batching.py [--tokens 64] [--streams 1 2 4 8 16] [--dtype float32]
-        [--quantization none|int4|dynamic-int8]
+        [--quantization none|int4|dynamic-int8] [--repeats 3]
 
 Side by side in one run: plain `model.generate` (one request), the plugin with batching off
 (max_batch=1, requests one after another), and the plugin with batching on (max_batch=16) fed N
 concurrent requests from N threads. Prints aggregate tokens/s, the ratio to one stream, and the
-median time to first token under that load.
+median time to first token under that load. Every stream count runs once per round, round after
+round (`--repeats`), and the medians are printed: this VM's speed drifts by ±30 % over minutes, and
+a ratio of two rates measured minutes apart would measure the drift.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ PROMPTS = ["Tell me about the sea.", "Write a short poem about tea.", "Explain h
            "Tell a short story about a lost key."]
 
 
-def request(i: int, tokens: int) -> TextRequest:
-    # min_p 0 / temperature 0: greedy, and no EOS cut-off games: every stream asks for `tokens`
-    return TextRequest(messages=(ChatMessage("user", PROMPTS[i % len(PROMPTS)]),),
+def request(i: int, tokens: int, take: int = 0) -> TextRequest:
+    # min_p 0 / temperature 0: greedy, and no EOS cut-off games: every stream asks for `tokens`.
+    # Each run words its prompts apart ("take"), so the prefix cache never serves a whole prompt of an earlier run.
+    prompt = PROMPTS[i % len(PROMPTS)] if take == 0 else f"(Take {take}.) {PROMPTS[i % len(PROMPTS)]}"
+    return TextRequest(messages=(ChatMessage("user", prompt),),
                        params=SamplingParams(temperature=0.0, max_new_tokens=tokens))
 
 
-def run_streams(lm: TransformersLM, n: int, tokens: int) -> tuple[float, int, float]:
+def run_streams(lm: TransformersLM, n: int, tokens: int, take: int = 0) -> tuple[float, int, float]:
     """(seconds, tokens produced, median time to first token) for n concurrent streams."""
     produced = [0] * n
     ttft: list[float] = []
@@ -53,7 +57,7 @@ def run_streams(lm: TransformersLM, n: int, tokens: int) -> tuple[float, int, fl
     def one(i: int) -> None:
         start = time.perf_counter()
         first = None
-        for chunk in lm.stream(request(i, tokens)):
+        for chunk in lm.stream(request(i, tokens, take)):
             if chunk.text and first is None:
                 first = time.perf_counter() - start
             if chunk.stats:
@@ -76,6 +80,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--quantization", default="none", choices=["none", "int4", "dynamic-int8"])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are printed")
     args = parser.parse_args()
     import torch
 
@@ -98,19 +103,25 @@ def main() -> None:
         return (out.shape[1] - inputs.shape[1]) / (time.perf_counter() - start)
 
     plain = lane().call(plain_generate)
-    run_streams(single, 1, 8)  # warm-up
-    s_time, s_tokens, s_ttft = run_streams(single, 1, args.tokens)
-    run_streams(batched, 1, 8)
+    run_streams(single, 1, 8, take=1)  # warm-up
+    s_time, s_tokens, s_ttft = run_streams(single, 1, args.tokens, take=2)
+    run_streams(batched, 1, 8, take=3)
+    takes = iter(range(4, 10_000))
+    runs: dict[int, list[tuple[float, int, float]]] = {n: [] for n in args.streams}
+    for _ in range(args.repeats):
+        for n in args.streams:
+            runs[n].append(run_streams(batched, n, args.tokens, next(takes)))
     rows = []
     base = None
     for n in args.streams:
-        seconds, produced, ttft = run_streams(batched, n, args.tokens)
-        rate = produced / seconds
+        seconds = statistics.median(r[0] for r in runs[n])
+        produced = round(statistics.median(r[1] for r in runs[n]))
+        rate = statistics.median(r[1] / r[0] for r in runs[n])
         base = base or rate
-        rows.append((n, produced, seconds, rate, rate / base, ttft))
+        rows.append((n, produced, seconds, rate, rate / base, statistics.median(r[2] for r in runs[n])))
     print(f"SmolLM2-135M-Instruct, {args.dtype}, quantization {args.quantization}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), "
-          f"{args.tokens} new tokens per stream, greedy\n")
+          f"{args.tokens} new tokens per stream, greedy, median of {args.repeats} interleaved rounds\n")
     print(f"plain model.generate: {plain:.1f} tok/s; plugin, batching off: {s_tokens / s_time:.1f} tok/s "
           f"({s_tokens / s_time / plain:.2f}x plain)\n")
     print("| concurrent streams | tokens | seconds | aggregate tok/s | vs 1 stream | median time to first token |")

@@ -158,9 +158,9 @@ class Projection:
 
         weight, bias, mv = self.weight, self.bias, torch.mv
         if bias is None:
-            self.one_row = lambda x: mv(weight, x[0])[None]
+            self.one_row = lambda x: mv(weight, x[0]).unsqueeze(0)
         else:
-            self.one_row = lambda x: (mv(weight, x[0]) + bias)[None]
+            self.one_row = lambda x: (mv(weight, x[0]) + bias).unsqueeze(0)
 
 
 PAD_ROWS = 16
@@ -379,7 +379,7 @@ class LeanLlamaStep:
         def rms_norm(x: Any) -> Any:
             if x.dtype != dtype or x.dim() != 2:
                 return forward(x)
-            return layer_norm(mul(x[:, None], sign).view(x.shape[0], 2 * n), shape, doubled, None, eps)[:, :n]
+            return layer_norm(mul(x.unsqueeze(1), sign).view(x.shape[0], 2 * n), shape, doubled, None, eps).narrow(1, 0, n)
 
         return rms_norm
 
@@ -407,13 +407,13 @@ class LeanLlamaStep:
         qk_shape, v_shape, qk_heads = (rows, heads + kv_heads, 2, head_dim // 2), (rows, kv_heads, 1, head_dim), \
             [heads, kv_heads]
         for index, (norm_in, qkv, split_qkv, o_proj, scaling, norm_post, gate_up, width, down) in enumerate(self.layers):
-            qk, v = (qkv.one_row if one else qkv.call)(norm_in(x).to(qkv.input_dtype)).split(split_qkv, dim=1)
+            qk, v = (qkv.one_row if one else qkv.call)(norm_in(x).to(qkv.input_dtype)).split_with_sizes(split_qkv, 1)
             if padded > rows:
                 qk, v = qk[:rows], v[:rows]
             qk = qk.view(qk_shape)
             # transformers' apply_rotary_pos_emb, q and k at once: qk * cos + rotate_half(qk) * sin
             qk = qk * cos + qk.flip(2) * sin
-            q, k = qk.view(rows, heads + kv_heads, 1, head_dim).split(qk_heads, dim=1)
+            q, k = qk.view(rows, heads + kv_heads, 1, head_dim).split_with_sizes(qk_heads, 1)
             key_columns[index].copy_(k)
             value_columns[index].copy_(v.view(v_shape))
             attn = sdpa(q, keys[index], values[index], attn_mask=attn_mask, scale=scaling, enable_gqa=gqa)
@@ -423,7 +423,7 @@ class LeanLlamaStep:
                 attn = attn_rows
             x = x + (o_proj.one_row if one else o_proj.call)(attn.to(o_proj.input_dtype))
             gate_and_up = (gate_up.one_row if one else gate_up.call)(norm_post(x).to(gate_up.input_dtype))
-            gate, up = gate_and_up.to(dtype).split([width, width], dim=1)
+            gate, up = gate_and_up.to(dtype).split_with_sizes([width, width], 1)
             x = x + (down.one_row if one else down.call)((silu(gate) * up).to(down.input_dtype))
         cache.advance()
         head = self.head

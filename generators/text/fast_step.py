@@ -12,12 +12,12 @@ caches). Rows stay 2-D (B, features): with one new token per row the attention's
 head_dim) is a view of them, so there are no transposes; int4 outputs stay bfloat16 until the next
 operator promotes them; RoPE rotates by a flip of the two halves times a signed sin; the RMS norm is
 one layer-norm kernel (see `_norm`); the cache hands out every layer's views in four operators.
-Measured on SmolLM2-135M int4, one stream, interleaved on one model: 97 → 111 tok/s for these
-changes together (float32 and bfloat16 unchanged: their matmuls dominate). Two kernel choices are
-measured per model at load, because they are facts of the CPU and its BLAS, not of the model: one
-row through `torch.mv` (bfloat16 here: 37 → 52 tok/s) and float batches padded to 16 rows (MKL's
-sgemm: 14 rows 80 → 57 ms per step). Prefill and scoring
-keep using the model's forward: with many tokens per call its overhead does not matter.
+Each operator costs ~2 µs of dispatch whatever it computes, so these count: measured on SmolLM2-135M
+int4, one stream, interleaved on one model, 97 → 119 tok/s (float32 and bfloat16 unchanged: their
+matmuls dominate). Two kernel choices are measured per model at load, because they are facts of the
+CPU and its BLAS, not of the model: one row through `torch.mv` (bfloat16 here: 37 → 52 tok/s) and
+float batches padded to 16 rows (MKL's sgemm: 14 rows 80 → 57 ms per step). Prefill and scoring keep
+using the model's forward: with many tokens per call its overhead does not matter.
 
 The continuous batcher (`batching.py`) uses it for every step when `LeanLlamaStep.unsupported(model)`
 is None, and transformers' forward otherwise; tests check both give the same logits.

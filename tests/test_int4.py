@@ -8,6 +8,7 @@ from torch import nn
 
 from generators.text.int4 import (
     Int4Linear,
+    Int8Embedding,
     Int8Linear,
     dequantize_weight,
     int4_supported,
@@ -70,7 +71,7 @@ def test_int8_linear_keeps_a_row_scale_and_stays_within_a_percent() -> None:
     assert float((out - ref).norm() / ref.norm()) < 0.01
 
 
-def test_quantize_int4_gives_the_head_8_bits_and_unties_it_from_the_embedding() -> None:
+def test_quantize_int4_gives_head_and_embedding_8_bits_sharing_their_rows_when_tied() -> None:
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -83,10 +84,32 @@ def test_quantize_int4_gives_the_head_8_bits_and_unties_it_from_the_embedding() 
         def get_output_embeddings(self) -> nn.Module:
             return self.head
 
+        def get_input_embeddings(self) -> nn.Module:
+            return self.embed
+
     model = Tiny()
+    ids = torch.tensor([[3, 99, 0, 42]])
+    with torch.inference_mode():
+        want = model.embed(ids)
     counts = quantize_int4(model)
-    assert counts == {"int4": 2, "int8": 1}
+    assert counts == {"int4": 2, "int8": 1, "int8 embedding": 1}
     assert isinstance(model.body[0], Int4Linear) and isinstance(model.body[2], Int4Linear)
     assert type(model.body[3]) is nn.Linear  # 50 inputs do not divide into groups of 32: left in float
     assert isinstance(model.head, Int8Linear) and model.config.tie_word_embeddings is False
-    assert isinstance(model.embed.weight, nn.Parameter)  # the embedding lookup stays float
+    assert isinstance(model.embed, Int8Embedding) and model.embed.weight_int8 is model.head.weight_int8  # one copy
+    with torch.inference_mode():
+        got = model.embed(ids)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert float((got - want).norm() / want.norm()) < 0.01
+
+
+def test_int8_embedding_of_an_untied_embedding_keeps_its_dtype_and_rows_within_a_percent() -> None:
+    torch.manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        embedding = nn.Embedding(300, 96).to(dtype)
+        q8 = Int8Embedding.of(embedding)
+        ids = torch.arange(300).view(3, 100)
+        with torch.inference_mode():
+            want, got = embedding(ids).float(), q8(ids)
+        assert q8.weight_int8.dtype == torch.int8 and got.dtype == dtype
+        assert float((got.float() - want).norm() / want.norm()) < 0.01

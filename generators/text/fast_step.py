@@ -325,8 +325,8 @@ class LeanLlamaStep:
             raise ValueError(f"the lean step cannot run this model: {reason}")
         inner = model.model
         config = model.config
-        self.embed = _call(inner.embed_tokens)
-        self.dtype = dtype = inner.embed_tokens.weight.dtype  # the residual stream's
+        self.embed = _call(inner.embed_tokens)  # nn.Embedding, or int4's Int8Embedding
+        self.dtype = dtype = inner.norm.weight.dtype  # the residual stream's
         self.rotary = inner.rotary_emb
         self._torch = torch
         self.norm = self._norm(inner.norm)
@@ -335,7 +335,7 @@ class LeanLlamaStep:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = inner.layers[0].self_attn.head_dim
         # rotate_half(x) * sin == flip(x as (2, D/2)) * (sin with its first half negated)
-        self.sin_sign = torch.tensor([[-1.0], [1.0]], dtype=dtype, device=inner.embed_tokens.weight.device)
+        self.sin_sign = torch.tensor([[-1.0], [1.0]], dtype=dtype, device=inner.norm.weight.device)
         self.layers = []
         self.fused = 0
         for layer in inner.layers:

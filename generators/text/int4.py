@@ -9,7 +9,8 @@ The output head is the exception: see `quantize_int4`. Activations go through th
 model's dtype, so norms, attention and the residual stream stay float32.
 
 A decode step reads about an eighth of the float32 weight bytes: on a memory-bound CPU that is
-what makes it faster. The input embedding stays in float (a lookup reads one row per token).
+what makes it faster. The input embedding is kept as 8-bit rows (`Int8Embedding`): a lookup reads
+one row per token, so that is for memory (SmolLM2 int4: 199 → 91 MB).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class Int8Embedding(nn.Module):
     """Drop-in for `nn.Embedding` (inference only): rows stored as int8 with one bfloat16 scale each, as
     `Int8Linear` stores its rows (llama.cpp's 4-bit files keep the token embedding at 8 bits too), and
     returned in `dtype`. A step reads one row per token, so this is about memory: SmolLM2's float32
-    embedding is 113 MB of the int4 model's 199. When the output head was tied to the embedding, both
+    embedding was 113 MB of the int4 model's 199 MB. When the output head was tied to the embedding, both
     share the head's int8 tensors."""
 
     def __init__(self, weight_int8: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,

@@ -254,7 +254,7 @@ class TransformersLM(TextGenerator):
         size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.3, "dynamic-int8": 0.35}[self.options.quantization])
+        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.2, "dynamic-int8": 0.35}[self.options.quantization])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

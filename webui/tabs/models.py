@@ -32,16 +32,23 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
     return rows
 
 
+def settings_of(ctx: AppContext, name: str | None) -> tuple[str, str]:
+    """(quantization, device) a model is configured with; "none"/"auto" for plugins without them."""
+    opts = ctx.registry.get(name).options.model_dump() if name else {}
+    return opts.get("quantization") or "none", opts.get("device") or "auto"
+
+
 def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     """Lay out the Models view; returns (refresh function, table) so the app refreshes it on show."""
     names = ctx.registry.names()
+    first = settings_of(ctx, names[0] if names else None)  # the radios start at the selected model's settings
     table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
     with gr.Row():
         model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
-        quantization = gr.Radio(["none", "8bit", "4bit", "int4", "dynamic-int8"], value="none", label="Quantization",
+        quantization = gr.Radio(["none", "8bit", "4bit", "int4", "dynamic-int8"], value=first[0], label="Quantization",
                                 info="8bit / 4bit: bitsandbytes; int4 (fastest on a CPU) and dynamic-int8: PyTorch, CPU only",
-                                scale=2)
-        device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="Device", scale=2)
+                                scale=2, elem_id="models-quantization")
+        device = gr.Radio(["auto", "cpu", "cuda"], value=first[1], label="Device", scale=2)
     with gr.Row():
         load = gr.Button("Load", variant="primary")
         unload = gr.Button("Unload")
@@ -69,8 +76,8 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
         return {table: model_rows(ctx), status: f"**{name}** will load with quantization={quant}, device={dev}."}
 
     def pick(name: str) -> dict[Any, Any]:
-        opts = ctx.registry.get(name).options.model_dump() if name else {}
-        return {quantization: opts.get("quantization", "none"), device: opts.get("device", "auto")}
+        quant, dev = settings_of(ctx, name)
+        return {quantization: quant, device: dev}
 
     outputs = [table, status]
     load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")

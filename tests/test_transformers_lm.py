@@ -285,6 +285,79 @@ def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_mode
     alone.unload()
 
 
+def test_a_long_prompt_is_prefilled_a_chunk_per_tick_while_the_batch_keeps_decoding(tiny_model_dir: Path) -> None:
+    """A prompt longer than `prefill_chunk` new tokens is prefilled over several ticks; the streams
+    already in the batch take a decoding step in each of them, and the long request's reply equals
+    decoding it alone (chunk boundaries change float summation order only)."""
+    alone = TransformersLM("alone", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 1})
+    alone.load()
+    batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
+    batched.load()
+    batcher = batched._batcher
+    batcher.prefill_chunk, batcher.prefill_chunk_s = 8, None  # fixed chunks: their count is checked
+    batcher.prefix_cache = None  # (it would serve the chat template's opening from the short prompt: fewer chunks)
+    long_prompt = "tell me a story about " + " ".join(f"ship {i}" for i in range(20))
+    long_ids = batched.encode(chat(long_prompt))[0]
+    assert len(long_ids) > 3 * batcher.prefill_chunk
+    expected = "".join(c.text for c in alone.stream(chat(long_prompt, temperature=0.0, max_new_tokens=12)))
+
+    chunks: list[tuple[int, int]] = []  # (decoding steps so far, rows decoding) at each chunk
+    original = batcher._prefill_next_chunk
+
+    def recording() -> None:
+        if batcher._partial and batcher._partial[0][0].prompt_ids == long_ids:  # (the short chat prompt may be chunked too)
+            chunks.append((batcher.steps, len(batcher._rows)))
+        original()
+
+    batcher._prefill_next_chunk = recording
+    short_started = threading.Event()
+    results: dict[str, str] = {}
+
+    def short() -> None:
+        out = []
+        for chunk in batched.stream(chat("a", temperature=0.0, max_new_tokens=200, stop=["never"])):
+            out.append(chunk.text)
+            short_started.set()
+        results["short"] = "".join(out)
+
+    def long() -> None:
+        short_started.wait(60)
+        results["long"] = "".join(c.text for c in batched.stream(chat(long_prompt, temperature=0.0, max_new_tokens=12)))
+
+    threads = [threading.Thread(target=short), threading.Thread(target=long)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results["long"] == expected
+    n_chunks = -(-len(long_ids) // batcher.prefill_chunk)
+    assert len(chunks) == n_chunks  # the last one prefills the rest and joins the batch
+    decoding = [c for c in chunks if c[1] > 0]
+    assert len(decoding) >= n_chunks - 1  # the short stream was decoding all along
+    assert decoding[-1][0] - decoding[0][0] >= len(decoding) - 1  # one step between chunks
+    batched.unload()
+    alone.unload()
+
+
+def test_a_request_cancelled_during_its_chunked_prefill_ends_cancelled(tiny_model_dir: Path) -> None:
+    batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
+    batched.load()
+    batcher = batched._batcher
+    batcher.prefill_chunk, batcher.prefill_chunk_s = 4, None
+    cancel = threading.Event()
+    original = batcher._prefill_next_chunk
+
+    def cancel_after_first_chunk() -> None:
+        original()
+        cancel.set()
+
+    batcher._prefill_next_chunk = cancel_after_first_chunk
+    chunks = list(batched.stream(chat("a long prompt " * 10, temperature=0.0, max_new_tokens=20), cancel))
+    assert [c.text for c in chunks] == [""] and chunks[-1].finish_reason == "cancelled"
+    assert not batcher._partial and not batcher._rows
+    batched.unload()
+
+
 class RecordingGreedy:
     """A greedy sampler that keeps every logits row it was given."""
 
@@ -327,9 +400,9 @@ def test_prompts_prefilled_together_from_cached_prefixes_compute_what_they_compu
     groups: list[int] = []
     prefill = batcher._prefill
 
-    def counting_prefill(group: list[BatchSequence]) -> None:
+    def counting_prefill(group: list[BatchSequence], known: dict | None = None) -> None:
         groups.append(len(group))
-        prefill(group)
+        prefill(group, known)
 
     batcher.model.forward = gated_forward
     batcher._prefill = counting_prefill

@@ -4,7 +4,13 @@ The scheduler is a stepper of the process's compute lane (`generators.compute`):
 runs one decoding step of the whole batch per tick, between other tensor jobs. Between steps it admits
 new sequences (the waiting prompts prefilled together in one forward, each from the longest
 prefix whose keys and values are already cached; then their KV cache joins the batch, the
-narrower side left-padded) and retires finished or cancelled ones (their rows leave the cache). Every
+narrower side left-padded) and retires finished or cancelled ones (their rows leave the cache). A
+prompt longer than `prefill_chunk` new tokens is prefilled one chunk per tick, between decoding steps
+(vLLM's chunked prefill), so a long story context admitted while others stream slows their tokens
+for a while instead of stopping them for the whole prefill; the chunk is resized to take about
+`prefill_chunk_s` (`benchmarks/bench_chunked_prefill.py`: SmolLM2 int4 on 2 cores, a 1,983-token
+prompt arriving while 4 streams decode: their longest pause 3.9 s in one forward, 0.47 s in chunks of
+~110 tokens; the prompt's first token 3.6 → 4.0 s). Every
 sequence keeps its own sampling parameters, seed, stop strings and cancel event; a step feeds
 one token per sequence with an attention mask that hides the padding and per-sequence position
 ids, so each row computes what it would alone (up to float summation order: see the tests).
@@ -126,12 +132,21 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return lo
 
 
+PREFILL_CHUNK_MIN, PREFILL_CHUNK_MAX = 32, 8192
+
+
 class ContinuousBatcher:
     def __init__(self, model: Any, max_batch: int = 16, prefix_cache_bytes: int = 256 << 20,
-                 prefill_tokens: int = 4096, lane: ComputeLane | None = None, lean: bool = True) -> None:
+                 prefill_tokens: int = 4096, lane: ComputeLane | None = None, lean: bool = True,
+                 prefill_chunk: int = 256, prefill_chunk_s: float | None = 0.25) -> None:
         self.model = model
         self.max_batch = max_batch
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
+        self.prefill_chunk = prefill_chunk  # a longer rest of a prompt is prefilled this many tokens per tick
+        # ...resized after each chunk to take about this long (None: fixed), whatever the machine and model
+        self.prefill_chunk_s = prefill_chunk_s
+        # long prompts being prefilled a chunk per tick: (sequence, keys/values so far or None, tokens done)
+        self._partial: list[tuple[BatchSequence, list[tuple[Any, Any]] | None, int]] = []
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.prefix_hits_tokens = 0
         self._pending: queue.Queue[BatchSequence] = queue.Queue()
@@ -164,8 +179,9 @@ class ContinuousBatcher:
     def _shut_down(self) -> None:
         self.lane.remove_stepper(self)
         gone = RuntimeError("the model was unloaded")
-        for seq in self._rows:
+        for seq in self._rows + [seq for seq, _, _ in self._partial]:
             seq.out.put(("", None, gone))
+        self._partial = []
         while True:
             try:
                 self._pending.get_nowait().out.put(("", None, gone))
@@ -179,15 +195,17 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------ on the compute lane
     def has_work(self) -> bool:
-        return not self._closed and (bool(self._rows) or not self._pending.empty())
+        return not self._closed and (bool(self._rows) or bool(self._partial) or not self._pending.empty())
 
     def tick(self) -> None:
-        """Admit what waits, then one decoding step of the batch."""
+        """Admit what waits, one chunk of a long prompt's prefill, then one decoding step of the batch."""
         import torch
 
         with torch.inference_mode():
             try:
                 self._admit()
+                if self._partial:
+                    self._prefill_next_chunk()
                 if self._rows:
                     self._step()
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
@@ -219,13 +237,18 @@ class ContinuousBatcher:
     def _admit(self) -> None:
         """Move waiting requests into the batch: prefilled together, each from its longest cached prefix."""
         new: list[BatchSequence] = []
-        while len(self._rows) + len(new) < self.max_batch:
+        while len(self._rows) + len(self._partial) + len(new) < self.max_batch:
             try:
                 seq = self._pending.get_nowait()
             except queue.Empty:
                 break
             if seq.stopped_by_caller():
                 seq.finish("cancelled")
+                continue
+            cached, layers = self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
+            if len(seq.prompt_ids) - cached > self.prefill_chunk:
+                self.prefix_hits_tokens += cached
+                self._partial.append((seq, layers, cached))  # prefilled a chunk per tick
                 continue
             new.append(seq)
         group: list[BatchSequence] = []
@@ -238,10 +261,44 @@ class ContinuousBatcher:
         if group:
             self._prefill_or_fail(group)
 
-    def _prefill_or_fail(self, group: list[BatchSequence]) -> None:
+    def _prefill_next_chunk(self) -> None:
+        """The next `prefill_chunk` tokens of the oldest long prompt; its last chunk goes through
+        `_prefill`, which samples its first token and joins it to the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        for seq, _, _ in [p for p in self._partial if p[0].stopped_by_caller()]:
+            seq.finish("cancelled")
+        self._partial = [p for p in self._partial if not p[0].stopped_by_caller()]
+        if not self._partial:
+            return
+        seq, layers, done = self._partial[0]
+        if len(seq.prompt_ids) - done <= self.prefill_chunk:
+            self._partial.pop(0)
+            self._prefill_or_fail([seq], known={id(seq): (done, layers)})
+            return
+        device = self.model.device
+        end = done + self.prefill_chunk
+        started = time.perf_counter()
+        try:
+            out = self.model(input_ids=torch.tensor([seq.prompt_ids[done:end]], device=device),
+                             position_ids=torch.arange(done, end, device=device)[None],
+                             attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
+                             past_key_values=DynamicCache(layers) if layers else None, use_cache=True, logits_to_keep=1)
+        except Exception as exc:  # noqa: BLE001 - the request gets the error, the batch goes on
+            log.exception("Prefill failed")
+            self._partial.pop(0)
+            seq.out.put(("", None, exc))
+            return
+        self._partial[0] = (seq, [(layer.keys, layer.values) for layer in out.past_key_values.layers], end)
+        if self.prefill_chunk_s:
+            per_token = (time.perf_counter() - started) / (end - done)
+            self.prefill_chunk = max(PREFILL_CHUNK_MIN, min(PREFILL_CHUNK_MAX, int(self.prefill_chunk_s / per_token)))
+
+    def _prefill_or_fail(self, group: list[BatchSequence], known: dict[int, tuple[int, Any]] | None = None) -> None:
         """A prefill that fails (out of memory, a bad prompt) fails its own requests, not the batch."""
         try:
-            self._prefill(group)
+            self._prefill(group, known)
         except Exception as exc:  # noqa: BLE001 - the waiting requests get the error
             log.exception("Prefill failed")
             if self.prefix_cache is not None:
@@ -250,8 +307,9 @@ class ContinuousBatcher:
                 if seq not in self._rows:
                     seq.out.put(("", None, exc))
 
-    def _prefill(self, group: list[BatchSequence]) -> None:
-        """One forward over the prompts of `group` (minus what the prefix cache already holds).
+    def _prefill(self, group: list[BatchSequence], known: dict[int, tuple[int, Any]] | None = None) -> None:
+        """One forward over the prompts of `group` (minus what the prefix cache already holds, or
+        what `known` gives by `id(seq)`: tokens already prefilled and their keys and values).
 
         Row i is laid out as [pad][cached prefix i][pad][rest of prompt i]: the cached keys and
         values are left-padded to the longest cached prefix and the uncached tokens to the longest
@@ -265,9 +323,12 @@ class ContinuousBatcher:
         plans = []
         for seq in group:
             seq.ids = list(seq.prompt_ids)
-            cached, layers = self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
+            if known is not None and id(seq) in known:
+                cached, layers = known[id(seq)]
+            else:
+                cached, layers = self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
             plans.append((seq, cached, layers))
-        self.prefix_hits_tokens += sum(n for _, n, _ in plans)
+        self.prefix_hits_tokens += sum(n for seq, n, _ in plans if known is None or id(seq) not in known)
         n_max = max(n for _, n, _ in plans)
         s_max = max(len(seq.prompt_ids) - n for seq, n, _ in plans)
         rows = len(group)

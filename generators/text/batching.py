@@ -291,7 +291,7 @@ class ContinuousBatcher:
             seq.out.put(("", None, exc))
             return
         self._partial[0] = (seq, [(layer.keys, layer.values) for layer in out.past_key_values.layers], end)
-        if self.prefill_chunk_s:
+        if self.prefill_chunk_s:  # (on a GPU this times the launch, not the work: chunks grow towards the maximum)
             per_token = (time.perf_counter() - started) / (end - done)
             self.prefill_chunk = max(PREFILL_CHUNK_MIN, min(PREFILL_CHUNK_MAX, int(self.prefill_chunk_s / per_token)))
 

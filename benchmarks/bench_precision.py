@@ -277,6 +277,12 @@ def main() -> None:
     for label, rate, ratio, memory, ppl, delta, bpc, same in rows:
         print(f"| {label} | {rate:.1f} | {ratio:.2f}x | {memory / 2**20:.0f} MB | {ppl:.3f} | {delta * 100:+.2f} % | "
               f"{bpc:.4f} | {'yes' if same else 'no'} |")
+    if llama is not None:
+        # the question: is reduced precision through the plugin at least as fast as llama.cpp on the same weights?
+        best = max((r for r in rows[1:-1] if r[5] < 0.05), key=lambda r: r[1], default=None)  # within +5 % perplexity
+        if best is not None:
+            print(f"\nfastest reduced precision within +5 % perplexity: {best[0]}, {best[1]:.1f} tok/s = "
+                  f"{best[1] / rows[-1][1]:.2f}x llama.cpp ({rows[-1][1]:.1f} tok/s)")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ import torch
 from torch import nn
 
 from generators.text.int4 import (
+    DENSE_FROM_ROWS,
     Int4Linear,
     Int8Embedding,
     Int8Linear,
+    dense_unpacking_works,
     dequantize_weight,
     int4_supported,
     quantize_int4,
     quantize_weight,
+    unpack_int4,
 )
 
 pytestmark = pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernel")
@@ -58,6 +61,25 @@ def test_int4_linear_multiplies_by_its_dequantized_weight_and_stays_near_the_flo
     # The kernel differs from the dequantized float layer only by its bfloat16 activations.
     assert float((out - exact).norm() / exact.norm()) < 0.01
     assert q4.packed_weight.numel() * q4.packed_weight.element_size() == 256 * 96 // 2
+
+
+def test_unpacking_reads_the_kernels_layout_and_a_prefill_takes_the_dense_path() -> None:
+    """`unpack_int4` gives back the dequantized weights (64-row blocks, two rows per byte); from
+    DENSE_FROM_ROWS rows a layer multiplies by them densely, agreeing with the int4 kernel up to
+    its bfloat16 output rounding."""
+    torch.manual_seed(3)
+    layer = nn.Linear(128, 192, bias=True)
+    packed, sz = quantize_weight(layer.weight)
+    deq = dequantize_weight(unpacked_integers(layer.weight.detach(), sz), sz)
+    torch.testing.assert_close(unpack_int4(packed, sz).float(), deq, rtol=0.01, atol=1e-3)  # bfloat16 weights
+    assert dense_unpacking_works()
+    q4 = Int4Linear(layer)
+    x = torch.randn(DENSE_FROM_ROWS + 7, 128)
+    with torch.inference_mode():
+        dense = q4(x)
+        kernel = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), q4.packed_weight, 32, q4.scales_and_zeros).float() + layer.bias
+    assert dense.shape == (DENSE_FROM_ROWS + 7, 192) and dense.dtype == torch.float32
+    assert float((dense - kernel).abs().max()) < 0.02 * float(kernel.abs().max())
 
 
 def test_int8_linear_keeps_a_row_scale_and_stays_within_a_percent() -> None:

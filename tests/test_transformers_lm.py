@@ -340,21 +340,45 @@ def test_a_long_prompt_is_prefilled_a_chunk_per_tick_while_the_batch_keeps_decod
 
 
 def test_a_request_cancelled_during_its_chunked_prefill_ends_cancelled(tiny_model_dir: Path) -> None:
+    """(A long prompt is chunked only while others decode; alone it is prefilled in one forward.)"""
     batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     batched.load()
     batcher = batched._batcher
     batcher.prefill_chunk, batcher.prefill_chunk_s = 4, None
-    cancel = threading.Event()
+    cancel, decoding = threading.Event(), threading.Event()
     original = batcher._prefill_next_chunk
+    chunked: list[int] = []
 
     def cancel_after_first_chunk() -> None:
         original()
+        chunked.append(1)
         cancel.set()
 
     batcher._prefill_next_chunk = cancel_after_first_chunk
+
+    def other() -> None:
+        for _ in batched.stream(chat("a", temperature=0.0, max_new_tokens=150, stop=["never"])):
+            decoding.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert decoding.wait(60)
     chunks = list(batched.stream(chat("a long prompt " * 10, temperature=0.0, max_new_tokens=20), cancel))
-    assert [c.text for c in chunks] == [""] and chunks[-1].finish_reason == "cancelled"
+    assert chunked and [c.text for c in chunks] == [""] and chunks[-1].finish_reason == "cancelled"
+    thread.join(60)
     assert not batcher._partial and not batcher._rows
+    batched.unload()
+
+
+def test_a_long_prompt_alone_is_prefilled_in_one_forward(tiny_model_dir: Path) -> None:
+    batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
+    batched.load()
+    batched._batcher.prefill_chunk, batched._batcher.prefill_chunk_s = 4, None
+    chunked: list[int] = []
+    original = batched._batcher._prefill_next_chunk
+    batched._batcher._prefill_next_chunk = lambda: (chunked.append(1), original())
+    text = "".join(c.text for c in batched.stream(chat("a long prompt " * 10, temperature=0.0, max_new_tokens=5)))
+    assert text and not chunked
     batched.unload()
 
 

@@ -5,12 +5,11 @@ runs one decoding step of the whole batch per tick, between other tensor jobs. B
 new sequences (the waiting prompts prefilled together in one forward, each from the longest
 prefix whose keys and values are already cached; then their KV cache joins the batch, the
 narrower side left-padded) and retires finished or cancelled ones (their rows leave the cache). A
-prompt longer than `prefill_chunk` new tokens is prefilled one chunk per tick, between decoding steps
-(vLLM's chunked prefill), so a long story context admitted while others stream slows their tokens
-for a while instead of stopping them for the whole prefill; the chunk is resized to take about
-`prefill_chunk_s` (`benchmarks/bench_chunked_prefill.py`: SmolLM2 int4 on 2 cores, a 1,983-token
-prompt arriving while 4 streams decode: their longest pause 3.9 s in one forward, 0.47 s in chunks of
-~110 tokens; the prompt's first token 3.6 → 4.0 s). Every
+prompt longer than `prefill_chunk` new tokens, arriving while others decode, is prefilled one chunk per
+tick between their steps (vLLM's chunked prefill), so a long story context slows their tokens for a
+while instead of stopping them for the whole prefill; the chunk is resized to take about
+`prefill_chunk_s`, and with nobody decoding the rest goes in one forward. Figures:
+`benchmarks/bench_chunked_prefill.py` and the README. Every
 sequence keeps its own sampling parameters, seed, stop strings and cancel event; a step feeds
 one token per sequence with an attention mask that hides the padding and per-sequence position
 ids, so each row computes what it would alone (up to float summation order: see the tests).
@@ -132,7 +131,9 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return lo
 
 
-PREFILL_CHUNK_MIN, PREFILL_CHUNK_MAX = 32, 8192
+# Below a few hundred rows a prefill forward is dominated by per-call costs (and int4 layers only switch to
+# their dense path from 256 rows): smaller chunks would cost the long prompt more than they save the others.
+PREFILL_CHUNK_MIN, PREFILL_CHUNK_MAX = 256, 8192
 
 
 class ContinuousBatcher:
@@ -246,7 +247,7 @@ class ContinuousBatcher:
                 seq.finish("cancelled")
                 continue
             cached, layers = self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
-            if len(seq.prompt_ids) - cached > self.prefill_chunk:
+            if self._rows and len(seq.prompt_ids) - cached > self.prefill_chunk:  # others are decoding: chunks
                 self.prefix_hits_tokens += cached
                 self._partial.append((seq, layers, cached))  # prefilled a chunk per tick
                 continue
@@ -273,7 +274,7 @@ class ContinuousBatcher:
         if not self._partial:
             return
         seq, layers, done = self._partial[0]
-        if len(seq.prompt_ids) - done <= self.prefill_chunk:
+        if len(seq.prompt_ids) - done <= self.prefill_chunk or not self._rows:  # the rest, or nobody left waiting on it
             self._partial.pop(0)
             self._prefill_or_fail([seq], known={id(seq): (done, layers)})
             return

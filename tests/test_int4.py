@@ -71,7 +71,7 @@ def test_unpacking_reads_the_kernels_layout_and_a_prefill_takes_the_dense_path()
     layer = nn.Linear(128, 192, bias=True)
     packed, sz = quantize_weight(layer.weight)
     deq = dequantize_weight(unpacked_integers(layer.weight.detach(), sz), sz)
-    torch.testing.assert_close(unpack_int4(packed, sz).float(), deq, rtol=0.01, atol=1e-3)  # bfloat16 weights
+    torch.testing.assert_close(unpack_int4(packed, sz).float().t(), deq, rtol=0.01, atol=1e-3)  # bfloat16, (K, N)
     assert dense_unpacking_works()
     q4 = Int4Linear(layer)
     x = torch.randn(DENSE_FROM_ROWS + 7, 128)

@@ -132,7 +132,7 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 
 # Below a few hundred rows a prefill forward is dominated by per-call costs (and int4 layers only switch to
-# their dense path from 256 rows): smaller chunks would cost the long prompt more than they save the others.
+# their dense path from 160 rows): smaller chunks would cost the long prompt more than they save the others.
 PREFILL_CHUNK_MIN, PREFILL_CHUNK_MAX = 256, 8192
 
 

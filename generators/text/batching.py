@@ -268,9 +268,13 @@ class ContinuousBatcher:
         import torch
         from transformers import DynamicCache
 
-        for seq, _, _ in [p for p in self._partial if p[0].stopped_by_caller()]:
-            seq.finish("cancelled")
-        self._partial = [p for p in self._partial if not p[0].stopped_by_caller()]
+        waiting = []
+        for partial in self._partial:
+            if partial[0].stopped_by_caller():
+                partial[0].finish("cancelled")
+            else:
+                waiting.append(partial)
+        self._partial = waiting
         if not self._partial:
             return
         seq, layers, done = self._partial[0]

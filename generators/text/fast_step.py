@@ -25,7 +25,7 @@ is None, and transformers' forward otherwise; tests check both give the same log
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 LEAN_MODEL_TYPES = ("llama",)
 INT4_ROW_BLOCK = 64
@@ -132,13 +132,14 @@ def _left_pad(t: Any, n: int) -> Any:
     return torch.cat([t.new_zeros((*t.shape[:2], n, t.shape[3])), t], dim=2)
 
 
-def _hooked(module: Any) -> bool:
+def has_hooks(module: Any) -> bool:
+    """Forward or backward hooks on `module`: then it must be called, not bypassed."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
 
 
 def _call(module: Any) -> Any:
     """The module's forward without nn.Module's call machinery, unless hooks are attached."""
-    return module if _hooked(module) else module.forward
+    return module if has_hooks(module) else module.forward
 
 
 class Projection:
@@ -164,7 +165,11 @@ class Projection:
 
 
 PAD_ROWS = 16
-PAD_MIN_ELEMENTS = 1 << 20
+MEASURE_MIN_ELEMENTS = 1 << 20  # smaller matrices: not worth a kernel choice, and their timings are noise
+
+
+def _worth_measuring(weight: Any) -> bool:
+    return weight.numel() >= MEASURE_MIN_ELEMENTS and weight.device.type == "cpu"
 
 
 def matrix_vector_is_faster(weight: Any, margin: float = 0.9) -> bool:
@@ -173,7 +178,7 @@ def matrix_vector_is_faster(weight: Any, margin: float = 0.9) -> bool:
     1.54 ms); float32 ties (both MKL). Measured on the layer at load, as `calibrate_row_padding`."""
     import torch
 
-    if weight.numel() < PAD_MIN_ELEMENTS or weight.device.type != "cpu":
+    if not _worth_measuring(weight):
         return False
     row = torch.randn((1, weight.shape[1]), generator=torch.Generator().manual_seed(0)).to(weight.dtype)
     linear, mv = torch.nn.functional.linear, torch.mv
@@ -206,7 +211,7 @@ def calibrate_row_padding(weight: Any, margin: float = 0.9) -> dict[int, int]:
     Small matrices are not worth it and their timings are noise: no padding."""
     import torch
 
-    if weight.numel() < PAD_MIN_ELEMENTS or weight.device.type != "cpu":
+    if not _worth_measuring(weight):
         return {}
     rows = torch.randn((PAD_ROWS, weight.shape[1]), generator=torch.Generator().manual_seed(0)).to(weight.dtype)
     linear = torch.nn.functional.linear
@@ -245,7 +250,7 @@ def _fuse(modules: list[Any], dtype: Any) -> Projection | None:
     from .int4 import Int4Linear
 
     kinds = {type(m) for m in modules}
-    if kinds not in ({nn.Linear}, {Int4Linear}) or any(_hooked(m) for m in modules):
+    if kinds not in ({nn.Linear}, {Int4Linear}) or any(has_hooks(m) for m in modules):
         return None
     if kinds == {nn.Linear} and len(modules) == 1:  # one F.linear on its own weight: nothing copied
         weight, bias, linear = modules[0].weight, modules[0].bias, torch.nn.functional.linear
@@ -289,6 +294,20 @@ def _one_by_one(modules: list[Any], dtype: Any) -> Projection:
 
 def projection(modules: list[Any], dtype: Any) -> Projection:
     return fuse_projections(modules, dtype) or _one_by_one(modules, dtype)
+
+
+class _Layer(NamedTuple):
+    """What one decoder layer's step needs (a tuple: unpacked in the loop at tuple speed)."""
+
+    norm_in: Any
+    qkv: Projection
+    split_qkv: list[int]  # [q + k width, v width]
+    o_proj: Projection
+    scaling: float
+    norm_post: Any
+    gate_up: Projection
+    width: int  # of gate and of up
+    down: Projection
 
 
 class LeanLlamaStep:
@@ -336,7 +355,7 @@ class LeanLlamaStep:
         self.head_dim = inner.layers[0].self_attn.head_dim
         # rotate_half(x) * sin == flip(x as (2, D/2)) * (sin with its first half negated)
         self.sin_sign = torch.tensor([[-1.0], [1.0]], dtype=dtype, device=inner.norm.weight.device)
-        self.layers = []
+        self.layers: list[_Layer] = []
         self.fused = 0
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -346,10 +365,11 @@ class LeanLlamaStep:
             gate_up = projection([mlp.gate_proj, mlp.up_proj], dtype)
             self.fused += qkv.fused + gate_up.fused
             qk_width = attn.q_proj.out_features + attn.k_proj.out_features
-            self.layers.append((self._norm(layer.input_layernorm), qkv, [qk_width, attn.v_proj.out_features],
-                                projection([attn.o_proj], dtype), attn.scaling, self._norm(layer.post_attention_layernorm),
-                                gate_up, mlp.up_proj.out_features, projection([mlp.down_proj], dtype)))
-        widest = self.layers[0][6].weight  # gate/up, fused
+            self.layers.append(_Layer(self._norm(layer.input_layernorm), qkv, [qk_width, attn.v_proj.out_features],
+                                      projection([attn.o_proj], dtype), attn.scaling,
+                                      self._norm(layer.post_attention_layernorm), gate_up, mlp.up_proj.out_features,
+                                      projection([mlp.down_proj], dtype)))
+        widest = self.layers[0].gate_up.weight  # fused gate/up
         self.row_padding = row_padding if row_padding is not None else \
             ({} if widest is None else calibrate_row_padding(widest))
         if matrix_vector if matrix_vector is not None else (widest is not None and matrix_vector_is_faster(widest)):
@@ -358,7 +378,7 @@ class LeanLlamaStep:
                     p.use_matrix_vector()
 
     def _projections(self) -> list[Projection]:
-        return [self.head] + [p for layer in self.layers for p in (layer[1], layer[3], layer[6], layer[8])]
+        return [self.head] + [p for layer in self.layers for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)]
 
     def _norm(self, norm: Any) -> Any:
         """LlamaRMSNorm of rows (B, n) in its weight's dtype, x · rsqrt(mean(x²) + eps) · w, as one layer norm of
@@ -366,15 +386,14 @@ class LeanLlamaStep:
         PyTorch's CPU `rms_norm` is a composite of ~8 operators (7.6 µs per call for one row here,
         the layer norm kernel 1.7 µs), and a step normalizes 61 times. (In bfloat16 it rounds once
         where transformers rounds twice.) Other inputs: the module's forward."""
+        if has_hooks(norm):
+            return norm
         torch = self._torch
-        weight, eps, forward = norm.weight.detach(), norm.variance_epsilon, _call(norm)
+        weight, eps, forward = norm.weight.detach(), norm.variance_epsilon, norm.forward
         n = weight.shape[-1]
         doubled, shape, dtype = torch.cat([weight, weight]), (2 * n,), weight.dtype
         sign = torch.tensor([[1.0], [-1.0]], dtype=dtype, device=weight.device)  # (2, 1): rows of x and −x
         layer_norm, mul = torch.layer_norm, torch.mul
-
-        if _hooked(norm):
-            return norm
 
         def rms_norm(x: Any) -> Any:
             if x.dtype != dtype or x.dim() != 2:

@@ -60,14 +60,6 @@ def dequantize_weight(packed_q: torch.Tensor, scales_and_zeros: torch.Tensor, gr
     return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(n, k)
 
 
-def weight_only_linear(x: torch.Tensor, matmul: Any, in_features: int, out_features: int,
-                       bias: torch.Tensor | None) -> torch.Tensor:
-    """`matmul` (a weight-only kernel) on x as bfloat16 rows, back in x's dtype and shape, plus bias."""
-    out = matmul(x.reshape(-1, in_features).to(torch.bfloat16))
-    out = out.to(x.dtype).reshape(*x.shape[:-1], out_features)
-    return out if bias is None else out + bias
-
-
 def unpack_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int = GROUP_SIZE) -> torch.Tensor:
     """The transposed weights (K, N), in bfloat16, of a packed int4 layer, from PyTorch's CPU packing:
     blocks of 64 rows, each stored K-major as 32 bytes per input column, byte j holding row j (low
@@ -96,6 +88,13 @@ def dense_unpacking_works() -> bool:
     return bool((got - want).abs().max() <= 0.02 * want.abs().max())
 
 
+def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float rows → (int8 rows, one bfloat16 scale per row): the 8-bit head and embedding."""
+    w = weight.detach().to(torch.float32)
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
+    return torch.round(w / scale.to(torch.float32)[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
 class _WeightOnlyLinear(nn.Module):
     """Shared forward: activations to bfloat16 through the kernel, back in the input's dtype, plus bias."""
 
@@ -109,7 +108,9 @@ class _WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return weight_only_linear(x, self._matmul, self.in_features, self.out_features, self.bias)
+        out = self._matmul(x.reshape(-1, self.in_features).to(torch.bfloat16))
+        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
 
 
 class Int4Linear(_WeightOnlyLinear):
@@ -138,10 +139,9 @@ class Int8Linear(_WeightOnlyLinear):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.detach().to(torch.float32)
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
-        self.register_buffer("weight_int8", torch.round(w / scale.to(torch.float32)[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scale)
+        weight_int8, scales = quantize_rows_int8(linear.weight)
+        self.register_buffer("weight_int8", weight_int8)
+        self.register_buffer("scales", scales)
         self._keep_bias(linear)
 
     def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
@@ -168,10 +168,7 @@ class Int8Embedding(nn.Module):
 
     @classmethod
     def of(cls, embedding: nn.Embedding) -> Int8Embedding:
-        w = embedding.weight.detach().to(torch.float32)
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
-        q = torch.round(w / scale.to(torch.float32)[:, None]).clamp(-127, 127).to(torch.int8)
-        return cls(q, scale, embedding.weight.dtype, embedding.padding_idx)
+        return cls(*quantize_rows_int8(embedding.weight), embedding.weight.dtype, embedding.padding_idx)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = torch.nn.functional.embedding(ids, self.weight_int8).to(self.out_dtype)
@@ -208,7 +205,9 @@ def quantize_int4(model: nn.Module, group_size: int = GROUP_SIZE) -> dict[str, i
         else:
             setattr(parent, name, Int4Linear(child, group_size))
             counts["int4"] += 1
-    if type(embedding) is nn.Embedding and not _hooked(embedding):
+    from .fast_step import has_hooks
+
+    if type(embedding) is nn.Embedding and not has_hooks(embedding):
         if tied and head_int8 is not None:
             replacement = Int8Embedding(head_int8.weight_int8, head_int8.scales, embedding.weight.dtype, embedding.padding_idx)
         else:
@@ -221,7 +220,3 @@ def quantize_int4(model: nn.Module, group_size: int = GROUP_SIZE) -> dict[str, i
     if counts["int8"] and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # head and embedding are separate modules now (sharing int8 rows if tied)
     return counts
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb] [--no-llama-cpp]
 
 Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
-default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head), PyTorch
+default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head; bfloat16
+activations between the kernels by default, float32 in the next row), PyTorch
 dynamic int8, and bitsandbytes 8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
 extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads, in
 a child process (two OpenMP runtimes in one process spin against each other). All torch work runs
@@ -134,12 +135,14 @@ class LlamaCppProcess:
         self.process = context.Process(target=_serve_llama_cpp, args=(child, str(path), threads, extra_buffers),
                                        daemon=True)
         self.process.start()
+        child.close()  # the child's end lives in the child only: if it dies, recv() here ends with EOFError
         self.available = self._receive()
 
     def _receive(self) -> object:
         try:
             return self.conn.recv()
         except EOFError:
+            self.process.join(timeout=10)
             raise SystemExit(f"llama.cpp's process died (exit code {self.process.exitcode}); "
                              "try --no-llama-cpp or --llama-cpp-extra-buffers") from None
 
@@ -199,6 +202,7 @@ def main() -> None:
     cache = str(ROOT / ".cache" / "models")
     text, text_name = held_out_text()
     variants = [("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("int4 (groups of 32)", {"quantization": "int4"}),
+                ("int4, float32 activations", {"quantization": "int4", "dtype": "float32"}),
                 ("dynamic int8", {"quantization": "dynamic-int8"})]
     if not args.no_bnb:
         variants += [("bitsandbytes 8-bit", {"quantization": "8bit"}), ("bitsandbytes 4-bit NF4", {"quantization": "4bit"})]

@@ -398,7 +398,9 @@ class LeanLlamaStep:
         def rms_norm(x: Any) -> Any:
             if x.dtype != dtype or x.dim() != 2:
                 return forward(x)
-            return layer_norm(mul(x.unsqueeze(1), sign).view(x.shape[0], 2 * n), shape, doubled, None, eps).narrow(1, 0, n)
+            # contiguous: a kernel taking it as is (int4 with bfloat16 activations) needs it; one row already is
+            return layer_norm(mul(x.unsqueeze(1), sign).view(x.shape[0], 2 * n), shape, doubled, None, eps).narrow(
+                1, 0, n).contiguous()
 
         return rms_norm
 

@@ -220,3 +220,19 @@ def quantize_int4(model: nn.Module, group_size: int = GROUP_SIZE) -> dict[str, i
     if counts["int8"] and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # head and embedding are separate modules now (sharing int8 rows if tied)
     return counts
+
+
+def use_bfloat16_activations(model: nn.Module) -> None:
+    """Everything of an int4 model that is not a packed weight — norms, biases, the embedding's output —
+    in bfloat16, so activations stay bfloat16 from layer to layer: the int4 and int8 kernels take and
+    return bfloat16, and in float32 every projection's input and output was converted. Rotary
+    frequencies stay float32 (as transformers keeps them for bfloat16 models: positions × frequencies
+    in bfloat16 would be off by whole radians at long positions)."""
+    keep = {name: buffer for name, buffer in model.named_buffers() if name.endswith("inv_freq")}
+    model.to(torch.bfloat16)
+    for name, buffer in keep.items():
+        owner, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, buffer)
+    for module in model.modules():
+        if isinstance(module, Int8Embedding):
+            module.out_dtype = torch.bfloat16

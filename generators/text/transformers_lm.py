@@ -70,7 +70,8 @@ class TransformersLoadOptions(StrictModel):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU, bfloat16 on CUDA"
+        "auto", description="auto: float32 on CPU, bfloat16 on CUDA; with quantization=int4, what runs between the "
+        "4-bit kernels (auto: bfloat16, as the kernels take and return it; the weights are quantized from float32)"
     )
     context_length: int | None = Field(None, ge=16, description="override the model's context window")
     allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
@@ -144,6 +145,10 @@ class TransformersLM(TextGenerator):
 
             progress(f"Packing {self.name} weights as 4-bit groups…")
             quantize_int4(self.model)
+            if self.options.dtype in ("auto", "bfloat16"):
+                from .int4 import use_bfloat16_activations
+
+                use_bfloat16_activations(self.model)
         self.loaded_from = location
         if self.options.max_batch > 1:
             from .batching import ContinuousBatcher
@@ -170,6 +175,8 @@ class TransformersLM(TextGenerator):
 
     def _dtype(self, torch: Any) -> Any:
         name = self.options.dtype
+        if self.options.quantization == "int4":
+            return torch.float32  # quantized from float32 weights; `_int4_activations` picks what runs between them
         if name == "auto":
             return torch.bfloat16 if self.device == "cuda" else torch.float32
         return getattr(torch, name)
@@ -190,8 +197,10 @@ class TransformersLM(TextGenerator):
                 raise LoadFailedError(
                     f"quantization={q} runs on the CPU only. On a GPU pick 8bit or 4bit (bitsandbytes), "
                     "or set device=cpu.")
-            if self.options.dtype not in ("auto", "float32"):
+            if q == "dynamic-int8" and self.options.dtype not in ("auto", "float32"):
                 raise LoadFailedError(f"quantization={q} works on float32 weights: set dtype=auto or float32.")
+            if q == "int4" and self.options.dtype == "float16":
+                raise LoadFailedError("quantization=int4 computes in bfloat16 or float32: set dtype=auto, bfloat16 or float32.")
             if q == "int4":
                 from .int4 import int4_supported
 

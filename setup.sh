@@ -4,16 +4,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3.11}"
 
-# Debian packages: Chromium and its driver for the browser tests, PostgreSQL for the
-# tests that run the studio on a real PostgreSQL server (the tests start their own cluster;
-# the Debian service itself is not needed).
+# Debian packages: g++ for the C++ decoding loop (built once on first use; without it the
+# studio decodes through Python, slower), Chromium and its driver for the browser tests,
+# PostgreSQL for the tests that run the studio on a real PostgreSQL server (the tests start
+# their own cluster; the Debian service itself is not needed).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 \
-   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+   || ! command -v g++ >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  echo "==> Installing Debian packages (chromium, chromium-driver, postgresql)"
+  echo "==> Installing Debian packages (g++, chromium, chromium-driver, postgresql)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq g++ chromium chromium-driver postgresql >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -23,6 +23,20 @@ MODEL_CACHE = Path(os.environ.get("AIGC_TEST_MODEL_CACHE", ROOT / ".cache" / "mo
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+# ------------------------------------------------------------------ the C++ decoding loop
+
+
+@pytest.fixture(scope="session")
+def native_layers() -> object:
+    """torch.ops.aigc.lean_layers, built once into the model cache (setup.sh installs g++ and ninja:
+    a failed build fails the tests that need it instead of skipping them)."""
+    from generators.text.native_step import load_native_layers
+
+    op, reason = load_native_layers(MODEL_CACHE / "_native")
+    assert op is not None, reason
+    return op
+
+
 # ------------------------------------------------------------------ tiny real model
 
 

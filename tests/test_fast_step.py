@@ -21,17 +21,21 @@ def tiny_llama(**overrides: object) -> LlamaForCausalLM:
 @pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},
                                        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
                                        {"int4": True, "num_key_value_heads": 4, "head_dim": 16}, {"int4": True},
-                                       {"int4": "bfloat16"}, {"dynamic-int8": True}, {"bfloat16": True},
+                                       {"int4": "bfloat16", "num_key_value_heads": 4, "head_dim": 16},
+                                       {"dynamic-int8": True}, {"bfloat16": True},
                                        {"padded": True, "attention_bias": True}],
                          ids=["gqa", "biases", "rope-scaling", "int4", "int4-k-v-of-32-rows", "int4-bfloat16-activations",
                               "dynamic-int8", "bfloat16", "rows-padded-to-16"])
-def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(overrides: dict) -> None:
+def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(overrides: dict, native_layers: object) -> None:
     """Three prompts of different lengths, left-padded as the batcher lays them out, decoded 6 steps:
     every step's logits equal transformers' forward with the same mask, positions and cache within
     1e-5 (float sums in another order), and so do the cached keys and values. q/k/v and gate/up are
     fused into one matmul each for float and int4 weights (the model's own layers become views of
     the fused weights); dynamic int8 layers run one by one. "rows-padded-to-16": the batch of 3 runs
-    its matmuls on 16 rows, as it does where MKL is faster with 16 (`calibrate_row_padding`)."""
+    its matmuls on 16 rows, as it does where MKL is faster with 16 (`calibrate_row_padding`).
+    The C++ layer loop runs alongside on its own cache and gives the Python loop's logits and cache
+    bit for bit (same operators); projections made of several calls (dynamic int8, int4 k and v of 32
+    rows) are a kind it does not know: those models keep the Python loop."""
     padded = overrides.pop("padded", False)
     quantize = {k: overrides.pop(k) for k in ("int4", "dynamic-int8", "bfloat16") if k in overrides}
     model = tiny_llama(**overrides)
@@ -46,6 +50,10 @@ def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(ov
     if "dynamic-int8" in quantize:
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     lean = LeanLlamaStep(model, row_padding={3: 16} if padded else None)
+    native = LeanLlamaStep(model, row_padding={3: 16} if padded else None, native=native_layers)
+    # projections of several calls (dynamic int8; int4 k and v of 32 rows each) are not a kind the C++ loop knows
+    several_calls = "dynamic-int8" in quantize or ("int4" in quantize and lean.fused < 2 * len(model.model.layers))
+    assert (native.native is None) == several_calls, native.native_reason
     assert lean.row_padding == ({3: 16} if padded else {})  # tiny layers are never padded by measurement
     layers = len(model.model.layers)
     # int4 rows fuse in blocks of 64: k and v of 32 rows (2 heads of 16) stay separate calls; dynamic int8 never fuses
@@ -65,16 +73,20 @@ def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(ov
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         cache, reference = KVCache(layers, capacity=width + 2), DynamicCache(layers)  # the lean cache must grow
+        native_cache = KVCache(layers, capacity=width + 2)
         lengths = torch.tensor([[len(p)] for p in prompts])
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         for _ in range(6):
             mask = torch.cat([mask, torch.ones((3, 1), dtype=torch.long)], dim=1)
             got = lean(token, lengths, mask, cache)
+            assert torch.equal(native(token, lengths, mask, native_cache), got)
             ref = model(input_ids=token, attention_mask=mask, position_ids=lengths, past_key_values=reference, use_cache=True)
             reference = ref.past_key_values
             assert torch.allclose(got, ref.logits[:, -1], atol=tolerance, rtol=0), float((got - ref.logits[:, -1]).abs().max())
             token, lengths = got.argmax(-1, keepdim=True), lengths + 1
         assert cache.width == mask.shape[1] and cache.capacity >= cache.width
+        for (k_native, v_native), (k, v) in zip(native_cache.layers(), cache.layers(), strict=True):
+            assert torch.equal(k_native, k) and torch.equal(v_native, v)
         for (k, v), layer in zip(cache.layers(), reference.layers, strict=True):
             keep = mask.bool()[:, None, :, None]  # padded slots: ours are zeros, transformers' hold whatever
             assert torch.allclose(k * keep, layer.keys * keep, atol=tolerance)
@@ -164,3 +176,23 @@ def test_other_architectures_are_left_to_transformers_with_a_reason() -> None:
     assert "silu" in LeanLlamaStep.unsupported(tiny_llama(hidden_act="gelu"))
     with pytest.raises(ValueError, match="gpt2"):
         LeanLlamaStep(gpt2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_c_plus_plus_loop_decodes_one_row_through_matrix_vector_products_as_python_does(dtype: torch.dtype,
+                                                                                         native_layers: object) -> None:
+    """One row with `torch.mv` projections (biases too), as bfloat16 models decode alone on this
+    machine: the C++ loop's logits equal the Python loop's bit for bit, step after step."""
+    model = tiny_llama(attention_bias=True, mlp_bias=True).to(dtype)
+    steps = [LeanLlamaStep(model, matrix_vector=True, native=op) for op in (None, native_layers)]
+    assert steps[1].native is not None and all(p.matrix_vector for p in steps[1]._projections())
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([[3, 1, 4, 1, 5]]), use_cache=True)
+        caches = [KVCache([(layer.keys, layer.values) for layer in out.past_key_values.layers]) for _ in steps]
+        token, mask = torch.tensor([[9]]), torch.ones((1, 5), dtype=torch.long)
+        for position in range(5, 10):
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], dim=1)
+            position_ids = torch.tensor([[position]])
+            python, native = (step(token, position_ids, mask, cache) for step, cache in zip(steps, caches, strict=True))
+            assert torch.equal(python, native)
+            token = python.argmax(-1, keepdim=True)

@@ -500,3 +500,38 @@ def test_scoring_windows_score_every_predicted_token_once_with_half_a_window_of_
             assert all(p - start >= min(window // 2, p) for p in positions)  # context before each
             scored += positions
         assert scored == list(range(1, length))
+
+
+def test_the_plugin_decodes_through_the_c_plus_plus_loop_with_the_python_loops_tokens(
+        tiny_model_dir: Path, native_layers: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """native_step (on by default): the batcher's lean step runs its layers in C++ — the same greedy
+    tokens as with native_step=false, for requests alone and batched. Without a compiler the load
+    still succeeds and says it decodes through Python."""
+    from generators.text import native_step
+    from tests.conftest import MODEL_CACHE
+
+    def load(name: str, **options: object) -> TransformersLM:
+        gen = TransformersLM(name, {"source": str(tiny_model_dir), "max_batch": 4, **options}, cache_dir=str(MODEL_CACHE))
+        gen.load()
+        return gen
+
+    native, python = load("native"), load("python", native_step=False)
+    assert native.describe()["decode_loop"] == "C++" and python.describe()["decode_loop"] == "Python"
+    prompts = ["Tell me about the sea.", "a", "Count to ten, please"]
+    batched, alone = {}, {}
+    for gen in (native, python):
+        with ThreadPoolExecutor(3) as pool:
+            batched[gen.name] = list(pool.map(lambda text, gen=gen: gen.generate(
+                chat(text, temperature=0, max_new_tokens=12))[0], prompts))
+        alone[gen.name] = gen.generate(chat(prompts[0], temperature=0, max_new_tokens=12))[0]
+    assert batched["native"] == batched["python"] and alone["native"] == alone["python"] == batched["python"][0]
+    native.unload()
+    python.unload()
+
+    monkeypatch.setattr(native_step, "_registered", lambda: None)  # as in a process that has not built it
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    op, reason = native_step.load_native_layers(MODEL_CACHE / "_native")
+    assert op is None and "no-such-compiler" in reason
+    fallback = load("fallback")
+    assert fallback.describe()["decode_loop"] == "Python"
+    fallback.unload()

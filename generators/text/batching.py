@@ -139,7 +139,7 @@ PREFILL_CHUNK_MIN, PREFILL_CHUNK_MAX = 256, 8192
 class ContinuousBatcher:
     def __init__(self, model: Any, max_batch: int = 16, prefix_cache_bytes: int = 256 << 20,
                  prefill_tokens: int = 4096, lane: ComputeLane | None = None, lean: bool = True,
-                 prefill_chunk: int = 256, prefill_chunk_s: float | None = 0.25) -> None:
+                 prefill_chunk: int = 256, prefill_chunk_s: float | None = 0.25, native: Any = None) -> None:
         self.model = model
         self.max_batch = max_batch
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
@@ -160,9 +160,16 @@ class ContinuousBatcher:
         self.steps = 0
         self.max_seen_batch = 0
         # Decoding steps through the lean Llama step where the model allows, else transformers' forward.
-        self.lean = LeanLlamaStep(model) if lean and LeanLlamaStep.unsupported(model) is None else None
+        # `native`: its layer loop in C++ (native_step.load_native_layers), where the model's layers allow.
+        self.lean = LeanLlamaStep(model, native=native) if lean and LeanLlamaStep.unsupported(model) is None else None
         self.lane = lane if lane is not None else compute_lane()
         self.lane.add_stepper(self)
+
+    def decode_loop(self) -> str:
+        """What runs a decoding step: "C++" / "Python" (the lean step's layer loop) or "transformers forward"."""
+        if self.lean is None:
+            return "transformers forward"
+        return "C++" if self.lean.native is not None else "Python"
 
     def submit(self, seq: BatchSequence) -> None:
         if self._closed:

@@ -77,6 +77,9 @@ class TransformersLoadOptions(StrictModel):
     allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
     trust_remote_code: bool = False
     max_batch: int = Field(16, ge=1, le=256, description="concurrent requests decoded together (1 = no batching)")
+    native_step: bool = Field(True, description="decode Llama models through the C++ layer loop (built once with g++ "
+                              "and ninja; same results, ~15 % faster on small models); off, or without a compiler: "
+                              "the Python loop")
 
 
 class TransformersLM(TextGenerator):
@@ -98,6 +101,7 @@ class TransformersLM(TextGenerator):
         self._batcher: Any = None  # ContinuousBatcher while loaded with max_batch > 1
         self.device: str = "cpu"
         self.load_seconds: float | None = None
+        self.decode_loop: str | None = None  # "C++", "Python" or "transformers forward" while loaded with batching
         self.loaded_from: str | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -153,9 +157,27 @@ class TransformersLM(TextGenerator):
         if self.options.max_batch > 1:
             from .batching import ContinuousBatcher
 
-            self._batcher = ContinuousBatcher(self.model, self.options.max_batch)
+            self._batcher = ContinuousBatcher(self.model, self.options.max_batch, native=self._native_layers(progress))
+            self.decode_loop = self._batcher.decode_loop()
+        else:
+            self.decode_loop = "transformers generate"
         self.load_seconds = time.perf_counter() - started
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
+
+    def _native_layers(self, progress: Any) -> Any:
+        """The C++ layer loop for the lean step (built into the cache folder the first time), or None."""
+        if not self.options.native_step or not self.cache_dir:
+            return None
+        from .fast_step import LeanLlamaStep
+        from .native_step import load_native_layers
+
+        if LeanLlamaStep.unsupported(self.model) is not None:
+            return None
+        progress("Loading the C++ decoding loop (built once, ~20 s)…")
+        op, reason = load_native_layers(Path(self.cache_dir) / "_native")
+        if op is None:
+            log.warning("%s decodes through the Python loop: %s", self.name, reason)
+        return op
 
     def _unload(self) -> None:
         if self._batcher is not None:
@@ -270,6 +292,7 @@ class TransformersLM(TextGenerator):
         d["device"] = self.device if self.loaded else None
         d["context_window"] = self.context_window if self.loaded else None
         d["chat_template"] = self.has_chat_template if self.loaded else None
+        d["decode_loop"] = self.decode_loop if self.loaded else None
         return d
 
     def count_tokens(self, text: str) -> int:

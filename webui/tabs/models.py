@@ -12,7 +12,7 @@ from ..errors import ui_errors
 from ..services.context import AppContext
 from . import FAST
 
-COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Source"]
+COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Decoding", "Source"]
 
 
 def model_rows(ctx: AppContext) -> list[list[Any]]:
@@ -27,6 +27,7 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
             round(d["memory_bytes"] / 2**20, 1),
             d.get("device") or opts.get("device", "-"),
             opts.get("quantization", "-"),
+            d.get("decode_loop") or "-",  # C++ / Python layer loop, or transformers' own (while loaded)
             opts.get("source", "-"),
         ])
     return rows

@@ -1,6 +1,6 @@
 """Continuous batching on the default model: aggregate tokens/s with 1, 2, 4, 8, 16 concurrent streams.
 
-    .venv/bin/python benchmarks/bench_batching.py [--tokens 64] [--streams 1 2 4 8 16] [--dtype float32]
+    .venv/bin/python benchmarks/bench_batching.py [--tokens 64] [--streams 1 2 4 8 16] [--dtype auto]
         [--quantization none|int4|dynamic-int8] [--repeats 3]
 
 Side by side in one run: plain `model.generate` (one request), the plugin with batching off
@@ -78,7 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="auto: float32, or bfloat16 activations with --quantization int4")
     parser.add_argument("--quantization", default="none", choices=["none", "int4", "dynamic-int8"])
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are printed")
     args = parser.parse_args()

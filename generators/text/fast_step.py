@@ -101,8 +101,15 @@ class KVCache:
         self.width += n
 
     def select(self, index: Any) -> None:
-        """Keep only the rows in `index` (a LongTensor)."""
-        self._rebuild([(k[index], v[index]) for k, v in self.layers()], self.capacity)
+        """Keep only the rows in `index` (a LongTensor): one gather per buffer, capacity kept (rows leave
+        a batch one by one as they finish; rebuilding through `_rebuild` copied everything twice)."""
+        if self._stacked is not None:
+            keys, values = (t.index_select(1, index) for t in self._stacked)
+            self._stacked = (keys, values)
+            self.keys, self.values = list(keys.unbind(0)), list(values.unbind(0))
+        else:
+            self.keys = [k.index_select(0, index) for k in self.keys]
+            self.values = [v.index_select(0, index) for v in self.values]
 
     def drop_left(self, n: int) -> None:
         """Forget the first n columns (padding in every row)."""

@@ -8,6 +8,7 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig,
 
 from generators.text.fast_step import KVCache, LeanLlamaStep, calibrate_row_padding
 from generators.text.int4 import quantize_int4, use_bfloat16_activations
+from generators.text.onednn import pack_linear_layers
 
 
 def tiny_llama(**overrides: object) -> LlamaForCausalLM:
@@ -23,9 +24,10 @@ def tiny_llama(**overrides: object) -> LlamaForCausalLM:
                                        {"int4": True, "num_key_value_heads": 4, "head_dim": 16}, {"int4": True},
                                        {"int4": "bfloat16", "num_key_value_heads": 4, "head_dim": 16},
                                        {"dynamic-int8": True}, {"bfloat16": True},
+                                       {"bfloat16": "onednn", "attention_bias": True, "tie_word_embeddings": False},
                                        {"padded": True, "attention_bias": True}],
                          ids=["gqa", "biases", "rope-scaling", "int4", "int4-k-v-of-32-rows", "int4-bfloat16-activations",
-                              "dynamic-int8", "bfloat16", "rows-padded-to-16"])
+                              "dynamic-int8", "bfloat16", "bfloat16-onednn-packed", "rows-padded-to-16"])
 def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(overrides: dict, native_layers: object) -> None:
     """Three prompts of different lengths, left-padded as the batcher lays them out, decoded 6 steps:
     every step's logits equal transformers' forward with the same mask, positions and cache within
@@ -42,6 +44,8 @@ def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(ov
     tolerance = 1e-5
     if "bfloat16" in quantize:  # bfloat16 sums in another order differ in the third digit
         model, tolerance = model.to(torch.bfloat16), 3e-2
+        if quantize["bfloat16"] == "onednn":  # every Linear, the untied head too, packed for oneDNN
+            assert pack_linear_layers(model) == 7 * len(model.model.layers) + 1
     if "int4" in quantize:
         quantize_int4(model)
         if quantize["int4"] == "bfloat16":
@@ -58,7 +62,7 @@ def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(ov
     layers = len(model.model.layers)
     # int4 rows fuse in blocks of 64: k and v of 32 rows (2 heads of 16) stay separate calls; dynamic int8 never fuses
     int4_fused = 2 * layers if overrides.get("num_key_value_heads") == 4 else layers
-    expected = {"dynamic-int8": 0, "bfloat16": 2 * layers, "int4": int4_fused}
+    expected = {"dynamic-int8": 0, "bfloat16": 0 if quantize.get("bfloat16") == "onednn" else 2 * layers, "int4": int4_fused}
     assert lean.fused == next((expected[k] for k in quantize), 2 * layers)
     prompts = [[5, 9, 3, 7, 1, 2, 8], [4, 4], [10, 20, 30, 40]]
     width = max(map(len, prompts))

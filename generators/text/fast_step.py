@@ -159,10 +159,11 @@ class Projection:
     the RoPE multiply) promotes it exactly, so no conversion of its own is spent."""
 
     def __init__(self, call: Any, input_dtype: Any, fused: bool, weight: Any = None, bias: Any = None,
-                 packed: Any = None, scales_and_zeros: Any = None, group: int = 0) -> None:
+                 packed: Any = None, scales_and_zeros: Any = None, group: int = 0, onednn: list | None = None) -> None:
         self.call, self.input_dtype, self.fused = call, input_dtype, fused
         self.weight, self.bias = weight, bias  # of a plain float matmul (weight None for other kinds)
         self.packed, self.scales_and_zeros, self.group = packed, scales_and_zeros, group  # of an int4 kernel call
+        self.onednn = onednn  # [(oneDNN-packed weight, bias or None)] of `PackedLinear` parts, outputs concatenated
         self.one_row = call  # the call for a batch of one row (see `use_matrix_vector`)
         self.matrix_vector = False
 
@@ -179,7 +180,7 @@ class Projection:
 
 
 # projection kinds of the C++ layer loop (native/lean_layers.cpp)
-NATIVE_INT4, NATIVE_LINEAR, NATIVE_MV = 0, 1, 2
+NATIVE_INT4, NATIVE_LINEAR, NATIVE_MV, NATIVE_ONEDNN = 0, 1, 2, 3
 
 PAD_ROWS = 16
 MEASURE_MIN_ELEMENTS = 1 << 20  # smaller matrices: not worth a kernel choice, and their timings are noise
@@ -301,6 +302,25 @@ def _fuse(modules: list[Any], dtype: Any) -> Projection | None:
     return None
 
 
+def _onednn(modules: list[Any]) -> Projection | None:
+    """`PackedLinear` layers (bfloat16 weights packed for oneDNN, see onednn.py): packed weights do not
+    concatenate, so several (q/k/v, gate/up) are one call each, outputs joined."""
+    import torch
+
+    from .onednn import PackedLinear
+
+    if any(type(m) is not PackedLinear or has_hooks(m) for m in modules):
+        return None
+    parts = [(m.packed_weight, m.bias) for m in modules]
+    pointwise, cat = torch.ops.mkldnn._linear_pointwise, torch.cat
+    if len(parts) == 1:
+        (weight, bias), = parts
+        call = lambda x: pointwise(x, weight, bias, "none", [], "")  # noqa: E731
+    else:
+        call = lambda x: cat([pointwise(x, weight, bias, "none", [], "") for weight, bias in parts], dim=-1)  # noqa: E731
+    return Projection(call, torch.bfloat16, fused=False, onednn=parts)
+
+
 def _one_by_one(modules: list[Any], dtype: Any) -> Projection:
     """The projections one by one (layer types that do not fuse: dynamic int8, bitsandbytes), joined."""
     import torch
@@ -312,7 +332,7 @@ def _one_by_one(modules: list[Any], dtype: Any) -> Projection:
 
 
 def projection(modules: list[Any], dtype: Any) -> Projection:
-    return fuse_projections(modules, dtype) or _one_by_one(modules, dtype)
+    return fuse_projections(modules, dtype) or _onednn(modules) or _one_by_one(modules, dtype)
 
 
 class _Layer(NamedTuple):
@@ -391,7 +411,8 @@ class LeanLlamaStep:
                                       projection([attn.o_proj], dtype), attn.scaling,
                                       self._norm(layer.post_attention_layernorm), gate_up, mlp.up_proj.out_features,
                                       projection([mlp.down_proj], dtype)))
-        widest = self.layers[0].gate_up.weight  # fused gate/up
+        # the widest plain float weight (fused gate/up; the head where the layers are int4 or oneDNN-packed)
+        widest = next((p.weight for p in (self.layers[0].gate_up, self.head) if p.weight is not None), None)
         self.row_padding = row_padding if row_padding is not None else \
             ({} if widest is None else calibrate_row_padding(widest))
         if matrix_vector if matrix_vector is not None else (widest is not None and matrix_vector_is_faster(widest)):
@@ -417,10 +438,14 @@ class LeanLlamaStep:
             for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down):
                 if p.packed is not None:
                     tensors += [p.packed, p.scales_and_zeros, p.bias]
-                    ints += [NATIVE_INT4, p.group]
+                    ints += [NATIVE_INT4, p.group, 1]
                 elif p.weight is not None:
                     tensors += [p.weight, None, p.bias]
-                    ints += [NATIVE_MV if p.matrix_vector else NATIVE_LINEAR, 0]
+                    ints += [NATIVE_MV if p.matrix_vector else NATIVE_LINEAR, 0, 1]
+                elif p.onednn is not None:
+                    for weight, bias in p.onednn:
+                        tensors += [weight, None, bias]
+                    ints += [NATIVE_ONEDNN, 0, len(p.onednn)]
                 else:
                     return (), "a projection the C++ loop does not know (dynamic int8, bitsandbytes, hooks)"
             ints += [*layer.split_qkv, layer.width]

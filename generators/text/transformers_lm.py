@@ -77,6 +77,8 @@ class TransformersLoadOptions(StrictModel):
     allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
     trust_remote_code: bool = False
     max_batch: int = Field(16, ge=1, le=256, description="concurrent requests decoded together (1 = no batching)")
+    pack_weights: bool = Field(True, description="bfloat16 on a CPU: store the Linear weights reordered for oneDNN "
+                               "where that measures faster at load (same results; 16-row steps ~25 % faster)")
     native_step: bool = Field(True, description="decode Llama models through the C++ layer loop (built once with g++ "
                               "and ninja; same results, ~15 % faster on small models); off, or without a compiler: "
                               "the Python loop")
@@ -102,6 +104,7 @@ class TransformersLM(TextGenerator):
         self.device: str = "cpu"
         self.load_seconds: float | None = None
         self.decode_loop: str | None = None  # "C++", "Python" or "transformers forward" while loaded with batching
+        self.packed_layers = 0  # Linear layers stored packed for oneDNN (bfloat16 on a CPU, where faster)
         self.loaded_from: str | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -153,6 +156,7 @@ class TransformersLM(TextGenerator):
                 from .int4 import use_bfloat16_activations
 
                 use_bfloat16_activations(self.model)
+        self.packed_layers = self._pack_weights()
         self.loaded_from = location
         if self.options.max_batch > 1:
             from .batching import ContinuousBatcher
@@ -163,6 +167,31 @@ class TransformersLM(TextGenerator):
             self.decode_loop = "transformers generate"
         self.load_seconds = time.perf_counter() - started
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
+
+    def _pack_weights(self) -> int:
+        """bfloat16 Linear layers → oneDNN-packed (onednn.py) when the model's widest one measures faster so."""
+        import torch
+
+        if not self.options.pack_weights or self.device != "cpu" or self.options.quantization != "none":
+            return 0
+        from .onednn import pack_linear_layers, packing_is_faster
+
+        shared = getattr(self.model.get_input_embeddings(), "weight", None)
+        weights = [m.weight for m in self.model.modules() if type(m) is torch.nn.Linear and m.weight is not shared]
+        if not weights:
+            return 0
+        # the first layers' weights of the commonest input width, stacked to a few million elements: a
+        # matrix the size the step multiplies (a small model's single layers time as noise)
+        width = max({w.shape[1] for w in weights}, key=lambda k: sum(w.numel() for w in weights if w.shape[1] == k))
+        probe, total = [], 0
+        for w in (w for w in weights if w.shape[1] == width):
+            if total >= 4 << 20:
+                break
+            probe.append(w.detach())
+            total += w.numel()
+        if not packing_is_faster(torch.cat(probe)):
+            return 0
+        return pack_linear_layers(self.model)
 
     def _native_layers(self, progress: Any) -> Any:
         """The C++ layer loop for the lean step (built into the cache folder the first time), or None."""

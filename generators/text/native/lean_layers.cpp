@@ -10,20 +10,34 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <optional>
+#include <string_view>
+#include <vector>
 
 namespace {
 
 using at::Tensor;
 
-// Projection kinds, as native_step.py numbers them.
+// Projection kinds, as fast_step.py numbers them (NATIVE_*). Every projection is `parts` triples
+// (a, b, bias) of the tensor list, their outputs concatenated.
 constexpr int64_t KIND_INT4 = 0;    // a: packed int4 weight, b: scales and zeros; `group` = group size
 constexpr int64_t KIND_LINEAR = 1;  // a: weight (N, K)
 constexpr int64_t KIND_MV = 2;      // a: weight (N, K); one row through at::mv
+constexpr int64_t KIND_ONEDNN = 3;  // a: weight packed for oneDNN (onednn.py), through mkldnn::_linear_pointwise
 
-constexpr int64_t TENSORS_PER_LAYER = 14;  // norm in, norm post, then (a, b, bias) for qkv, o, gate_up, down
-constexpr int64_t INTS_PER_LAYER = 11;     // (kind, group) x 4, q + k width, v width, gate/up width
-constexpr int64_t FLOATS_PER_LAYER = 3;    // eps in, eps post, attention scaling
+constexpr int64_t INTS_PER_LAYER = 15;   // (kind, group, parts) x 4 (qkv, o, gate_up, down), q + k width, v width, gate/up width
+constexpr int64_t FLOATS_PER_LAYER = 3;  // eps in, eps post, attention scaling
+
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
+                            c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>)>();
+  return op.call(x, weight, bias, "none", c10::List<std::optional<at::Scalar>>(), std::string_view(""));
+}
 
 // LlamaRMSNorm as a layer norm of [x, -x] (see LeanLlamaStep._norm), contiguous.
 Tensor rms_norm(const Tensor& x, const Tensor& doubled, const Tensor& sign, double eps) {
@@ -32,12 +46,15 @@ Tensor rms_norm(const Tensor& x, const Tensor& doubled, const Tensor& sign, doub
   return at::layer_norm(both, {2 * n}, doubled, {}, eps).narrow(1, 0, n).contiguous();
 }
 
-// A Projection of fast_step.py: its call for `one` row or a batch, the input converted as it does.
+// One part of a Projection of fast_step.py: its call for `one` row or a batch, the input converted as it does.
 Tensor project(const Tensor& input, int64_t kind, int64_t group, const Tensor& a, const std::optional<Tensor>& b,
                const std::optional<Tensor>& bias, bool one, at::ScalarType dtype) {
   if (kind == KIND_INT4) {
     auto out = at::_weight_int4pack_mm_for_cpu(input.to(at::kBFloat16), a, group, b.value());
     return bias.has_value() ? at::add(out.to(dtype), *bias) : out;
+  }
+  if (kind == KIND_ONEDNN) {
+    return onednn_linear(input.to(at::kBFloat16), a, bias);
   }
   auto x = input.to(a.scalar_type());
   if (kind == KIND_MV && one) {
@@ -57,26 +74,36 @@ Tensor lean_layers(Tensor x, const Tensor& cos, const Tensor& sin, const std::op
                    at::ArrayRef<double> floats, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t rows,
                    const std::optional<Tensor>& attn_rows) {
   const int64_t layers = static_cast<int64_t>(keys.size());
-  TORCH_CHECK(static_cast<int64_t>(tensors.size()) == layers * TENSORS_PER_LAYER, "lean_layers: tensors per layer");
   TORCH_CHECK(static_cast<int64_t>(ints.size()) == layers * INTS_PER_LAYER, "lean_layers: ints per layer");
   TORCH_CHECK(static_cast<int64_t>(floats.size()) == layers * FLOATS_PER_LAYER, "lean_layers: floats per layer");
   const at::ScalarType dtype = x.scalar_type();
   const int64_t padded = x.size(0);
   const bool one = padded == 1;
   const bool gqa = heads != kv_heads;
-  auto opt = [&](int64_t i) { return tensors.get(i); };
-  auto required = [&](int64_t i) { return tensors.get(i).value(); };
-  const auto sign = at::tensor({1.0, -1.0}).to(required(0).options()).view({2, 1});  // in the norms' dtype (= x's)
+  int64_t cursor = 0;  // into `tensors`: each layer's two norms, then its projections' parts
+  auto next = [&]() {
+    TORCH_CHECK(cursor < static_cast<int64_t>(tensors.size()), "lean_layers: too few tensors");
+    return tensors.get(cursor++);
+  };
+  const auto sign = at::tensor({1.0, -1.0}).to(tensors.get(0).value().options()).view({2, 1});  // the norms' dtype (= x's)
   for (int64_t layer = 0; layer < layers; ++layer) {
-    const int64_t t = layer * TENSORS_PER_LAYER;
     const int64_t* k = ints.data() + layer * INTS_PER_LAYER;
     const double* f = floats.data() + layer * FLOATS_PER_LAYER;
+    const Tensor norm_in = next().value();
+    const Tensor norm_post = next().value();
     auto proj = [&](int64_t index, const Tensor& input) {  // index 0..3: qkv, o, gate_up, down
-      const int64_t base = t + 2 + 3 * index;
-      return project(input, k[2 * index], k[2 * index + 1], required(base), opt(base + 1), opt(base + 2), one, dtype);
+      const int64_t kind = k[3 * index], group = k[3 * index + 1], parts = k[3 * index + 2];
+      std::vector<Tensor> outputs;
+      for (int64_t part = 0; part < parts; ++part) {
+        const Tensor a = next().value();
+        const auto b = next();
+        const auto bias = next();
+        outputs.push_back(project(input, kind, group, a, b, bias, one, dtype));
+      }
+      return parts == 1 ? outputs[0] : at::cat(outputs, -1);
     };
-    auto qkv = proj(0, rms_norm(x, required(t), sign, f[0]));
-    auto qkv_parts = at::split_with_sizes(qkv, {k[8], k[9]}, 1);
+    auto qkv = proj(0, rms_norm(x, norm_in, sign, f[0]));
+    auto qkv_parts = at::split_with_sizes(qkv, {k[12], k[13]}, 1);
     auto qk = qkv_parts[0];
     auto v = qkv_parts[1];
     if (padded > rows) {
@@ -95,10 +122,11 @@ Tensor lean_layers(Tensor x, const Tensor& cos, const Tensor& sin, const std::op
       attn = attn_rows.value();
     }
     x = at::add(x, proj(1, attn));
-    auto gate_up = proj(2, rms_norm(x, required(t + 1), sign, f[1])).to(dtype);
-    auto gate_and_up = at::split_with_sizes(gate_up, {k[10], k[10]}, 1);
+    auto gate_up = proj(2, rms_norm(x, norm_post, sign, f[1])).to(dtype);
+    auto gate_and_up = at::split_with_sizes(gate_up, {k[14], k[14]}, 1);
     x = at::add(x, proj(3, at::mul(at::silu(gate_and_up[0]), gate_and_up[1])));
   }
+  TORCH_CHECK(cursor == static_cast<int64_t>(tensors.size()), "lean_layers: too many tensors");
   return x;
 }
 

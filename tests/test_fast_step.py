@@ -203,3 +203,22 @@ def test_the_c_plus_plus_loop_decodes_one_row_through_matrix_vector_products_as_
             python, native = (step(token, position_ids, mask, cache) for step, cache in zip(steps, caches, strict=True))
             assert torch.equal(python, native)
             token = python.argmax(-1, keepdim=True)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(tmp_path: object) -> None:
+    """torch's extension builder waits for its lock file forever; one older than any build is stale."""
+    import os
+    import time
+
+    from generators.text.native_step import STALE_LOCK_SECONDS, _clear_stale_lock
+
+    stale, fresh = tmp_path / "stale", tmp_path / "fresh"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "lock").touch()
+    old = time.time() - STALE_LOCK_SECONDS - 60
+    os.utime(stale / "lock", (old, old))
+    _clear_stale_lock(stale)
+    _clear_stale_lock(fresh)
+    _clear_stale_lock(tmp_path)  # no lock: nothing to do
+    assert not (stale / "lock").exists() and (fresh / "lock").exists()

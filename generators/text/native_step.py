@@ -53,6 +53,23 @@ def _ninja_on_path() -> bool:
     return False
 
 
+STALE_LOCK_SECONDS = 600  # a build takes ~20 s; a lock this old was left by a process killed while building
+
+
+def _clear_stale_lock(folder: Path) -> None:
+    """torch.utils.cpp_extension waits for its `lock` file to go away, forever: one left by a build that
+    was killed (Ctrl-C during the first load) would hang every later load."""
+    import time
+
+    lock = folder / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+            log.warning("Removed a stale build lock %s", lock)
+    except FileNotFoundError:
+        pass
+
+
 def load_native_layers(root: str | Path) -> tuple[Any, str]:
     """(torch.ops.aigc.lean_layers, "") — built under `root` if not built yet — or (None, why not)."""
     with _build_lock:
@@ -68,6 +85,7 @@ def load_native_layers(root: str | Path) -> tuple[Any, str]:
 
         folder = build_folder(root)
         folder.mkdir(parents=True, exist_ok=True)
+        _clear_stale_lock(folder)
         try:
             load("aigc_lean_layers", [str(SOURCE)], extra_cflags=["-O2"], build_directory=str(folder),
                  is_python_module=False, verbose=False)

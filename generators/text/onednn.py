@@ -3,8 +3,10 @@
 `F.linear` on a plain (N, K) bfloat16 weight makes oneDNN reorder the weight into its blocked
 (AMX / AVX-512 BF16) layout on every call; a decoding step calls ~120 of them. Reordered once at
 load (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's weight freezing does) the same
-matmul is the same arithmetic — results equal `F.linear` bit for bit — and on this project's Xeon
-takes about half the time: SmolLM2's gate/up (3072×576) 0.116 → 0.059 ms for 16 rows, 0.102 →
+matmul takes about half the time on this project's Xeon, with the same results at decoding sizes
+(1–16 rows, 40-token prompts: equal to `F.linear` bit for bit, tested; for some long prefills,
+512–1,024 rows, oneDNN blocks the sums differently and the last bits differ: SmolLM2 bfloat16
+perplexity 19.778 → 19.781): SmolLM2's gate/up (3072×576) 0.116 → 0.059 ms for 16 rows, 0.102 →
 0.047 for one (`torch.mv` 0.054); all weights of a step 21.2 → 13.8 ms for 16 rows. The packed
 weight replaces the plain one (no second copy); it is an opaque oneDNN tensor, so these layers are
 for inference on the CPU only.

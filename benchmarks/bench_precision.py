@@ -1,6 +1,7 @@
 """Single-stream speed and held-out perplexity of the default model at each precision, side by side.
 
     .venv/bin/python benchmarks/bench_precision.py [--tokens 64] [--repeats 3] [--no-bnb] [--no-llama-cpp]
+        [--rows int4 ...]
 
 Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
 default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head; bfloat16
@@ -193,6 +194,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-bnb", action="store_true", help="leave out the bitsandbytes rows")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp row")
+    parser.add_argument("--rows", nargs="+", metavar="LABEL",
+                        help="only the plugin rows whose label starts with one of these (e.g. --rows int4 bfloat16); "
+                             "float32 is always measured (the perplexity reference)")
     parser.add_argument("--llama-cpp-extra-buffers", action="store_true",
                         help="let llama.cpp repack weights / use AMX (crashes on this project's VM)")
     args = parser.parse_args()
@@ -206,6 +210,8 @@ def main() -> None:
                 ("dynamic int8", {"quantization": "dynamic-int8"})]
     if not args.no_bnb:
         variants += [("bitsandbytes 8-bit", {"quantization": "8bit"}), ("bitsandbytes 4-bit NF4", {"quantization": "4bit"})]
+    if args.rows:
+        variants = [v for v in variants if v[0] == "float32" or v[0].startswith(tuple(args.rows))]
 
     reference = TransformersLM("ref", {"source": source, "device": "cpu", "max_batch": 1}, cache_dir=cache)
     reference.load()

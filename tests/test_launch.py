@@ -23,7 +23,8 @@ def run_launch(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 
 def test_help_lists_every_flag() -> None:
     out = run_launch("--help").stdout
-    for flag in ("--host", "--port", "--data-dir", "--db-url", "--config", "--model", "--quantization", "--device", "--share"):
+    for flag in ("--host", "--port", "--data-dir", "--db-url", "--config", "--model", "--quantization", "--device", "--dtype",
+                 "--share"):
         assert flag in out
     assert "AIGC_" in out
 
@@ -55,8 +56,9 @@ def test_flags_beat_env_which_beats_the_config_file(tmp_path: Path, monkeypatch:
     s = load_settings({"port": None}, cfg)
     assert (s.port, s.host) == (2222, "0.0.0.0")
     assert [m.name for m in s.model_list()] == ["mine"] and s.model_list()[0].options["quantization"] == "4bit"
-    s = load_settings({"port": 3333, "device": "cpu"}, cfg)
-    assert s.port == 3333 and s.model_list()[0].options == {"device": "cpu", "source": "/models/x", "quantization": "4bit"}
+    s = load_settings({"port": 3333, "device": "cpu", "dtype": "bfloat16"}, cfg)
+    assert s.port == 3333 and s.model_list()[0].options == {"device": "cpu", "dtype": "bfloat16", "source": "/models/x",
+                                                             "quantization": "4bit"}
     toml = tmp_path / "studio.toml"
     toml.write_text('data_dir = "/srv/studio"\n[[models]]\nname = "a"\n')
     assert str(load_settings({}, toml).data_dir) == "/srv/studio"

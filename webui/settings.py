@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")
     quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] | None = None
     device: Literal["auto", "cpu", "cuda"] | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None, description="language models' compute type")
     share: bool = False
     memory_budget_gb: float | None = Field(None, gt=0, description="unload LRU models beyond this")
     concurrency: int = Field(1, ge=1, le=64, description="simultaneous generations per model")
@@ -81,11 +82,12 @@ class Settings(BaseSettings):
         return self.db_url or f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
 
     def model_list(self) -> list[ModelEntry]:
-        """The configured models, with --model added and --quantization/--device applied."""
+        """The configured models, with --model added and --quantization/--device/--dtype applied (a model's
+        own options win)."""
         entries = list(self.models)
         if self.model and all(e.name != self.model for e in entries):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
-        text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device)) if v}
+        text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device), ("dtype", self.dtype)) if v}
         image = {"device": self.device} if self.device else {}
         overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image}
         return [

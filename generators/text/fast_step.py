@@ -486,11 +486,10 @@ class LeanLlamaStep:
         Rows are 2-D (B, features) throughout: with one new token per row, (B, heads, 1, head_dim)
         is a view of them, so no transposes."""
         torch = self._torch
-        sdpa, silu, dtype = torch.nn.functional.scaled_dot_product_attention, torch.nn.functional.silu, self.dtype
-        rows, heads, kv_heads, head_dim = input_ids.shape[0], self.heads, self.kv_heads, self.head_dim
+        rows, heads, head_dim = input_ids.shape[0], self.heads, self.head_dim
         x = self.embed(input_ids.view(rows))  # (B, hidden)
         padded = self.row_padding.get(rows, rows)
-        one = padded == 1
+        attn_rows = None
         if padded > rows:  # the matmuls run on `padded` rows of which the first `rows` are real
             x = torch.cat([x, x.new_zeros((padded - rows, x.shape[1]))])
             attn_rows = x.new_zeros((padded, heads * head_dim))  # the output projection's input; padding stays 0
@@ -498,16 +497,30 @@ class LeanLlamaStep:
         halves = (rows, 1, 2, head_dim // 2)
         cos, sin = cos.view(halves), sin.view(halves) * self.sin_sign
         attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # (B, 1, 1, width + 1)
-        gqa = heads != kv_heads
         cache.reserve(1)
-        key_columns, value_columns, keys, values = cache.step_views()
+        views = cache.step_views()  # key columns, value columns, keys, values
+        if self.native is not None:  # `_python_layers` in C++, same operators (native/lean_layers.cpp)
+            x = self.native(x, cos, sin, attn_mask, *views, *self._native_args, heads, self.kv_heads, head_dim, rows,
+                            attn_rows)
+        else:
+            x = self._python_layers(x, cos, sin, attn_mask, *views, rows, attn_rows)
+        cache.advance()
+        head = self.head
+        logits = (head.one_row if padded == 1 else head.call)(self.norm(x).to(head.input_dtype))
+        return logits[:rows] if padded > rows else logits
+
+    def _python_layers(self, x: Any, cos: Any, sin: Any, attn_mask: Any, key_columns: Any, value_columns: Any,
+                       keys: Any, values: Any, rows: int, attn_rows: Any) -> Any:
+        """The decoder layers on residual rows x (padded rows, hidden), the first `rows` real (see `__call__`);
+        native/lean_layers.cpp is the same loop in C++."""
+        torch = self._torch
+        sdpa, silu, dtype = torch.nn.functional.scaled_dot_product_attention, torch.nn.functional.silu, self.dtype
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        padded = x.shape[0]
+        one, gqa = padded == 1, heads != kv_heads
         qk_shape, v_shape, qk_heads = (rows, heads + kv_heads, 2, head_dim // 2), (rows, kv_heads, 1, head_dim), \
             [heads, kv_heads]
-        if self.native is not None:  # the loop below in C++, same operators (native/lean_layers.cpp)
-            x = self.native(x, cos, sin, attn_mask, key_columns, value_columns, keys, values, *self._native_args,
-                            heads, kv_heads, head_dim, rows, attn_rows if padded > rows else None)
-        for index, (norm_in, qkv, split_qkv, o_proj, scaling, norm_post, gate_up, width, down) in enumerate(
-                () if self.native is not None else self.layers):
+        for index, (norm_in, qkv, split_qkv, o_proj, scaling, norm_post, gate_up, width, down) in enumerate(self.layers):
             qk, v = (qkv.one_row if one else qkv.call)(norm_in(x).to(qkv.input_dtype)).split_with_sizes(split_qkv, 1)
             if padded > rows:
                 qk, v = qk[:rows], v[:rows]
@@ -526,7 +539,4 @@ class LeanLlamaStep:
             gate_and_up = (gate_up.one_row if one else gate_up.call)(norm_post(x).to(gate_up.input_dtype))
             gate, up = gate_and_up.to(dtype).split_with_sizes([width, width], 1)
             x = x + (down.one_row if one else down.call)((silu(gate) * up).to(down.input_dtype))
-        cache.advance()
-        head = self.head
-        logits = (head.one_row if one else head.call)(self.norm(x).to(head.input_dtype))
-        return logits[:rows] if padded > rows else logits
+        return x

@@ -62,17 +62,43 @@ def packing_is_faster(weight: torch.Tensor, margin: float = 0.9) -> bool:
     return batch and _best_seconds(lambda: pointwise(one, packed, None, "none", [], "")) <= 1.05 * plain_one
 
 
-def pack_linear_layers(model: nn.Module) -> int:
-    """Replace every bfloat16 `nn.Linear` of `model` by a `PackedLinear`, except an output head that
-    shares its weight with the input embedding (packing it would keep a second copy). Returns how many."""
+def _packable(model: nn.Module) -> list[tuple[Any, str, nn.Linear]]:
+    """(parent, name, layer) of every bfloat16 `nn.Linear` without hooks, except an output head that
+    shares its weight with the input embedding (packing it would keep a second copy)."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     shared = getattr(embedding, "weight", None)
-    targets: list[tuple[Any, str, nn.Linear]] = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight is not shared \
-                    and not (child._forward_hooks or child._forward_pre_hooks):
-                targets.append((parent, name, child))
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight is not shared
+            and not (child._forward_hooks or child._forward_pre_hooks)]
+
+
+def _pack(targets: list[tuple[Any, str, nn.Linear]]) -> int:
     for parent, name, child in targets:
         setattr(parent, name, PackedLinear(child))
     return len(targets)
+
+
+def pack_linear_layers(model: nn.Module) -> int:
+    """Replace every packable layer of `model` (`_packable`) by a `PackedLinear`. Returns how many."""
+    return _pack(_packable(model))
+
+
+PROBE_ELEMENTS = 4 << 20
+
+
+def pack_linear_layers_if_faster(model: nn.Module) -> int:
+    """`pack_linear_layers` when `packing_is_faster` on the model's own weights: the first layers of the
+    commonest input width, stacked to a few million elements — a matrix the size a step multiplies
+    (a small model's single layers time as noise). Returns how many layers were packed (0: none)."""
+    targets = _packable(model)
+    weights = [child.weight.detach() for _, _, child in targets]
+    if not weights:
+        return 0
+    width = max({w.shape[1] for w in weights}, key=lambda k: sum(w.numel() for w in weights if w.shape[1] == k))
+    probe, total = [], 0
+    for w in (w for w in weights if w.shape[1] == width):
+        if total >= PROBE_ELEMENTS:
+            break
+        probe.append(w)
+        total += w.numel()
+    return _pack(targets) if packing_is_faster(torch.cat(probe)) else 0

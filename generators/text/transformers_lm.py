@@ -170,29 +170,12 @@ class TransformersLM(TextGenerator):
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
 
     def _pack_weights(self) -> int:
-        """bfloat16 Linear layers → oneDNN-packed (onednn.py) when the model's widest one measures faster so."""
-        import torch
-
+        """bfloat16 Linear layers on a CPU → oneDNN-packed (onednn.py), where the model's layers measure faster so."""
         if not self.options.pack_weights or self.device != "cpu" or self.options.quantization != "none":
             return 0
-        from .onednn import pack_linear_layers, packing_is_faster
+        from .onednn import pack_linear_layers_if_faster
 
-        shared = getattr(self.model.get_input_embeddings(), "weight", None)
-        weights = [m.weight for m in self.model.modules() if type(m) is torch.nn.Linear and m.weight is not shared]
-        if not weights:
-            return 0
-        # the first layers' weights of the commonest input width, stacked to a few million elements: a
-        # matrix the size the step multiplies (a small model's single layers time as noise)
-        width = max({w.shape[1] for w in weights}, key=lambda k: sum(w.numel() for w in weights if w.shape[1] == k))
-        probe, total = [], 0
-        for w in (w for w in weights if w.shape[1] == width):
-            if total >= 4 << 20:
-                break
-            probe.append(w.detach())
-            total += w.numel()
-        if not packing_is_faster(torch.cat(probe)):
-            return 0
-        return pack_linear_layers(self.model)
+        return pack_linear_layers_if_faster(self.model)
 
     def _native_layers(self, progress: Any) -> Any:
         """The C++ layer loop for the lean step (built into the cache folder the first time), or None."""
@@ -228,7 +211,7 @@ class TransformersLM(TextGenerator):
     def _dtype(self, torch: Any) -> Any:
         name = self.options.dtype
         if self.options.quantization == "int4":
-            return torch.float32  # quantized from float32 weights; `_int4_activations` picks what runs between them
+            return torch.float32  # quantized from float32 weights; `use_bfloat16_activations` per dtype afterwards
         if name == "auto":
             return torch.bfloat16 if self.device == "cuda" else torch.float32
         return getattr(torch, name)

@@ -65,11 +65,13 @@ def packing_is_faster(weight: torch.Tensor, margin: float = 0.9) -> bool:
 def _packable(model: nn.Module) -> list[tuple[Any, str, nn.Linear]]:
     """(parent, name, layer) of every bfloat16 `nn.Linear` without hooks, except an output head that
     shares its weight with the input embedding (packing it would keep a second copy)."""
+    from .fast_step import has_hooks
+
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     shared = getattr(embedding, "weight", None)
     return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight is not shared
-            and not (child._forward_hooks or child._forward_pre_hooks)]
+            and not has_hooks(child)]
 
 
 def _pack(targets: list[tuple[Any, str, nn.Linear]]) -> int:

@@ -20,7 +20,7 @@ from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
 from . import FAST, story_sidebar
 from .sampler import build_sampler
-from .story_view import alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
+from .story_view import LEGEND, alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
 
 STREAM_EVERY_S = 0.08  # the whole document is re-sent on each update: a few per second is plenty
 
@@ -38,6 +38,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 title = gr.Textbox(label="Title", placeholder="Untitled story", scale=2, elem_id="story-title-input")
                 premise = gr.Textbox(label="Premise / genre", placeholder="e.g. a cosy mystery in 1920s Lisbon", scale=4)
                 model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=2)
+            gr.HTML(LEGEND, elem_id="story-legend")
             document = gr.HTML(story_html(svc.EMPTY), elem_id="story-document")
             notice = gr.Markdown(elem_id="story-notice")
             your_text = gr.Textbox(
@@ -159,7 +160,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             settings = svc.settings_from_json(ctx, svc.get_story(ctx, who, sid).settings)
             run = svc.continue_story if kind == "continue" else svc.retry
             last_sent, pending = 0.0, None
-            for view in run(ctx, who, sid, settings, cancel=cancel, progress=gr.Info):
+            for view in run(ctx, who, sid, settings, cancel=cancel):
                 pending = view
                 if view.passages and view.passages[-1].status == "streaming" and time.monotonic() - last_sent < STREAM_EVERY_S:
                     continue

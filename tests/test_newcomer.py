@@ -1,0 +1,178 @@
+"""A newcomer's first ten minutes (issue 24): a first reply that says what it waits for, status that
+follows the model, counters and labels that mean what they say. Fast: fake models built here."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from generators.base import LoadFailedError
+from storage.models import LOCAL_OWNER as OWNER
+from tests.conftest import make_fake_text_plugin
+from webui.services import chat as chat_svc
+from webui.services import story as story_svc
+from webui.services.loading import describe_stage, wait_until_loaded
+from webui.tabs.chat_view import alternatives_label, chatbot_messages, is_writing
+from webui.tabs.story_view import story_html
+
+STAGES = (
+    "Converting SmolLM2-135M-Instruct.Q4_1.gguf once into a safetensors cache (about 15 s)…",
+    "Packing m weights as 4-bit groups…",
+    "Loading the C++ decoding loop (built once, ~20 s)…",
+)
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from webui.services import loading
+
+    monkeypatch.setattr(loading, "POLL_S", 0.05)
+
+
+@pytest.fixture
+def fake_plugin() -> type:
+    """The fake text model with a load that takes a while and reports its stages (as the default
+    model's first load does: GGUF conversion, int4 packing, the C++ loop), or fails when told to."""
+    base = make_fake_text_plugin()
+
+    class SlowLoading(base):  # type: ignore[misc, valid-type]
+        def _load(self, progress: Any) -> None:
+            type(self).load_count += 1
+            if self.options.fail_after == -1:
+                raise RuntimeError("the weights file is truncated")
+            for stage in STAGES if self.options.memory_mb == 100 else ():
+                progress(stage)
+                time.sleep(0.3)
+
+    return SlowLoading
+
+
+def settings(model: str = "fake") -> chat_svc.ReplySettings:
+    return chat_svc.ReplySettings(model, chat_svc.sampling_params({"seed": 1, "max_new_tokens": 8}))
+
+
+# ------------------------------------------------------------------ item 1: the first reply
+
+
+def test_describe_stage_drops_the_plugins_own_time_guesses() -> None:
+    assert describe_stage(STAGES[0]) == "Converting SmolLM2-135M-Instruct.Q4_1.gguf once into a safetensors cache…"
+    assert describe_stage(STAGES[2]) == "Loading the C++ decoding loop (built once)…"
+    assert describe_stage(STAGES[1]) == STAGES[1]
+
+
+def test_first_reply_shows_the_load_stages_where_the_reply_will_be(make_ctx) -> None:
+    ctx = make_ctx({"fake": {"words": 3}})
+    view = chat_svc.add_user_message(ctx, OWNER, None, "hello", settings())
+    views = list(chat_svc.stream_reply(ctx, OWNER, view.id, settings()))
+    loading = [v for v in views if v.loading]
+    stages = {v.loading.split(" · ")[0] for v in loading}
+    assert {"Converting SmolLM2-135M-Instruct.Q4_1.gguf once into a safetensors cache…",
+            "Loading the C++ decoding loop (built once)…"} <= stages  # fmt: skip
+    assert all(v.loading.endswith(" s") for v in loading)  # with the time spent so far
+    assert views.index(loading[-1]) < next(i for i, v in enumerate(views) if v.messages[-1].content)
+    # the page shows the stage in the reply's place, with a spinner, and nothing to rate yet
+    shown = chatbot_messages(loading[-1])
+    assert shown[-1]["metadata"]["status"] == "pending" and shown[-1]["metadata"]["title"] == loading[-1].loading
+    assert is_writing(loading[-1]) and not is_writing(views[-1])
+    assert views[-1].messages[-1].status == "ok" and not views[-1].loading
+    # a second reply does not wait for anything
+    chat_svc.add_user_message(ctx, OWNER, view.id, "again", settings())
+    assert not any(v.loading for v in chat_svc.stream_reply(ctx, OWNER, view.id, settings()))
+
+
+def test_a_failed_load_marks_the_reply_failed_instead_of_leaving_it_writing(make_ctx) -> None:
+    ctx = make_ctx({"fake": {"fail_after": -1}})
+    view = chat_svc.add_user_message(ctx, OWNER, None, "hello", settings())
+    with pytest.raises(LoadFailedError, match="truncated"):
+        list(chat_svc.stream_reply(ctx, OWNER, view.id, settings()))
+    after = chat_svc.get_chat(ctx, OWNER, view.id)
+    assert after.messages[-1].status == "error"
+    assert chatbot_messages(after)[-1]["content"] == "*(failed)*"
+
+
+def test_two_requests_wait_for_one_load_and_the_status_line_can_see_it(make_ctx, fake_plugin) -> None:
+    ctx = make_ctx({"fake": {}})
+    seen: list[Any] = []
+    other = threading.Thread(target=lambda: seen.extend(wait_until_loaded(ctx, "fake")))
+    other.start()
+    time.sleep(0.2)
+    assert ctx.loads.progress("fake") is not None  # what the Chat status line reads while loading
+    mine = list(wait_until_loaded(ctx, "fake"))
+    other.join()
+    assert mine and seen and fake_plugin.load_count == 1
+    assert ctx.loads.progress("fake") is None and ctx.registry.get("fake").loaded
+
+
+def test_stop_while_loading_leaves_the_load_to_finish(make_ctx) -> None:
+    ctx = make_ctx({"fake": {}})
+    view = chat_svc.add_user_message(ctx, OWNER, None, "hello", settings())
+    stream = chat_svc.stream_reply(ctx, OWNER, view.id, settings())
+    next(stream), next(stream)  # the reply exists and the load has started
+    stream.close()  # the page went away / Stop
+    assert chat_svc.get_chat(ctx, OWNER, view.id).messages[-1].status == "cancelled"
+    deadline = time.monotonic() + 10
+    while not ctx.registry.get("fake").loaded and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ctx.registry.get("fake").loaded
+
+
+# ------------------------------------------------------------------ item 7: chat counters
+
+
+def test_chat_counters_count_replies_among_replies(make_ctx) -> None:
+    ctx = make_ctx({"fake": {"words": 2, "memory_mb": 1}})
+    cid = None
+    for text in ("one", "two", "three"):
+        cid = chat_svc.add_user_message(ctx, OWNER, cid, text, settings()).id
+        list(chat_svc.stream_reply(ctx, OWNER, cid, settings()))
+    chat_svc.prepare_regenerate(ctx, OWNER, cid)
+    view = list(chat_svc.stream_reply(ctx, OWNER, cid, settings()))[-1]
+    last, second_user = view.messages[-1], view.messages[2]
+    assert alternatives_label(view, last.id) == "Reply 3 · version **2 of 2**"  # not "Reply 6"
+    assert alternatives_label(view, second_user.id).startswith("Your message 2 · the only version")
+    writing = list(chat_svc.stream_reply(ctx, OWNER, chat_svc.add_user_message(ctx, OWNER, cid, "4", settings()).id,
+                                         settings()))[0]  # fmt: skip
+    assert alternatives_label(writing, writing.messages[-1].id) == "Reply 4: being written…"
+
+
+# ------------------------------------------------------------------ item 6: the story
+
+
+@pytest.fixture
+def story_ctx(make_ctx):  # type: ignore[no-untyped-def]
+    return make_ctx({"fake": {"words": 3}})
+
+
+def story_settings(ctx: Any) -> Any:
+    return story_svc.story_settings(ctx, "fake", {"max_new_tokens": 16, "seed": 3})
+
+
+def test_story_continuation_shows_the_load_in_the_document(story_ctx) -> None:
+    story = story_svc.create_story(story_ctx, OWNER, "Tale", story_settings(story_ctx), "It was a dark night.")
+    views = list(story_svc.continue_story(story_ctx, OWNER, story.id, story_settings(story_ctx)))
+    waiting = [v for v in views if v.loading]
+    assert any("Converting" in v.loading for v in waiting) and "C++" in waiting[-1].loading
+    html = story_html(waiting[-1])
+    assert 'id="story-loading"' in html and "Waiting for the model" in html and "It was a dark night." in html
+    assert 'id="story-loading"' not in story_html(views[-1])
+
+
+def test_story_tells_passages_apart_and_undo_names_what_it_undoes(story_ctx) -> None:
+    ctx = story_ctx
+    story = story_svc.create_story(ctx, OWNER, "Tale", story_settings(ctx), "It was a dark night.")
+    list(story_svc.continue_story(ctx, OWNER, story.id, story_settings(ctx)))
+    list(story_svc.continue_story(ctx, OWNER, story.id, story_settings(ctx)))
+    view = list(story_svc.retry(ctx, OWNER, story.id, story_settings(ctx)))[-1]
+    html = story_html(view)
+    # the writer's text, then two model passages in alternating shades, numbered as the labels name them
+    assert html.count('class="story-user" data-n') == 1
+    assert 'class="story-model story-model-a" data-n="2"' in html and 'class="story-model story-model-b" data-n="3"' in html
+    assert view.undo_action == "retry" and view.redo_action == ""
+    flipped = story_svc.switch_alternative(ctx, OWNER, story.id, -1)
+    assert flipped.undo_action == "alternative"
+    undone = story_svc.undo(ctx, OWNER, story.id)
+    assert undone.notice == "↶ Undid the switch to another version (◀ ▶). Undo again: the retry."
+    assert undone.undo_action == "retry" and undone.redo_action == "alternative"

@@ -248,6 +248,12 @@ class Generator(ABC):
     @abstractmethod
     def _unload(self) -> None: ...
 
+    def check_options(self) -> None:
+        """Raise LoadFailedError (saying why and what to pick instead) when these load options cannot
+        work on this machine (device=cuda without a GPU, a quantizer whose package or kernel is missing),
+        without loading anything. The registry calls it before it swaps a working model for new options."""
+        return None
+
     # -- memory
     def estimated_memory_bytes(self) -> int:
         """Best guess of the memory a load will take, before loading."""

@@ -176,3 +176,96 @@ def test_story_tells_passages_apart_and_undo_names_what_it_undoes(story_ctx) -> 
     undone = story_svc.undo(ctx, OWNER, story.id)
     assert undone.notice == "↶ Undid the switch to another version (◀ ▶). Undo again: the retry."
     assert undone.undo_action == "retry" and undone.redo_action == "alternative"
+
+
+# ------------------------------------------------------------------ item 5: Models → Apply
+
+
+@pytest.fixture
+def lm_ctx(make_ctx, tiny_model_dir):  # type: ignore[no-untyped-def]
+    """A context with a tiny real transformers model (random weights), loaded and working."""
+    from generators.registry import ModelSpec
+    from generators.text.transformers_lm import TransformersLM
+
+    ctx = make_ctx({"fake": {"memory_mb": 1}})
+    ctx.registry.plugins["transformers"] = TransformersLM
+    ctx.registry.add(ModelSpec("tiny", "transformers", {"source": str(tiny_model_dir), "max_batch": 1}))
+    ctx.registry.load("tiny")
+    return ctx
+
+
+def test_apply_refuses_an_impossible_device_and_keeps_the_working_model(lm_ctx, monkeypatch) -> None:
+    import torch
+
+    from webui.services.model_options import apply_options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    working = lm_ctx.registry.get("tiny")
+    with pytest.raises(LoadFailedError, match="no CUDA GPU"):
+        apply_options(lm_ctx, "tiny", quantization="none", device="cuda")
+    assert lm_ctx.registry.get("tiny") is working and working.loaded and working.options.device == "auto"
+    # the same settings again change nothing; possible ones reload at once and say so
+    assert not apply_options(lm_ctx, "tiny", quantization="none", device="auto").changed
+    applied = apply_options(lm_ctx, "tiny", quantization="dynamic-int8", device="cpu")
+    assert applied.loaded and lm_ctx.registry.get("tiny").loaded and "is loaded with quantization=dynamic-int8" in applied.message
+
+
+def test_apply_puts_the_old_options_back_when_the_new_load_fails(lm_ctx, monkeypatch) -> None:
+    from generators.text.transformers_lm import TransformersLM
+    from webui.services.model_options import apply_options
+
+    real_load = TransformersLM._load
+
+    def picky(self: Any, progress: Any) -> None:
+        if self.options.quantization == "dynamic-int8":
+            raise LoadFailedError("the int8 kernels crashed")
+        real_load(self, progress)
+
+    monkeypatch.setattr(TransformersLM, "_load", picky)
+    with pytest.raises(LoadFailedError, match="back on quantization=none, device=auto and loaded as before"):
+        apply_options(lm_ctx, "tiny", quantization="dynamic-int8", device="cpu")
+    gen = lm_ctx.registry.get("tiny")
+    assert gen.loaded and gen.options.quantization == "none"
+
+
+# ------------------------------------------------------------------ items 3, 8, 9: page wiring
+
+
+def test_page_wiring_rerun_message_survives_and_exports_are_one_step(make_ctx) -> None:
+    from webui.app import build_app
+
+    demo = build_app(make_ctx(images=True))
+    fns = {d.api_name: d for d in demo.fns.values() if d.api_name}
+    rerun_notice = fns["gallery_rerun"].outputs[-1]
+    # opening the re-run's new copy (the id changes) must not overwrite the re-run's message
+    assert rerun_notice not in fns["gallery_open"].outputs
+    for name in ("export_markdown", "export_json", "story_export_md", "story_export_txt", "story_export_json"):
+        (slot,) = fns[name].outputs
+        assert type(slot).__name__ == "DownloadButton" and slot.visible == "hidden"
+        followers = [d for d in demo.fns.values() if d.trigger_after == fns[name]._id]
+        assert followers and "click()" in (followers[0].js or "")  # the browser download starts at once
+
+
+def test_empty_lists_say_why() -> None:
+    from webui.tabs import list_label
+
+    assert list_label("chats", "  dragons ", 0) == "Chats: none match “dragons”"
+    assert list_label("stories", "", 0) == "Stories: none yet"
+    assert list_label("chats", "x", 3) == "Chats"
+
+
+def test_an_8bit_reply_logs_the_bitsandbytes_cast_warning_once(tiny_model_dir, caplog) -> None:
+    from generators.base import ChatMessage, SamplingParams, TextRequest
+    from generators.text.transformers_lm import TransformersLM
+
+    gen = TransformersLM("tiny8", {"source": str(tiny_model_dir), "quantization": "8bit", "max_batch": 1})
+    gen.load()
+    try:
+        with caplog.at_level("WARNING"):
+            request = TextRequest(messages=(ChatMessage("user", "hi"),), params=SamplingParams(max_new_tokens=6, seed=1))
+            list(gen.stream(request))
+            list(gen.stream(request))
+    finally:
+        gen.unload()
+    cast = [r for r in caplog.records if r.name.startswith("bitsandbytes") and "will be cast" in r.getMessage()]
+    assert len(cast) <= 1

@@ -44,6 +44,17 @@ CSS = """
 """
 
 
+# Runs once when the page loads.
+JS = """() => {
+  // World info: one click on a cell starts editing it (Gradio's table otherwise waits for a double-click).
+  document.addEventListener("click", (event) => {
+    const cell = event.target.closest ? event.target.closest("#story-world-info td") : null;
+    if (!cell || cell.querySelector("textarea, input")) return;
+    event.target.dispatchEvent(new MouseEvent("dblclick", { bubbles: true }));
+  });
+}"""
+
+
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="studio-title")

@@ -195,6 +195,14 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     def stop_generation(request: gr.Request) -> None:
         ctx.cancels.cancel(request.session_hash or "")
 
+    @ui_errors
+    def save_levers(values: dict[Any, Any], request: gr.Request) -> str:
+        """Memory, author's note and world info are saved when you leave the field, and say so."""
+        if not values[story_id]:
+            return "Memory, author's note and world info are kept with the story once you press Continue."
+        svc.save_settings(ctx, owner(request), values[story_id], settings_from(values))
+        return "✓ Saved — memory, author's note and world info apply from the next Continue."
+
     # ------------------------------------------------------------ wiring
     view_outputs = [document, story_id, notice, alt_label, passage, inspector, sent]
     full_outputs = view_outputs + [title, passage_text, *settings_fields]
@@ -213,6 +221,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         streamer("retry"), story_id, view_outputs, **generate, api_name="retry"
     ).then(after, [side.search, story_id], side.stories, **FAST, **private)
     stop.click(stop_generation, None, None, **FAST, api_name="story_stop")
+    for lever in (memory.blur, authors_note.blur, world_info.input):
+        lever(save_levers, inputs, notice, **FAST, **private)
     undo.click(step(svc.undo), story_id, view_outputs + [passage_text], **FAST, api_name="undo")
     redo.click(step(svc.redo), story_id, view_outputs + [passage_text], **FAST, api_name="redo")
     prev_alt.click(flip(-1), story_id, view_outputs + [passage_text], **FAST, api_name="story_previous_version")

@@ -269,3 +269,19 @@ def test_an_8bit_reply_logs_the_bitsandbytes_cast_warning_once(tiny_model_dir, c
         gen.unload()
     cast = [r for r in caplog.records if r.name.startswith("bitsandbytes") and "will be cast" in r.getMessage()]
     assert len(cast) <= 1
+
+
+# ------------------------------------------------------------------ item 10: the leaderboard
+
+
+def test_leaderboard_says_when_there_are_too_few_votes_to_rank() -> None:
+    from webui.services.arena import Standing
+    from webui.tabs.evaluate import MIN_ROUNDS, board_plot, board_rows
+
+    few = [Standing("a", 1031.0, 1031.0, 1031.0, 1, 1.0), Standing("b", 969.0, 969.0, 969.0, 1, 0.0)]
+    rows = board_rows(few)
+    assert [r[1] for r in rows] == ["—", "—"] and rows[0][2] == f"too few votes (1 of {MIN_ROUNDS})"
+    enough = [Standing("a", 1060.0, 1010.0, 1110.0, MIN_ROUNDS, 4.0), Standing("c", 1000.0, 1000.0, 1000.0, 2, 1.0)]
+    rows = board_rows(enough)
+    assert rows[0] == ["a", 1060, "1010 – 1110", MIN_ROUNDS, 4.0] and rows[1][2].startswith("too few votes")
+    assert board_plot(few).size[1] < board_plot(enough + enough).size[1]

@@ -19,7 +19,8 @@ CSS = """
   :is(button[aria-label="Like"], button[aria-label="Dislike"]) { display: none !important; }
 #chat-model-state p { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 2px 0 0 4px; }
 #chat-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
-#story-alternatives, #story-notice p { text-align: center; margin: auto 0; }
+#story-alternatives { text-align: left; margin: auto 0 auto 6px; }
+#story-notice p { text-align: center; margin: auto 0; }
 #story-notice p { font-size: 0.95em; }
 .story-doc { white-space: pre-wrap; font-family: Georgia, "Times New Roman", serif; font-size: 1.05em; line-height: 1.6;
   min-height: 320px; max-height: 560px; overflow-y: auto; padding: 14px 18px; border: 1px solid var(--border-color-primary);
@@ -34,6 +35,9 @@ CSS = """
 .story-legend { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 0 0 4px 4px; }
 .story-legend span { padding: 0 3px; }
 .story-loading { margin-top: 10px; font-family: var(--font); font-size: 0.9em; color: var(--body-text-color-subdued); }
+/* thumbnails flow into as many columns as fit (Gradio's fixed 6 x 100 px clipped at 800 px) */
+#gallery-grid .grid-container, #image-gallery .grid-container {
+  grid-template-columns: repeat(auto-fill, minmax(84px, 1fr)) !important; }
 #image-notice p, #gallery-summary p, #gallery-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
 #image-grid img, #image-strip img, #image-gif img, #image-reconstruction img, #gallery-preview img,
 #image-gallery img, #gallery-grid img { image-rendering: pixelated; }

@@ -74,7 +74,8 @@ def build(ctx: AppContext) -> Any:
         if not chosen:
             return None, None, gr.update()
         item = svc.get_image(ctx, owner(request), chosen)
-        return served(item.gif_path or item.path), item.public(), f"Made {item.created_at:%Y-%m-%d %H:%M} by **{item.model}**."
+        made = str(item.created_at)[:16].replace("T", " ")
+        return served(item.gif_path or item.path), item.public(), f"Made {made} by **{item.model}**."
 
     def select(ids: list[str], evt: gr.SelectData) -> str:
         return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids) else ""

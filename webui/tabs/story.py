@@ -53,8 +53,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 redo = gr.Button("↷ Redo", scale=1, elem_id="story-redo")
             with gr.Row():
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="story-prev")
-                alt_label = gr.Markdown("", elem_id="story-alternatives")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="story-next")
+                alt_label = gr.Markdown("", elem_id="story-alternatives")
             with gr.Accordion("Edit a passage", open=False):
                 passage = gr.Dropdown([], label="Passage", elem_id="story-passage")
                 passage_text = gr.Textbox(label="Text", lines=4, max_lines=20, info="empty removes the passage")

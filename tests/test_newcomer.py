@@ -285,3 +285,17 @@ def test_leaderboard_says_when_there_are_too_few_votes_to_rank() -> None:
     rows = board_rows(enough)
     assert rows[0] == ["a", 1060, "1010 – 1110", MIN_ROUNDS, 4.0] and rows[1][2].startswith("too few votes")
     assert board_plot(few).size[1] < board_plot(enough + enough).size[1]
+
+
+# ------------------------------------------------------------------ item 2: defaults
+
+
+def test_workspaces_start_with_repetition_control_on(make_ctx) -> None:
+    from webui.app import build_app
+    from webui.services import workspace_defaults
+
+    demo = build_app(make_ctx())
+    sliders = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Repetition penalty"]
+    assert sorted(s.value for s in sliders) == sorted(
+        [workspace_defaults.CHAT["repetition_penalty"], workspace_defaults.STORY["repetition_penalty"]])
+    assert all(s.value > 1.0 for s in sliders)

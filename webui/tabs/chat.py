@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..errors import ui_errors
 from ..services import chat as svc
-from ..services import ratings
+from ..services import ratings, workspace_defaults
 from ..services.context import AppContext
 from . import FAST, chat_sidebar
 from .chat_view import alternatives_label, chatbot_messages, default_focus
@@ -68,7 +68,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="chat-next")
                 alt_label = gr.Markdown("", elem_id="chat-alternatives")
-            sampler = build_sampler()
+            sampler = build_sampler(workspace_defaults.CHAT)
 
     gen_inputs = {chat_id, model, system_prompt, *sampler.components}
 

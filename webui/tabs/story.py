@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
-from ..services import ratings
+from ..services import ratings, workspace_defaults
 from ..services import story as svc
 from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
@@ -74,7 +74,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                     interactive=True, elem_id="story-world-info",
                 )  # fmt: skip
                 scan_depth = gr.Slider(1, MAX_DEPTH, value=10, step=1, label="Scan depth", info="recent paragraphs searched")
-            sampler = build_sampler(max_new_tokens=120)
+            sampler = build_sampler(workspace_defaults.STORY)
             with gr.Accordion("Context inspector: what was sent to the model last time", open=False):
                 inspector = gr.Markdown(inspector_markdown(None), elem_id="story-inspector")
                 sent = gr.Textbox(label="Exactly as sent", lines=8, max_lines=30, interactive=False)

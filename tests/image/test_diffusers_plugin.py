@@ -26,99 +26,83 @@ from generators.base import (
     StepEvent,
 )
 from generators.image.diffusers_plugin import DiffusersParams, DiffusersPlugin
-from tests.image.tiny_diffusers import save_tiny_lora, save_tiny_pipeline
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "tiny-sd")
-    save_tiny_lora(folder, folder / "loras" / "style.safetensors")
-    save_tiny_lora(None, folder / "loras" / "other-model.safetensors", cross_attention_dim=16)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def plugin(tiny_folder: Path) -> DiffusersPlugin:
-    gen = DiffusersPlugin("tiny-sd", {"source": str(tiny_folder)})
-    gen.load()
-    return gen
 
 
 def params(**kw: Any) -> DiffusersParams:
     return DiffusersParams(**{"prompt": "a red cat", "width": SIZE, "height": SIZE, "steps": 3, **kw})
 
 
-def test_what_is_known_before_loading(tiny_folder: Path) -> None:
-    gen = DiffusersPlugin("tiny-sd", {"source": str(tiny_folder)})
+def test_what_is_known_before_loading(tiny_sd_folder: Path) -> None:
+    gen = DiffusersPlugin("tiny-sd", {"source": str(tiny_sd_folder)})
     assert not gen.loaded
     assert gen.schedulers() == ["DPM++ 2M", "Euler", "Euler a", "DDIM"]
     assert gen.loras() == ["other-model", "style"]
     assert gen.describe()["defaults"]["scheduler"] == "DPM++ 2M" and gen.estimated_memory_bytes() > 0
 
 
-def test_text_to_image_is_deterministic_and_each_image_has_its_seed(plugin: DiffusersPlugin) -> None:
+def test_text_to_image_is_deterministic_and_each_image_has_its_seed(tiny_sd: DiffusersPlugin) -> None:
     events: list[StepEvent] = []
-    batch = plugin.paint(PaintRequest(params(), seed=5, count=2), StepControl(events.append, preview_every=2))
+    batch = tiny_sd.paint(PaintRequest(params(), seed=5, count=2), StepControl(events.append, preview_every=2))
     assert batch.pixels.shape == (2, SIZE, SIZE, 3) and batch.pixels.dtype == np.uint8
     assert [(e.step, e.total) for e in events] == [(1, 3), (2, 3), (3, 3)]
     assert events[0].preview is None and events[1].preview.shape == (2, SIZE // 2, SIZE // 2, 3)
-    again = plugin.paint(PaintRequest(params(), seed=5, count=2))
+    again = tiny_sd.paint(PaintRequest(params(), seed=5, count=2))
     assert np.array_equal(batch.pixels, again.pixels)
-    alone = plugin.paint(PaintRequest(params(), seed=6))
+    alone = tiny_sd.paint(PaintRequest(params(), seed=6))
     assert np.abs(alone.pixels[0].astype(int) - batch.pixels[1]).max() <= 1  # image i of a batch is seed + i
     assert not np.array_equal(batch.pixels[0], batch.pixels[1])
-    other = plugin.paint(PaintRequest(params(prompt="a blue dog", negative_prompt="blurry"), seed=5))
+    other = tiny_sd.paint(PaintRequest(params(prompt="a blue dog", negative_prompt="blurry"), seed=5))
     assert not np.array_equal(other.pixels[0], batch.pixels[0])
     assert batch.details["scheduler_class"] == "DPMSolverMultistepScheduler" and len(batch.weights_hash) == 16
 
 
 @pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DDIM"])
-def test_every_offered_scheduler_runs_and_differs(plugin: DiffusersPlugin, scheduler: str) -> None:
-    base = plugin.paint(PaintRequest(params(steps=2), seed=1)).pixels
-    out = plugin.paint(PaintRequest(params(steps=2, scheduler=scheduler), seed=1))
+def test_every_offered_scheduler_runs_and_differs(tiny_sd: DiffusersPlugin, scheduler: str) -> None:
+    base = tiny_sd.paint(PaintRequest(params(steps=2), seed=1)).pixels
+    out = tiny_sd.paint(PaintRequest(params(steps=2, scheduler=scheduler), seed=1))
     assert out.details["scheduler_class"].startswith(scheduler.split()[0][:4].upper() if scheduler == "DDIM" else "Euler")
     assert out.pixels.shape == base.shape
     with pytest.raises(InvalidOptionsError, match="scheduler: 'LCM' is not one of"):
-        plugin.check_paint(PaintRequest(params(scheduler="LCM"), seed=1))
+        tiny_sd.check_paint(PaintRequest(params(scheduler="LCM"), seed=1))
 
 
-def test_image_to_image_and_inpaint(plugin: DiffusersPlugin) -> None:
+def test_image_to_image_and_inpaint(tiny_sd: DiffusersPlugin) -> None:
     rng = np.random.default_rng(0)
     init = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     steps: list[tuple[int, int]] = []
-    weak = plugin.paint(PaintRequest(params(steps=5, strength=0.4), seed=3, init_image=init),
+    weak = tiny_sd.paint(PaintRequest(params(steps=5, strength=0.4), seed=3, init_image=init),
                         StepControl(lambda e: steps.append((e.step, e.total))))
     assert weak.details["mode"] == "image-to-image"
     assert steps == [(1, 2), (2, 2)]  # strength 0.4 of 5 steps: the last 2 steps, from the noised init image
-    other_init = plugin.paint(PaintRequest(params(steps=5, strength=0.4), seed=3, init_image=255 - init))
+    other_init = tiny_sd.paint(PaintRequest(params(steps=5, strength=0.4), seed=3, init_image=255 - init))
     assert not np.array_equal(weak.pixels, other_init.pixels)  # the picture starts from the init image
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:24, 8:24] = 255
-    out = plugin.paint(PaintRequest(params(strength=1.0), seed=3, init_image=init, mask=mask))
+    out = tiny_sd.paint(PaintRequest(params(strength=1.0), seed=3, init_image=init, mask=mask))
     assert out.details["mode"] == "inpaint"
     assert np.array_equal(out.pixels[0][mask == 0], init[mask == 0])  # outside the mask: untouched
     assert not np.array_equal(out.pixels[0][mask > 0], init[mask > 0])
     with pytest.raises(InvalidOptionsError, match="strength: with 3 steps a strength of 0.2 runs no step"):
-        plugin.check_paint(PaintRequest(params(strength=0.2), seed=3, init_image=init))
+        tiny_sd.check_paint(PaintRequest(params(strength=0.2), seed=3, init_image=init))
 
 
-def test_a_lora_changes_the_picture_and_leaves_the_base_exact(plugin: DiffusersPlugin) -> None:
-    base = plugin.paint(PaintRequest(params(), seed=9)).pixels
-    styled = plugin.paint(PaintRequest(params(loras=[{"name": "style", "weight": 1.0}]), seed=9))
-    half = plugin.paint(PaintRequest(params(loras=[{"name": "style", "weight": 0.3}]), seed=9)).pixels
+def test_a_lora_changes_the_picture_and_leaves_the_base_exact(tiny_sd: DiffusersPlugin) -> None:
+    base = tiny_sd.paint(PaintRequest(params(), seed=9)).pixels
+    styled = tiny_sd.paint(PaintRequest(params(loras=[{"name": "style", "weight": 1.0}]), seed=9))
+    half = tiny_sd.paint(PaintRequest(params(loras=[{"name": "style", "weight": 0.3}]), seed=9)).pixels
     assert not np.array_equal(styled.pixels, base) and not np.array_equal(half, styled.pixels)
     assert styled.details["loras"][0]["name"] == "style" and len(styled.details["loras"][0]["hash"]) == 10
-    assert np.array_equal(plugin.paint(PaintRequest(params(), seed=9)).pixels, base)
+    assert np.array_equal(tiny_sd.paint(PaintRequest(params(), seed=9)).pixels, base)
     with pytest.raises(InvalidOptionsError, match="loras: 'other-model' does not fit tiny-sd"):
-        plugin.paint(PaintRequest(params(loras=[{"name": "other-model"}]), seed=9))
+        tiny_sd.paint(PaintRequest(params(loras=[{"name": "other-model"}]), seed=9))
     with pytest.raises(InvalidOptionsError, match="loras: no LoRA named 'nope'"):
-        plugin.paint(PaintRequest(params(loras=[{"name": "nope"}]), seed=9))
-    assert np.array_equal(plugin.paint(PaintRequest(params(), seed=9)).pixels, base)  # still serving, unchanged
+        tiny_sd.paint(PaintRequest(params(loras=[{"name": "nope"}]), seed=9))
+    assert np.array_equal(tiny_sd.paint(PaintRequest(params(), seed=9)).pixels, base)  # still serving, unchanged
 
 
-def test_stop_between_steps_returns_nothing(plugin: DiffusersPlugin) -> None:
+def test_stop_between_steps_returns_nothing(tiny_sd: DiffusersPlugin) -> None:
     cancel = threading.Event()
     seen: list[int] = []
 
@@ -127,11 +111,11 @@ def test_stop_between_steps_returns_nothing(plugin: DiffusersPlugin) -> None:
         cancel.set()
 
     with pytest.raises(GenerationCancelledError):
-        plugin.paint(PaintRequest(params(steps=5), seed=1), StepControl(stop_after_first, cancel))
+        tiny_sd.paint(PaintRequest(params(steps=5), seed=1), StepControl(stop_after_first, cancel))
     assert seen == [1]
 
 
-def test_bad_sources_are_named(tmp_path: Path, tiny_folder: Path) -> None:
+def test_bad_sources_are_named(tmp_path: Path, tiny_sd_folder: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -162,29 +146,19 @@ def test_bad_sources_are_named(tmp_path: Path, tiny_folder: Path) -> None:
 # ------------------------------------------------------------------ through the image service
 
 
-@pytest.fixture
-def paint_ctx(make_ctx: Any, plugin: DiffusersPlugin, tiny_folder: Path) -> Any:
-    from generators.registry import ModelSpec
-
-    ctx = make_ctx(images=True)
-    ctx.registry.plugins["diffusers"] = DiffusersPlugin
-    ctx.registry.add(ModelSpec("tiny-sd", "diffusers", {"source": str(tiny_folder)}))
-    ctx.registry._slots["tiny-sd"].generator = plugin  # share the loaded pipeline (loading takes seconds here)
-    return ctx
-
-
 def _files(ctx: Any) -> list[Path]:
     folder = ctx.store.data_dir / "images"
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 def test_service_saves_pngs_with_both_metadata_and_remakes_them(paint_ctx: Any) -> None:
+    ctx = paint_ctx()
     from webui.services import images as svc
     from webui.services import infotext, png
 
     values = {"prompt": "a red cat, photo", "negative_prompt": "blurry", "width": SIZE, "height": SIZE, "steps": 3,
               "guidance": 6.5, "scheduler": "Euler a", "loras": [{"name": "style", "weight": 0.8}]}
-    result = svc.paint(paint_ctx, "local", "tiny-sd", values, seed=41, count=2)
+    result = svc.paint(ctx, "local", "tiny-sd", values, seed=41, count=2)
     assert [i.seed for i in result.images] == [41, 42] and result.images[0].kind == "paint"
     first = Image.open(result.images[0].path)
     text = first.text["parameters"]
@@ -200,12 +174,13 @@ def test_service_saves_pngs_with_both_metadata_and_remakes_them(paint_ctx: Any) 
     meta = json.loads(first.text["aigc-studio"])
     assert meta["params"]["prompt"] == "a red cat, photo" and meta["seed"] == 41 and meta["mode"] == "text-to-image"
     # the second image, made again on its own from its PNG: the same bytes
-    again = svc.rerun(paint_ctx, "local", result.images[1].id)
+    again = svc.rerun(ctx, "local", result.images[1].id)
     assert again.images[0].content_hash == result.images[1].content_hash
-    assert svc.gallery(paint_ctx, "local", model="tiny-sd").total == 3
+    assert svc.gallery(ctx, "local", model="tiny-sd").total == 3
 
 
 def test_service_reads_an_a1111_png_and_remakes_it_with_a_model_of_that_name(paint_ctx: Any) -> None:
+    ctx = paint_ctx()
     from webui.services import images as svc
 
     info = PngImagePlugin.PngInfo()
@@ -219,12 +194,13 @@ def test_service_reads_an_a1111_png_and_remakes_it_with_a_model_of_that_name(pai
     assert meta["params"] == {"prompt": "a blue dog", "negative_prompt": "ugly, blurry", "steps": 2, "guidance": 7.0,
                               "scheduler": "Euler", "width": SIZE, "height": SIZE,
                               "loras": [{"name": "style", "weight": 0.5}]}
-    result = svc.regenerate(paint_ctx, "local", meta)
+    result = svc.regenerate(ctx, "local", meta)
     assert result.images[0].params["params"]["loras"] == [{"name": "style", "weight": 0.5}]
     assert "weights differ" in result.notice  # A1111's hash is not this model's
 
 
 def test_service_bad_input_names_the_field_and_saves_nothing(paint_ctx: Any) -> None:
+    ctx = paint_ctx()
     from webui.services import images as svc
 
     init = Image.new("RGB", (SIZE, SIZE), (200, 10, 10))
@@ -243,13 +219,14 @@ def test_service_bad_input_names_the_field_and_saves_nothing(paint_ctx: Any) -> 
     ]
     for values, extra, message in cases:
         with pytest.raises(InvalidOptionsError, match=message):
-            svc.paint(paint_ctx, "local", "tiny-sd", {"width": SIZE, "height": SIZE, "steps": 2, **values}, 1, **extra)
+            svc.paint(ctx, "local", "tiny-sd", {"width": SIZE, "height": SIZE, "steps": 2, **values}, 1, **extra)
     with pytest.raises(InvalidOptionsError, match="does not make images from a prompt"):
-        svc.paint(paint_ctx, "local", "gan-mnist32", {"prompt": "x"})
-    assert _files(paint_ctx) == [] and svc.gallery(paint_ctx, "local").total == 0
+        svc.paint(ctx, "local", "gan-mnist32", {"prompt": "x"})
+    assert _files(ctx) == [] and svc.gallery(ctx, "local").total == 0
 
 
 def test_service_cancel_records_cancelled_and_keeps_nothing(paint_ctx: Any) -> None:
+    ctx = paint_ctx()
     from sqlalchemy import select
 
     from storage.models import Generation
@@ -257,10 +234,10 @@ def test_service_cancel_records_cancelled_and_keeps_nothing(paint_ctx: Any) -> N
 
     cancel = threading.Event()
     with pytest.raises(GenerationCancelledError):
-        svc.paint(paint_ctx, "local", "tiny-sd", {"width": SIZE, "height": SIZE, "steps": 4}, 1,
+        svc.paint(ctx, "local", "tiny-sd", {"width": SIZE, "height": SIZE, "steps": 4}, 1,
                   control=StepControl(lambda e: cancel.set() if e.step == 2 else None, cancel))
-    with paint_ctx.store.begin() as s:
+    with ctx.store.begin() as s:
         assert [g.outcome for g in s.scalars(select(Generation))] == ["cancelled"]
-    assert _files(paint_ctx) == []
-    result = svc.paint(paint_ctx, "local", "tiny-sd", {"width": SIZE, "height": SIZE, "steps": 2}, 1)
+    assert _files(ctx) == []
+    result = svc.paint(ctx, "local", "tiny-sd", {"width": SIZE, "height": SIZE, "steps": 2}, 1)
     assert len(result.images) == 1  # and the app keeps serving

@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any
 
+PNG_KEY = "parameters"  # the PNG text chunk A1111 writes and reads
 NEGATIVE = "Negative prompt:"
 PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 LORA_RE = re.compile(r"<lora:([^:>]+)(?::([-+]?[0-9]*\.?[0-9]+))?>")

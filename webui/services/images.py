@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from generators.base import (
     InvalidOptionsError,
     PaintRequest,
     StepControl,
+    StepEvent,
     StudioError,
     validate_model,
 )
@@ -109,6 +113,11 @@ class GalleryPage:
 
 def image_models(ctx: AppContext) -> list[str]:
     return ctx.registry.names("image")
+
+
+def class_models(ctx: AppContext) -> list[str]:
+    """The image models that draw (class, seed) images."""
+    return [m for m in image_models(ctx) if CAP_CLASS_CONDITIONAL in ctx.registry.get(m).info.capabilities]
 
 
 def _image_generator(ctx: AppContext, model: str) -> ImageGenerator:
@@ -450,13 +459,29 @@ def _resized(array: Any, width: int, height: int, nearest: bool = False) -> Any:
     return np.asarray(image.resize((width, height), Image.NEAREST if nearest else Image.LANCZOS))
 
 
+def _with_prompt_loras(params: dict[str, Any] | None) -> dict[str, Any]:
+    """A1111's `<lora:NAME:WEIGHT>` tags in the prompt become LoRAs (so prompts from A1111, Civitai and
+    SillyTavern work as written); a LoRA given both ways takes the tag's weight."""
+    from .infotext import LORA_RE
+
+    values = dict(params or {})
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not LORA_RE.search(prompt):
+        return values
+    tags = {name: float(weight) if weight else 1.0 for name, weight in LORA_RE.findall(prompt)}
+    given = [lo for lo in values.get("loras") or [] if not (isinstance(lo, dict) and lo.get("name") in tags)]
+    values["loras"] = [*given, *({"name": n, "weight": w} for n, w in tags.items())]
+    values["prompt"] = " ".join(LORA_RE.sub("", prompt).split())
+    return values
+
+
 def paint_request(ctx: AppContext, gen: ImageGenerator, params: dict[str, Any] | None, seed: Any = None,
                   count: Any = 1, init_image: Any = None, mask: Any = None) -> PaintRequest:
     """Validate everything a person typed or uploaded into a PaintRequest; every error names its field.
 
     The init image is resized to the requested size (A1111's "just resize"); a mask must have the
     init image's size and is resized with it."""
-    checked = _params(gen, params)
+    checked = _params(gen, _with_prompt_loras(params))
     limit = ctx.settings.max_image_side
     for side in ("width", "height"):
         if getattr(checked, side) > limit:
@@ -521,6 +546,37 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
     notice = f"{request.count} image(s), seeds {seeds[0]}–{seeds[-1]}" if request.count > 1 else f"seed {seeds[0]}"
     cols = min(4, len(pixels))
     return ImageResult(saved, png.tile(pixels, cols), notice=notice, extra={"request": request})
+
+
+def paint_with_progress(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None = None,
+                        seed: Any = None, count: Any = 1, init_image: Any = None, mask: Any = None,
+                        cancel: threading.Event | None = None, preview_every: int = 5,
+                        source: str = "ui") -> Iterator[StepEvent | ImageResult]:
+    """`paint`, watched: yields a StepEvent after each step (with a preview every `preview_every`), then
+    the ImageResult. Setting `cancel` (or closing the iterator) stops between two steps."""
+    cancel = cancel or threading.Event()
+    events: queue.Queue[Any] = queue.Queue()
+    control = StepControl(events.put, cancel, preview_every)
+
+    def work() -> None:
+        try:
+            events.put(paint(ctx, owner, model, params, seed, count, init_image, mask, source, control))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            events.put(exc)
+
+    worker = threading.Thread(target=work, name="paint-progress", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, ImageResult):
+                return
+    finally:
+        if worker.is_alive():
+            cancel.set()  # a closed watcher (Stop, a closed page) stops the work between two steps
 
 
 # ------------------------------------------------------------------ PNG info and re-runs

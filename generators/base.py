@@ -45,6 +45,7 @@ CAP_IMAGE_TO_IMAGE = "image-to-image"  # image: `paint` from a prompt and an ini
 CAP_INPAINT = "inpaint"  # image: `paint` repaints the masked part of an init image
 CAP_LORA = "lora"  # image: LoRA files applied with a weight (`PromptParams.loras`)
 CAP_STEPS = "steps"  # image: reports each denoising step to a `StepControl` and stops between steps
+CAP_TRAJECTORY = "trajectory"  # image: `trajectory` returns x_t at chosen denoising steps (diffusion)
 
 PROMPTED_CAPABILITIES = frozenset({CAP_TEXT_TO_IMAGE, CAP_IMAGE_TO_IMAGE, CAP_INPAINT})
 
@@ -501,6 +502,12 @@ class ImageGenerator(Generator):
 
     def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
         raise InvalidOptionsError(f"{self.name} cannot interpolate between images.")
+
+    def trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],
+                   control: StepControl | None = None) -> ImageOutput:
+        """One image's denoising path: x_t after each of `at_steps` steps, then the model's estimate of the
+        clean image at those steps (2 × len(at_steps) images; `details["steps"]` lists the steps)."""
+        raise InvalidOptionsError(f"{self.name} has no denoising trajectory; pick a diffusion model.")
 
     def reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
         """Encode `pixels` (H, W, C uint8, already at `image_size`) as class `label`, decode as each target."""

@@ -151,16 +151,18 @@ def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
     made: list[Any] = []
 
     def build(models: dict[str, dict[str, Any]] | None = None, *, images: bool = False, **settings: Any) -> Any:
-        """Fake text models by name (options per model); `images` adds the shipped GAN and VAE."""
+        """Fake text models by name (options per model); `images` adds the shipped GAN, VAE and digit diffusion."""
+        from generators.image.diffusion_plugin import DigitDiffusionPlugin
         from generators.image.plugin import GANPlugin, VAEPlugin
         from webui.settings import default_models
 
         entries = [ModelEntry(name=n, plugin="fake-text", options=o) for n, o in (models or {"fake": {}}).items()]
         if images:
-            entries += [m for m in default_models() if m.plugin in ("gan", "vae")]
+            entries += [m for m in default_models() if m.plugin in ("gan", "vae", "digit-diffusion")]
         s = Settings(data_dir=tmp_path / "data", models=entries, **settings)
         store = Store(s.database_url, s.data_dir)
-        reg = Registry({"fake-text": fake_plugin, "gan": GANPlugin, "vae": VAEPlugin}, cache_dir=str(tmp_path / "cache"))
+        reg = Registry({"fake-text": fake_plugin, "gan": GANPlugin, "vae": VAEPlugin,
+                        "digit-diffusion": DigitDiffusionPlugin}, cache_dir=str(tmp_path / "cache"))
         for e in entries:
             reg.add(ModelSpec(e.name, e.plugin, e.options))
         ctx = AppContext(settings=s, registry=reg, store=store)

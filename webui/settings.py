@@ -27,7 +27,7 @@ class ModelEntry(BaseModel):
                                     "default: the global `concurrency`")
 
 
-IMAGE_PLUGINS = frozenset({"gan", "vae"})
+IMAGE_PLUGINS = frozenset({"gan", "vae", "digit-diffusion"})
 CONTINUATION_PLUGINS = frozenset({"char-lstm"})  # text models that cannot chat: never the default chat model
 
 
@@ -43,6 +43,7 @@ def default_models() -> list[ModelEntry]:
                    options={"weights": "builtin:gan-mnist32"}),
         ModelEntry(name="vae-mnist32", plugin="vae",
                    options={"weights": "builtin:vae-mnist32", "classifier": "builtin:classifier-mnist32"}),
+        ModelEntry(name="diffusion-mnist32", plugin="digit-diffusion", options={"weights": "builtin:diffusion-mnist32"}),
     ]
 
 
@@ -89,7 +90,7 @@ class Settings(BaseSettings):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
         text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device), ("dtype", self.dtype)) if v}
         image = {"device": self.device} if self.device else {}
-        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image}
+        overrides = {"transformers": text, "gan": image, "vae": image, "digit-diffusion": image, "char-lstm": image}
         return [
             e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
             for e in entries

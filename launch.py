@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users-file", type=Path, help="users with hashed passwords and API keys (default DATA_DIR/users.json)")
     p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default 1)")
     p.add_argument("--queue-size", type=int, help="requests that may wait before new ones get 'busy, try again' (default 64)")
-    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (default 60; 0 = no limit)")
+    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (0 = no limit; "
+                   "default: 60 with accounts, none while auth is off)")
     p.add_argument("--memory-budget-gb", type=float, help="unload least recently used models beyond this much memory")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default INFO)")
     return p.parse_args(argv)

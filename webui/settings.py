@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     users_file: Path | None = Field(None, description="users with hashed passwords and API keys; default DATA_DIR/users.json")
     queue_size: int = Field(64, ge=1, le=10_000, description="waiting requests before 'busy, try again'")
     busy_timeout_s: float = Field(120.0, gt=0, le=3600, description="longest wait for a busy model before 'busy'")
-    requests_per_minute: int = Field(60, ge=0, le=100_000, description="generation requests per user per minute; 0 = no limit")
+    requests_per_minute: int | None = Field(None, ge=0, le=100_000, description="generation requests per user per "
+                                            "minute; 0 = no limit; unset = 60 with accounts, none while auth is off")
     max_prompt_chars: int = Field(50_000, ge=100, le=10_000_000, description="characters of a message, passage or API prompt")
     max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")

@@ -24,9 +24,11 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
     CAP_STREAM,
+    ChatMessage,
     GenerationFailedError,
     GenerationStats,
     GeneratorInfo,
@@ -38,6 +40,7 @@ from ..base import (
     TextChunk,
     TextGenerator,
     TextRequest,
+    TokenLogprob,
 )
 from ..compute import lane
 from .decoding import IncrementalDetokenizer, Sampler, StopStringFilter
@@ -91,7 +94,8 @@ class TransformersLM(TextGenerator):
         modality="text",
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF), bitsandbytes 8/4-bit",
-        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED}),
+        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
+                                CAP_LOGPROBS}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -122,7 +126,7 @@ class TransformersLM(TextGenerator):
         if src.is_gguf:
             if not self.cache_dir:
                 raise LoadFailedError("A GGUF source needs a cache folder (set the data folder).")
-            location = str(ensure_gguf_cache(src.location, self.cache_dir, progress))
+            location = str(ensure_gguf_cache(src.gguf_path(self.cache_dir, progress), self.cache_dir, progress))
         progress(f"Loading {self.name} weights on {self.device}…")
         local_only = not opts.allow_download
         kwargs: dict[str, Any] = {"dtype": self._dtype(torch), "local_files_only": local_only}
@@ -295,7 +299,10 @@ class TransformersLM(TextGenerator):
         except LoadFailedError:
             return 0
         path = Path(src.location)
-        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+        if src.kind == "gguf-parts":
+            size = 260 * 2**20  # not assembled yet: the size of the model the package ships (Gemma 3 270M)
+        else:
+            size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
         return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.2, "dynamic-int8": 0.35}[self.options.quantization])
@@ -334,6 +341,8 @@ class TransformersLM(TextGenerator):
         messages = list(request.messages)
         system = [m for m in messages if m.role == "system"]
         turns = [m for m in messages if m.role != "system"]
+        if not turns and system:  # only instructions (OpenAI answers those): the last one is what is answered
+            system, turns = system[:-1], [ChatMessage("user", system[-1].content)]
         if not turns:
             raise InvalidOptionsError("There is no user message to reply to.")
 
@@ -393,7 +402,7 @@ class TransformersLM(TextGenerator):
                 if error is not None:
                     raise GenerationFailedError(f"Generation failed: {error}") from error
                 if finish is None:
-                    yield TextChunk(text)
+                    yield TextChunk(text, logprobs=self._relay_scored(sampler, eos))
                     continue
                 ended = time.perf_counter()
                 decode_s = ended - seq.first_token_at if seq.first_token_at else 0.0
@@ -402,10 +411,48 @@ class TransformersLM(TextGenerator):
                     time_to_first_token_s=(seq.first_token_at - started) if seq.first_token_at else None,
                     tokens_per_s=(seq.generated / decode_s) if decode_s > 0 and seq.generated else None,
                     dropped_messages=dropped)  # fmt: skip
-                yield TextChunk(text, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+                yield TextChunk(text, finish_reason=finish, stats=stats,  # type: ignore[arg-type]
+                                logprobs=self._relay_scored(sampler, eos))
                 return
         finally:
             seq.abandoned = True  # a consumer that stops reading frees its row at the next step
+
+    def _relay_scored(self, sampler: Any, eos: set[int]) -> tuple[TokenLogprob, ...]:
+        """The log-probabilities of the tokens sampled since the last chunk (the end-of-text token is no part
+        of the reply, so none of its own)."""
+        if sampler.logprobs is None:
+            return ()
+        decode = self.tokenizer.decode
+        return tuple(TokenLogprob(decode([t.token_id]), t.logprob, tuple((decode([i]), lp) for i, lp in t.top))
+                     for t in sampler.take_scored() if t.token_id not in eos)
+
+    def prompt_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        """Every token of `text` scored by one forward pass on the compute lane (after the start-of-text token
+        where the model has one, so the first token gets a log-probability too)."""
+        import torch
+
+        from .logits_processing import score_prompt
+
+        self._require_loaded()
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None:  # as log_likelihood scores: the first token is predicted from the start of text
+            ids = [bos, *ids]
+        if len(ids) > self.context_window:
+            raise InvalidOptionsError(f"The prompt is {len(ids)} tokens long; {self.name} scores at most "
+                                      f"{self.context_window} at once.")
+
+        def forward() -> list[Any]:
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0]
+                return score_prompt(logits, ids, top)
+
+        scored = lane().call(forward)
+        decode = self.tokenizer.decode
+        special = set(self.tokenizer.all_special_ids)
+        return [TokenLogprob(decode([i]), None if st is None else st.logprob,
+                             () if st is None else tuple((decode([k]), lp) for k, lp in st.top))
+                for i, st in zip(ids, scored, strict=True) if i not in special]
 
     def log_likelihood(self, text: str, cancel: threading.Event | None = None) -> tuple[float, int]:
         """NLL (nats) of every token of `text` after the first, in windows of the context size
@@ -446,7 +493,7 @@ class TransformersLM(TextGenerator):
         params = request.params
         prompt_ids, dropped = self.encode(request)
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        sampler = Sampler(params, seed, self.device)
+        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs)
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         eos = self._eos_ids()
@@ -490,7 +537,7 @@ class TransformersLM(TextGenerator):
                 all_ids = torch.cat([all_ids, next_input], dim=1)
             text = stops.push(detok.push(token))
             if text:
-                yield TextChunk(text)
+                yield TextChunk(text, logprobs=self._relay_scored(sampler, eos))
             if stops.stopped:
                 finish = "stop"
                 break
@@ -505,4 +552,4 @@ class TransformersLM(TextGenerator):
             tokens_per_s=(generated / decode_s) if decode_s > 0 and generated else None,
             dropped_messages=dropped,
         )
-        yield TextChunk(tail, finish_reason=finish, stats=stats)
+        yield TextChunk(tail, finish_reason=finish, stats=stats, logprobs=self._relay_scored(sampler, eos))

@@ -40,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db-url", help="SQLAlchemy database URL (default sqlite:///DATA_DIR/studio.db)")
     p.add_argument("--config", type=Path, help="TOML or YAML file with these settings and a `models` list")
     p.add_argument("--model", help="default model: a configured name, a Hugging Face id, a folder or a .gguf file")
-    p.add_argument("--quantization", choices=["none", "8bit", "4bit", "int4", "dynamic-int8"],
-                   help="language model weights: bitsandbytes 8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) "
-                        "or dynamic-int8 (PyTorch, CPU)")
+    p.add_argument("--quantization", choices=["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"],
+                   help="language model weights: auto (default: int4 on a CPU, the model's dtype on CUDA); bitsandbytes "
+                        "8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) or dynamic-int8 (PyTorch, CPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="language models' compute type (default auto: float32 on a CPU, bfloat16 on CUDA; with int4, "
@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                    help="a user who may log in (repeatable; kept in memory). Permanent users: `launch.py users add`")
     p.add_argument("--users-file", type=Path, help="users with hashed passwords and API keys (default DATA_DIR/users.json)")
-    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default 1)")
+    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default: each model's own; "
+                   "a language model decodes up to 16 requests together)")
     p.add_argument("--queue-size", type=int, help="requests that may wait before new ones get 'busy, try again' (default 64)")
     p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (0 = no limit; "
                    "default: 60 with accounts, none while auth is off)")
@@ -81,7 +82,7 @@ def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("users", "backup", "restore", "evaluate"):
+    if argv and argv[0] in ("users", "backup", "restore", "evaluate", "prepare"):
         from webui.admin import main as admin_main
 
         return admin_main(argv)

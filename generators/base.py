@@ -284,6 +284,11 @@ class Generator(ABC):
         """Memory held now (0 when unloaded)."""
         return 0
 
+    @property
+    def default_concurrency(self) -> int:
+        """Generations that run at once when the configuration does not say (a batching plugin: its batch)."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         """Plain data for the Models view and /v1/models."""
         return {

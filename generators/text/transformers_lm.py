@@ -66,8 +66,11 @@ def scoring_windows(length: int, window: int) -> Iterator[tuple[int, int, int]]:
 
 class TransformersLoadOptions(StrictModel):
     source: str = Field(DEFAULT_SOURCE, description="hub id, local folder, .gguf path or pkg:PACKAGE/FILE.gguf")
-    quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] = Field(
-        "none", description="8bit / 4bit: bitsandbytes (NF4); int4: 4-bit weights in groups of 32 on PyTorch's CPU "
+    quantization: Literal["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"] = Field(
+        "none", description="auto (what the studio configures unless told otherwise): the fastest precision whose "
+        "held-out perplexity stays within +5 % of float32 on the device (a CPU: int4; CUDA: none, computing in "
+        "bfloat16); none: the dtype as is; "
+        "8bit / 4bit: bitsandbytes (NF4); int4: 4-bit weights in groups of 32 on PyTorch's CPU "
         "kernel (the fastest CPU choice; a Q4_1 GGUF keeps its own 4-bit weights); dynamic-int8: PyTorch dynamic "
         "int8 Linear layers (CPU; models with activation outliers lose accuracy: SmolLM2's perplexity triples)"
     )
@@ -111,6 +114,7 @@ class TransformersLM(TextGenerator):
         self.decode_loop: str | None = None  # "C++", "Python" or "transformers forward" while loaded with batching
         self.packed_layers = 0  # Linear layers stored packed for oneDNN (bfloat16 on a CPU, where faster)
         self.loaded_from: str | None = None
+        self.quantization: str = self.options.quantization  # what runs ("auto" resolved at load)
 
     # ------------------------------------------------------------ lifecycle
     def _load(self, progress: ProgressFn) -> None:
@@ -120,6 +124,7 @@ class TransformersLM(TextGenerator):
         opts = self.options
         started = time.perf_counter()
         self.device = self._pick_device(torch)
+        self.quantization = self._resolve_quantization()
         quant_config = self._quantization_config(torch)
         src = resolve_source(opts.source)
         location = src.location
@@ -150,9 +155,9 @@ class TransformersLM(TextGenerator):
         if quant_config is None:
             self.model.to(self.device)
         self.model.eval()
-        if opts.quantization == "dynamic-int8":
+        if self.quantization == "dynamic-int8":
             self.model = self._dynamic_int8(self.model, torch)
-        elif opts.quantization == "int4":
+        elif self.quantization == "int4":
             from .int4 import quantize_int4
 
             progress(f"Packing {self.name} weights as 4-bit groups…")
@@ -175,7 +180,7 @@ class TransformersLM(TextGenerator):
 
     def _pack_weights(self) -> int:
         """bfloat16 Linear layers on a CPU → oneDNN-packed (onednn.py), where the model's layers measure faster so."""
-        if not self.options.pack_weights or self.device != "cpu" or self.options.quantization != "none":
+        if not self.options.pack_weights or self.device != "cpu" or self.quantization != "none":
             return 0
         from .onednn import pack_linear_layers_if_faster
 
@@ -203,6 +208,33 @@ class TransformersLM(TextGenerator):
         self.model = None
         self.tokenizer = None
 
+    def _resolve_quantization(self) -> str:
+        """`auto` → int4 on a CPU whose torch has the int4 kernel (and a dtype it computes in), else none."""
+        if self.options.quantization != "auto":
+            return self.options.quantization
+        if self.device == "cpu" and self.options.dtype in ("auto", "bfloat16", "float32"):
+            from .int4 import int4_supported
+
+            if int4_supported():
+                return "int4"
+        return "none"
+
+    def precision(self) -> str:
+        """What runs and why, for the Models view."""
+        if not self.loaded:
+            return f"{self.options.quantization} (decided at load)" if self.options.quantization == "auto" else \
+                self.options.quantization
+        dtype = str(getattr(self.model, "dtype", "")).replace("torch.", "")
+        why = " — auto: the fastest within +5 % perplexity of float32 here" if self.options.quantization == "auto" else ""
+        if self.quantization == "int4":
+            compute = "bfloat16" if self.options.dtype in ("auto", "bfloat16") else "float32"
+            return f"int4 weights, {compute} between the kernels{why}"
+        return f"{self.quantization if self.quantization != 'none' else dtype}{why}"
+
+    @property
+    def default_concurrency(self) -> int:
+        return self.options.max_batch
+
     def _pick_device(self, torch: Any) -> str:
         want = self.options.device
         has_cuda = torch.cuda.is_available()
@@ -214,7 +246,7 @@ class TransformersLM(TextGenerator):
 
     def _dtype(self, torch: Any) -> Any:
         name = self.options.dtype
-        if self.options.quantization == "int4":
+        if self.quantization == "int4":
             return torch.float32  # quantized from float32 weights; `use_bfloat16_activations` per dtype afterwards
         if name == "auto":
             return torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -230,7 +262,7 @@ class TransformersLM(TextGenerator):
             return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def _quantization_config(self, torch: Any) -> Any:
-        q = self.options.quantization
+        q = self.quantization
         if q in ("dynamic-int8", "int4"):
             if self.device != "cpu":
                 raise LoadFailedError(
@@ -305,7 +337,8 @@ class TransformersLM(TextGenerator):
             size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.2, "dynamic-int8": 0.35}[self.options.quantization])
+        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.2, "dynamic-int8": 0.35}[
+            "int4" if self.options.quantization == "auto" else self.options.quantization])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -313,6 +346,7 @@ class TransformersLM(TextGenerator):
         d["context_window"] = self.context_window if self.loaded else None
         d["chat_template"] = self.has_chat_template if self.loaded else None
         d["decode_loop"] = self.decode_loop if self.loaded else None
+        d["precision"] = self.precision()
         return d
 
     def count_tokens(self, text: str) -> int:

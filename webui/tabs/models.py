@@ -12,7 +12,7 @@ from ..errors import ui_errors
 from ..services.context import AppContext
 from . import FAST
 
-COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Decoding", "Source"]
+COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Precision", "Decoding", "Source"]
 
 
 def model_rows(ctx: AppContext) -> list[list[Any]]:
@@ -26,7 +26,7 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
             "loaded" if d["loaded"] else "not loaded",
             round(d["memory_bytes"] / 2**20, 1),
             d.get("device") or opts.get("device", "-"),
-            opts.get("quantization", "-"),
+            d.get("precision") or opts.get("quantization", "-"),  # what runs, and why when chosen automatically
             d.get("decode_loop") or "-",  # C++ / Python layer loop, or transformers' own (while loaded)
             opts.get("source", "-"),
         ])
@@ -36,7 +36,7 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
 def settings_of(ctx: AppContext, name: str | None) -> tuple[str, str]:
     """(quantization, device) a model is configured with; "none"/"auto" for plugins without them."""
     opts = ctx.registry.get(name).options.model_dump() if name else {}
-    return opts.get("quantization") or "none", opts.get("device") or "auto"
+    return opts.get("quantization") or "auto", opts.get("device") or "auto"
 
 
 def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
@@ -46,7 +46,7 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
     with gr.Row():
         model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
-        quantization = gr.Radio(["none", "8bit", "4bit", "int4", "dynamic-int8"], value=first[0], label="Quantization",
+        quantization = gr.Radio(["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"], value=first[0], label="Quantization",
                                 info="8bit / 4bit: bitsandbytes; int4 (fastest on a CPU) and dynamic-int8: PyTorch, CPU only",
                                 scale=2, elem_id="models-quantization")
         device = gr.Radio(["auto", "cpu", "cuda"], value=first[1], label="Device", scale=2)

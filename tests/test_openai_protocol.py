@@ -292,3 +292,29 @@ def test_rate_limit_is_off_without_auth_and_says_when_to_retry(make_ctx) -> None
     assert statuses[2].headers["Retry-After"] == "60"
     error = statuses[2].json()["error"]
     assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded") and "60 s" in error["message"]
+
+
+def test_the_lstm_is_reachable_on_the_completions_endpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from generators.registry import ModelSpec, Registry
+    from generators.text.char_lstm import CharLSTM
+    from storage import Store
+    from webui.services.context import AppContext
+    from webui.settings import ModelEntry, Settings
+
+    entry = ModelEntry(name="lstm-fortunes", plugin="char-lstm", options={"weights": "builtin:lstm-fortunes"})
+    settings = Settings(data_dir=tmp_path / "data", models=[entry])
+    reg = Registry({"char-lstm": CharLSTM}, cache_dir=str(tmp_path / "cache"))
+    reg.add(ModelSpec(entry.name, entry.plugin, entry.options))
+    ctx = AppContext(settings=settings, registry=reg, store=Store(settings.database_url, settings.data_dir))
+    app = FastAPI(routes=build_router(ctx).routes, exception_handlers=EXCEPTION_HANDLERS)
+    try:
+        with TestClient(app) as http:
+            oa = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+            r = oa.completions.create(model="lstm-fortunes", prompt="You will", max_tokens=20, seed=1, echo=True, n=2)
+            assert [c.text[:8] for c in r.choices] == ["You will"] * 2 and len(r.choices[0].text) > 8
+            assert r.choices[0].text != r.choices[1].text  # seeds 1 and 2
+            with pytest.raises(openai.BadRequestError) as info:  # it cannot score tokens
+                oa.completions.create(model="lstm-fortunes", prompt="You", max_tokens=2, logprobs=1)
+            assert info.value.param == "logprobs"
+    finally:
+        ctx.store.close()

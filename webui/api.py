@@ -31,6 +31,7 @@ from storage.db import StorageError
 from storage.repository import NotFoundError
 
 from . import openai_routes
+from .api_images import build_image_router
 from .protocol import error_body, studio_error_body
 from .services import chat as chat_service
 from .services import images as image_service
@@ -196,4 +197,5 @@ def build_router(ctx: AppContext) -> APIRouter:
             return error_response(exc)
         return {"deleted": image_id}
 
+    router.include_router(build_image_router(ctx))  # OpenAI images and A1111 /sdapi/v1 routes
     return router

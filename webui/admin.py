@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from storage import files as private_files
+
 BACKUP_FORMAT = "aigc-studio.backup.v1"
 
 
@@ -110,7 +112,9 @@ def backup(settings: Any, out: Path) -> dict[str, Any]:
         (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
-        with tarfile.open(partial, "w:gz") as tar:
+        partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, private_files.FILE_MODE)
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             tar.add(Path(tmp) / "manifest.json", "manifest.json")
             tar.add(copy, "studio.db")
             for f in files:
@@ -153,18 +157,21 @@ def restore(settings: Any, archive: Path) -> dict[str, Any]:
             if old.exists():
                 os.replace(old, old.with_name(f"{old.name}.before-restore-{stamp}"))
         shutil.copy2(root / "studio.db", db_path)
+        private_files.narrow(db_path)  # older backups hold 0644 files
         images = settings.data_dir / "images"
         if images.exists():
             os.replace(images, images.with_name(f"images.before-restore-{stamp}"))
         if (root / "images").is_dir():
             shutil.copytree(root / "images", images)
-        else:
-            images.mkdir(parents=True)
+        private_files.private_dir(images)
+        for f in images.iterdir():
+            private_files.narrow(f)
         if (root / "users.json").is_file():
             users_path = settings.users_path
             if users_path.exists():
                 os.replace(users_path, users_path.with_name(f"{users_path.name}.before-restore-{stamp}"))
             shutil.copy2(root / "users.json", settings.users_path)
+            private_files.narrow(settings.users_path)
     return manifest
 
 

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -28,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from generators.base import StudioError
+from storage import files
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class Accounts:
                 self._cache = _Snapshot()
                 return {}
             if mtime != self._cache.mtime:
+                self._check_mode()
                 try:
                     data = json.loads(self.path.read_text(encoding="utf-8"))
                     users = data["users"] if data.get("format") == FORMAT else None
@@ -99,13 +100,20 @@ class Accounts:
                 self._cache = _Snapshot(mtime, users)
             return self._cache.users
 
+    def _check_mode(self) -> None:
+        """A users file others may read (password hashes, key hashes) is narrowed to 0600, or refused."""
+        if not files.too_open(self.path):
+            return
+        files.narrow(self.path)
+        if files.too_open(self.path):
+            raise AccountError(f"The users file {self.path} can be read by other accounts on this machine and the "
+                               f"studio cannot change that (it is not the file's owner); run: chmod 600 {self.path}")
+        log.warning("The users file %s was readable by other accounts; its mode is now 0600.", self.path)
+
     def _save(self, users: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "users": users}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        files.private_dir(self.path.parent)
+        data = json.dumps({"format": FORMAT, "users": users}, indent=2, sort_keys=True).encode("utf-8")
+        files.write_private(self.path, data, durable=True)  # a fresh O_EXCL temp name: no planted link is followed
         self._cache = _Snapshot()  # re-read next time
 
     # ------------------------------------------------------------ queries

@@ -10,7 +10,6 @@ alone; on CPU the same generator, parameters and seed give the same bytes.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import secrets
 import time
@@ -31,6 +30,7 @@ from generators.base import (
 )
 from generators.image.preprocess import prepare_image
 from storage import repository as repo
+from storage.files import private_dir, write_private
 from storage.models import ImageRecord, new_id
 
 from . import png
@@ -173,15 +173,11 @@ def _params(gen: ImageGenerator, values: dict[str, Any] | None) -> BaseModel:
 
 
 def _images_dir(ctx: AppContext) -> Path:
-    folder = ctx.store.data_dir / IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return private_dir(ctx.store.data_dir / IMAGES_DIR)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_private(path, data)
 
 
 def _saved(ctx: AppContext, row: ImageRecord) -> SavedImage:

@@ -23,7 +23,10 @@ PACK_FOR_ROWS = 16  # oneDNN picks the blocking for this many rows; any number o
 
 
 def onednn_bfloat16_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """oneDNN bfloat16 kernels exist in this build AND this CPU has the instructions they need
+    (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); on an AVX2-only CPU the weight reorder raises."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 class PackedLinear(nn.Module):

@@ -74,10 +74,11 @@ def users(args: argparse.Namespace) -> int:
         print(f"New API key for {args.name} (shown only now): {accounts.new_key(args.name)}")
     elif args.action == "passwd":
         accounts.set_password(args.name, _password(args))
-        print(f"Password of {args.name} changed.")
+        print(f"Password of {args.name} changed; their logins and API keys are revoked "
+              f"(a new key: python launch.py users key {args.name}).")
     elif args.action == "remove":
         accounts.remove(args.name)
-        print(f"Removed {args.name}; their saved work stays in the database.")
+        print(f"Removed {args.name}; their logins and API keys stop working now; their saved work stays in the database.")
     return 0
 
 

@@ -137,6 +137,10 @@ class Accounts:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
+    def password_hash(self, name: str) -> str | None:
+        """The stored hash of `name`'s password (it changes with every new password); None: no such user."""
+        return self._inline.get(name) or (self._users().get(name) or {}).get("password")
+
     def user_for_key(self, key: str) -> str | None:
         if not key or not key.startswith(KEY_PREFIX):
             return None
@@ -163,13 +167,14 @@ class Accounts:
             return key
 
     def set_password(self, name: str, password: str) -> None:
+        """A new password ends the user's logins (their sessions see a new hash) and revokes their API keys."""
         if len(password) < MIN_PASSWORD:
             raise AccountError(f"Use a password of at least {MIN_PASSWORD} characters.")
         with self._lock:
             users = dict(self._users())
             if name not in users:
                 raise AccountError(f"No user {name!r} in {self.path}.")
-            users[name] = {**users[name], "password": self._hasher.hash(password)}
+            users[name] = {**users[name], "password": self._hasher.hash(password), "api_keys": []}
             self._save(users)
 
     def new_key(self, name: str) -> str:

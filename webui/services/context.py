@@ -16,6 +16,7 @@ from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
 from .accounts import Accounts, AuthError
+from .login_throttle import LoginThrottle
 from .story_context import TokenCountCache
 
 
@@ -110,6 +111,7 @@ class AppContext:
     default_owner: str = LOCAL_OWNER
     accounts: Accounts | None = None
     rate: RateLimiter | None = None
+    logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
 
     def __post_init__(self) -> None:
         if self.accounts is None:

@@ -212,3 +212,48 @@ def test_every_route_refuses_huge_and_deep_bodies(studio, path: str) -> None:
     deep = json.dumps({"model": "quick", "messages": []})[:-1] + ', "x": ' + "[" * 1500 + "]" * 1500 + "}"
     r = client.post(path, content=deep, headers=headers)
     assert r.status_code == 400 and "nests more than 64 levels" in r.json()["error"]["message"]
+
+
+# ------------------------------------------------------------------ the admin role
+
+
+def test_roles_first_user_is_admin_and_the_command_changes_it(tmp_path) -> None:
+    import json as _json
+
+    accounts = Accounts(tmp_path / "users.json")
+    accounts.add("ann", "ann-password")
+    accounts.add("bob", "bob-password")
+    assert accounts.is_admin("ann") and not accounts.is_admin("bob")
+    with pytest.raises(Exception, match="only admin"):
+        accounts.set_role("ann", "user")
+    accounts.set_role("bob", "admin")
+    accounts.set_role("ann", "user")
+    assert accounts.is_admin("bob") and not accounts.is_admin("ann")
+    # a users file from before roles: its oldest user administers
+    data = _json.loads(accounts.path.read_text())
+    for u in data["users"].values():
+        u.pop("role")
+    accounts.path.write_text(_json.dumps(data))
+    assert Accounts(accounts.path).is_admin("ann") and not Accounts(accounts.path).is_admin("bob")
+
+
+def test_only_an_admin_changes_the_shared_models_others_see_them_read_only(studio) -> None:
+    ctx, url, _ = studio
+    bob = Client(url, auth=("bob", "bob-password"), verbose=False)
+    for api_name, args in [("/load_model", ("quick",)), ("/unload_model", ("quick",)),
+                           ("/configure_model", ("quick", "none", "cuda")), ("/run_metrics", (["quick"], "bits_per_char"))]:
+        with pytest.raises(Exception, match="Only an admin"):
+            bob.predict(*args, api_name=api_name)
+    assert not ctx.registry.get("quick").loaded and ctx.registry.get("quick").options.model_dump().get("device") != "cuda"
+    assert bob.predict(api_name="/list_models")  # the state stays readable
+    ann = Client(url, auth=("ann", "ann-password"), verbose=False)
+    ann.predict("quick", api_name="/load_model")
+    assert ctx.registry.get("quick").loaded
+    ann.predict("quick", api_name="/unload_model")
+    assert not ctx.registry.get("quick").loaded
+
+
+def test_without_accounts_the_local_user_is_admin(make_ctx) -> None:
+    ctx = make_ctx()
+    assert ctx.is_admin("local")
+    ctx.require_admin("local")

@@ -4,6 +4,7 @@
     python launch.py users list
     python launch.py users key ann            # another API key for ann (shown once)
     python launch.py users passwd ann
+    python launch.py users role ann admin     # admins load/unload/configure models (the first user is one)
     python launch.py users remove ann         # her chats, stories and images stay in the database
     python launch.py backup studio-backup.tar.gz
     python launch.py restore studio-backup.tar.gz
@@ -65,7 +66,8 @@ def users(args: argparse.Namespace) -> int:
     accounts = Accounts(_settings(args).users_path)
     if args.action == "list":
         names = accounts.names()
-        print("\n".join(names) if names else f"No users in {accounts.path} (auth is off).")
+        print("\n".join(f"{n} (admin)" if accounts.is_admin(n) else n for n in names) if names
+              else f"No users in {accounts.path} (auth is off).")
     elif args.action == "add":
         key = accounts.add(args.name, _password(args))
         print(f"Added {args.name}. Their API key (shown only now): {key}")
@@ -76,6 +78,11 @@ def users(args: argparse.Namespace) -> int:
         accounts.set_password(args.name, _password(args))
         print(f"Password of {args.name} changed; their logins and API keys are revoked "
               f"(a new key: python launch.py users key {args.name}).")
+    elif args.action == "role":
+        if args.role not in ("admin", "user"):
+            raise SystemExit("error: users role NAME admin|user")
+        accounts.set_role(args.name, args.role)
+        print(f"{args.name} is now {'an admin' if args.role == 'admin' else 'a user'}.")
     elif args.action == "remove":
         accounts.remove(args.name)
         print(f"Removed {args.name}; their logins and API keys stop working now; their saved work stays in the database.")
@@ -205,8 +212,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description="AIGC Studio admin commands")
     sub = parser.add_subparsers(dest="command", required=True)
     u = sub.add_parser("users", help="add, list, remove users; make API keys")
-    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd"])
+    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd", "role"])
     u.add_argument("name", nargs="?")
+    u.add_argument("role", nargs="?", help="with `role`: admin or user (admins manage the shared models)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
     _common(u)
     b = sub.add_parser("backup", help="database (online backup) + images + users into one .tar.gz")

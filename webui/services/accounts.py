@@ -47,6 +47,14 @@ class AuthError(StudioError):
     http_status = 401
 
 
+class NotAdminError(StudioError):
+    code = "permission_denied"
+    http_status = 403
+
+
+ROLES = ("admin", "user")
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise AccountError("A user name is 1–64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit.")
@@ -141,6 +149,32 @@ class Accounts:
         """The stored hash of `name`'s password (it changes with every new password); None: no such user."""
         return self._inline.get(name) or (self._users().get(name) or {}).get("password")
 
+    def is_admin(self, name: str) -> bool:
+        """Admins configure, load and unload the shared models and run server-wide jobs. The first user
+        made is one; `launch.py users role NAME admin|user` changes it. A users file from before roles
+        (nobody marked) treats its oldest user as the admin; with only --auth users, the first given."""
+        users = self._users()
+        if name in users:
+            if any(u.get("role") == "admin" for u in users.values()):
+                return users[name].get("role") == "admin"
+            oldest = min(users, key=lambda n: (users[n].get("created", ""), n))
+            return name == oldest
+        return bool(self._inline) and not users and name == next(iter(self._inline))
+
+    def set_role(self, name: str, role: str) -> None:
+        if role not in ROLES:
+            raise AccountError(f"A role is one of {', '.join(ROLES)}; got {role!r}.")
+        with self._lock:
+            users = dict(self._users())
+            if name not in users:
+                raise AccountError(f"No user {name!r} in {self.path}.")
+            if role == "user" and self.is_admin(name) and sum(self.is_admin(n) for n in users) <= 1:
+                raise AccountError(f"{name} is the only admin; make another user admin first.")
+            if not any(u.get("role") == "admin" for u in users.values()):  # make the implicit admin explicit
+                users = {n: {**u, "role": "admin" if self.is_admin(n) else "user"} for n, u in users.items()}
+            users[name] = {**users[name], "role": role}
+            self._save(users)
+
     def user_for_key(self, key: str) -> str | None:
         if not key or not key.startswith(KEY_PREFIX):
             return None
@@ -161,7 +195,8 @@ class Accounts:
             users = dict(self._users())
             if name in users:
                 raise AccountError(f"User {name!r} already exists; remove it first or pick another name.")
-            users[name] = {"password": self._hasher.hash(password), "api_keys": [], "created": _now()}
+            role = "admin" if not users else "user"  # the first user administers the studio
+            users[name] = {"password": self._hasher.hash(password), "api_keys": [], "created": _now(), "role": role}
             key = self._add_key(users[name])
             self._save(users)
             return key

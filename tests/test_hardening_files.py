@@ -3,6 +3,7 @@ a too-open users file is fixed or refused, and "loopback only" is decided on res
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from generators.base import InvalidOptionsError
 from launch import exposure_problem, loopback_only
 from webui.services.accounts import AccountError, Accounts
 
@@ -119,3 +121,47 @@ def test_loopback_guard_decides_on_resolved_addresses(monkeypatch) -> None:
     assert exposure_problem(S, auth_enabled=True) is None
     S.host = "127.0.0.1"
     assert exposure_problem(S, auth_enabled=False) is None
+
+
+# ------------------------------------------------------------------ chat import, validated like story import
+
+
+def _export(messages: list, **extra) -> dict:  # type: ignore[type-arg]
+    return {"format": "aigc-studio.session.v1", "kind": "chat", "title": "t", "messages": messages, **extra}
+
+
+@pytest.mark.parametrize("bad, words", [
+    ([{"id": "1", "role": "user", "content": "a\x00b"}], "NUL"),
+    ([{"id": "1", "role": "user", "content": "x" * 3_000_000}], "limit is 50,000"),
+    ([{"id": "1", "role": "user", "content": "hi", "status": "pwned"}], "status"),
+    ([{"id": "1", "role": "user", "content": 42}], "must be text"),
+    ([{"id": "1", "role": "user", "content": "hi", "model": {"x": 1}}], "model that is not a short text"),
+    ([{"id": "1", "role": "user", "content": "ok"}, {"id": "2", "parent_id": "1", "role": "robot", "content": "x"}],
+     "valid role"),
+])
+def test_chat_import_refuses_bad_files_and_stores_nothing(make_ctx, bad: list, words: str) -> None:  # type: ignore[type-arg]
+    from storage.repository import EXPORT_FORMAT
+    from webui.services import chat
+
+    ctx = make_ctx()
+    data = {**_export(bad), "format": EXPORT_FORMAT}
+    with pytest.raises(Exception, match=words) as info:
+        chat.import_json(ctx, "ann", json.dumps(data))
+    assert "SELECT" not in str(info.value) and "INSERT" not in str(info.value) and "sqlite" not in str(info.value).lower()
+    assert chat.list_chats(ctx, "ann") == []
+
+
+def test_chat_import_with_odd_types_shows_no_sql(make_ctx) -> None:
+    from storage.repository import EXPORT_FORMAT
+    from webui.services import chat
+
+    ctx = make_ctx()
+    for data in ({"settings": [1, 2]}, {"title": ["not", "text"]}, {"active_leaf_id": {"a": 1}}):
+        payload = {**_export([{"id": "1", "role": "user", "content": "hi"}]), "format": EXPORT_FORMAT, **data}
+        try:
+            chat.import_json(ctx, "ann", json.dumps(payload))
+        except InvalidOptionsError as exc:
+            assert "SELECT" not in str(exc) and "INSERT" not in str(exc) and "[SQL" not in str(exc)
+    good = {**_export([{"id": "1", "role": "user", "content": "hi", "status": "streaming"}]), "format": EXPORT_FORMAT}
+    view = chat.import_json(ctx, "ann", json.dumps(good))
+    assert view.messages[0].status == "interrupted"

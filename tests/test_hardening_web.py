@@ -257,3 +257,52 @@ def test_without_accounts_the_local_user_is_admin(make_ctx) -> None:
     ctx = make_ctx()
     assert ctx.is_admin("local")
     ctx.require_admin("local")
+
+
+# ------------------------------------------------------------------ served caches
+
+
+def test_a_deleted_image_is_gone_from_every_served_cache_and_the_cache_is_private(make_ctx) -> None:
+    import os
+    import stat
+
+    from webui.services import images as image_svc
+
+    ctx = make_ctx(images=True, port=free_port())
+    Accounts(ctx.settings.users_path).add("ann", "ann-password")
+    Accounts(ctx.settings.users_path).add("bob", "bob-password")
+    demo = launch(ctx, quiet=True)
+    try:
+        url = demo.local_url.rstrip("/")
+        ann = Client(url, auth=("ann", "ann-password"), verbose=False, download_files=False)
+        gallery = ann.predict("gan-mnist32", "4", "1", 2, 0.0, 1.0, api_name="/generate_images")[0]
+        served = [item["image"]["path"] for item in gallery]
+        cache = ctx.settings.data_dir / "cache" / "served"
+        assert all(str(cache) in p for p in served)
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and os.environ["GRADIO_TEMP_DIR"] == str(cache)
+        bob = login(url, "bob", "bob-password")  # any logged-in user who learns the URL
+        assert bob.get(f"/gradio_api/file={served[0]}").status_code == 200
+        image_id = image_svc.gallery(ctx, "ann").images[-1].id
+        path = image_svc.get_image(ctx, "ann", image_id).path
+        copy = next(p for p in served if p.endswith(path.name))
+        ann.predict(image_id, api_name="/gallery_delete")
+        assert not path.exists() and not os.path.exists(copy)
+        assert bob.get(f"/gradio_api/file={copy}").status_code in (403, 404)
+    finally:
+        demo.close()
+
+
+def test_served_files_sweep_old_entries_and_clean_at_start(tmp_path) -> None:
+    import os
+    import time as _time
+
+    from webui.cache import ServedFiles
+
+    served = ServedFiles(tmp_path / "served", max_age_s=60)
+    old, new = served.root / "old", served.root / "new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (_time.time() - 120, _time.time() - 120))
+    assert served.sweep() == 1 and not old.exists() and new.exists()
+    served.clean()
+    assert list(served.root.iterdir()) == []

@@ -20,6 +20,7 @@ from storage import Store
 
 from .api import EXCEPTION_HANDLERS, build_router
 from .app import CSS, build_app
+from .cache import ServedFiles
 from .guard import RequestGuard
 from .services.accounts import Accounts
 from .services.context import AppContext
@@ -95,6 +96,11 @@ def _sweep_in_background(sessions: SessionBook, every_s: float = 1.0) -> None:
 
 def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Blocks:
     """Start the UI and the API on settings.host:settings.port. Returns the running Blocks."""
+    served = ServedFiles(ctx.settings.data_dir / "cache" / "served")
+    served.use_for_gradio()
+    served.clean()
+    served.sweep_in_background()
+    ctx.served_copies.append(served.forget)
     demo = build_app(ctx)
     router = build_router(ctx)
     # the page may run as many generations as the most concurrent model allows; each model's own

@@ -7,6 +7,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from generators.base import BusyError, InvalidOptionsError
@@ -112,6 +113,8 @@ class AppContext:
     accounts: Accounts | None = None
     rate: RateLimiter | None = None
     logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
+    # called with a file about to be deleted, so every cache the server serves from drops its copies
+    served_copies: list[Callable[[Path], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.accounts is None:

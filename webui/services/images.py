@@ -456,5 +456,7 @@ def delete_image(ctx: AppContext, owner: str, image_id: str) -> None:
     with ctx.store.begin() as s:
         row = repo.delete_image(s, owner, image_id)
         path = ctx.store.data_dir / row.file
-    path.unlink(missing_ok=True)
-    path.with_suffix(".gif").unlink(missing_ok=True)
+    for f in (path, path.with_suffix(".gif")):
+        for forget in ctx.served_copies:  # served copies go first: a kept URL must stop working
+            forget(f)
+        f.unlink(missing_ok=True)

@@ -239,7 +239,7 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
                                         instance_id=ctx.store.instance_id)
     started = time.perf_counter()
     try:
-        with ctx.registry.use(model) as gen:
+        with ctx.registry.use(model, owner=owner) as gen:
             result = work(gen, gen_row.id)
     except GenerationCancelledError:
         with ctx.store.begin() as s:  # stopped between two steps: nothing was written

@@ -22,7 +22,7 @@ from webui.services.login_throttle import LoginRefused, LoginThrottle
 @pytest.fixture
 def studio(make_ctx):  # type: ignore[no-untyped-def]
     ctx = make_ctx({"quick": {"words": 5}, "slow": {"words": 400, "delay_s": 0.05}}, port=free_port())
-    ctx.logins = LoginThrottle(clock=lambda: 1000.0)  # time stands still: a delay never runs out by itself
+    ctx.logins = LoginThrottle(clock=lambda: 1000.0, tarpit_s=0)  # time stands still: a delay never runs out by itself
     accounts = Accounts(ctx.settings.users_path)
     keys = {"ann": accounts.add("ann", "ann-password"), "bob": accounts.add("bob", "bob-password")}
     demo = launch(ctx, quiet=True)

@@ -12,6 +12,7 @@ and any route added later), so no route can forget a check.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -174,6 +175,7 @@ class RequestGuard:
         try:
             self.throttle.check(address, account)
         except LoginRefused as exc:
+            await asyncio.sleep(min(exc.retry_after_s, self.throttle.tarpit_s))
             await send_error(send, 429, str(exc), "rate_limit_error", "too_many_failed_logins",
                              [(b"retry-after", str(exc.retry_after_s).encode())])
             return

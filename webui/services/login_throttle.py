@@ -1,8 +1,9 @@
 """Failed logins slow down the next try, per address and per account, with a growing delay.
 
 A few mistakes are free; after that each failure doubles the wait before the next try is even checked
-(1 s, 2 s, 4 s … up to a cap). A try made while waiting is refused at once, without hashing the
-password, so a flood of wrong passwords costs the server almost nothing. The address limit stops one
+(1 s, 2 s, 4 s … up to a cap). A try made while waiting is refused without hashing the password
+(the refusal itself is answered after a short pause, so a flooding client slows to a few requests a
+second per connection), and a flood of wrong passwords costs the server almost nothing. The address limit stops one
 machine guessing many accounts; the account limit (lower cap, so an attacker cannot lock a person out
 for long) stops many machines guessing one account. A success clears the account's count only (an
 attacker who owns an account must not reset their address by logging in to it between guesses).
@@ -38,10 +39,14 @@ class LoginRefused(Exception):
 
 class LoginThrottle:
     def __init__(self, *, free_failures: int = 3, first_delay_s: float = 1.0, address_max_s: float = 900.0,
-                 account_max_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 account_max_s: float = 60.0, tarpit_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.free_failures = free_failures
         self.first_delay_s = first_delay_s
         self.caps = {"address": address_max_s, "account": account_max_s}
+        # a refusal is answered after up to this long (the web edge awaits it without holding a thread),
+        # so a client that keeps hammering sends a few requests a second instead of hundreds
+        self.tarpit_s = tarpit_s
         self._clock = clock
         self._failures: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
         self._lock = threading.Lock()

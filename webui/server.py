@@ -19,7 +19,7 @@ from generators.registry import ModelSpec, Registry
 from storage import Store
 
 from .api import EXCEPTION_HANDLERS, build_router
-from .app import CSS, build_app
+from .app import CSS, JS, build_app
 from .cache import ServedFiles
 from .guard import RequestGuard
 from .services.accounts import Accounts
@@ -118,6 +118,7 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
         app_kwargs=app_kwargs,
         show_error=True,
         css=CSS,
+        js=JS,
         auth=password_check(ctx.accounts) if ctx.auth_enabled and ctx.accounts else None,
         auth_message="Log in to AIGC Studio. An admin adds users with: python launch.py users add NAME. "
                      "After a few wrong passwords each further try waits longer (1 s, 2 s, 4 s …).",

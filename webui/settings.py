@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
     max_interpolation_frames: int = Field(32, ge=2, le=256, description="frames per latent interpolation")
+    max_body_mb: float = Field(8.0, gt=0, le=1024, description="largest request body (JSON, forms) in MB")
+    max_upload_mb: float = Field(64.0, gt=0, le=10_240, description="largest upload (multipart) in MB")
+    max_json_depth: int = Field(64, ge=4, le=10_000, description="deepest nesting of a JSON request body")
     max_image_side: int = Field(2048, ge=64, le=4096, description="largest width or height of a prompted image (px)")
     log_level: str = "INFO"
 

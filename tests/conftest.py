@@ -64,6 +64,8 @@ def make_fake_text_plugin() -> type:
     from generators.base import (
         CAP_CANCEL,
         CAP_CHAT,
+        CAP_COMPLETION,
+        CAP_LOGPROBS,
         CAP_STREAM,
         GenerationFailedError,
         GenerationStats,
@@ -72,6 +74,7 @@ def make_fake_text_plugin() -> type:
         StrictModel,
         TextChunk,
         TextGenerator,
+        TokenLogprob,
     )
 
     class FakeOptions(StrictModel):
@@ -88,7 +91,7 @@ def make_fake_text_plugin() -> type:
             modality="text",
             family="fake",
             description="scripted words for tests",
-            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_CANCEL}),
+            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_LOGPROBS}),
             params=SamplingParams,
             load_options=FakeOptions,
         )
@@ -128,9 +131,16 @@ def make_fake_text_plugin() -> type:
                     raise GenerationFailedError("the fake model broke on purpose")
                 time.sleep(self.options.delay_s)
                 done += 1
-                yield TextChunk(f"w{i}({prompt[:8]}) ")
+                word = f"w{i}({prompt[:8]}) "
+                scored = (TokenLogprob(word, -0.1 * (i + 1), tuple((f"alt{k}", -1.0 - k) for k in range(request.logprobs or 0))),)
+                yield TextChunk(word, logprobs=scored if request.logprobs is not None else ())
             stats = GenerationStats(len(request.messages), done, request.params.seed or 0, 0.01, 100.0)
             yield TextChunk("", finish_reason=finish, stats=stats)
+
+        def prompt_logprobs(self, text: str, top: int = 0) -> list[Any]:
+            words = text.split(" ")
+            return [TokenLogprob(w if i == 0 else " " + w, None if i == 0 else -0.5, () if i == 0 else
+                                 tuple((f"alt{k}", -1.0 - k) for k in range(top))) for i, w in enumerate(words)]
 
     return FakeText
 

@@ -10,7 +10,6 @@ alone; on CPU the same generator, parameters and seed give the same bytes.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import secrets
@@ -44,6 +43,7 @@ from generators.base import (
 )
 from generators.image.preprocess import open_image, prepare_image
 from storage import repository as repo
+from storage.files import private_dir, write_private
 from storage.models import ImageRecord, new_id
 
 from . import png
@@ -197,15 +197,11 @@ def _params(gen: ImageGenerator, values: dict[str, Any] | None) -> BaseModel:
 
 
 def _images_dir(ctx: AppContext) -> Path:
-    folder = ctx.store.data_dir / IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return private_dir(ctx.store.data_dir / IMAGES_DIR)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_private(path, data)
 
 
 def _saved(ctx: AppContext, row: ImageRecord) -> SavedImage:
@@ -263,7 +259,7 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
                                         instance_id=ctx.store.instance_id)
     started = time.perf_counter()
     try:
-        with ctx.registry.use(model) as gen:
+        with ctx.registry.use(model, owner=owner) as gen:
             result = work(gen, gen_row.id)
     except GenerationCancelledError:
         with ctx.store.begin() as s:  # stopped between two steps: nothing was written
@@ -761,5 +757,7 @@ def delete_image(ctx: AppContext, owner: str, image_id: str) -> None:
     with ctx.store.begin() as s:
         row = repo.delete_image(s, owner, image_id)
         path = ctx.store.data_dir / row.file
-    path.unlink(missing_ok=True)
-    path.with_suffix(".gif").unlink(missing_ok=True)
+    for f in (path, path.with_suffix(".gif")):
+        for forget in ctx.served_copies:  # served copies go first: a kept URL must stop working
+            forget(f)
+        f.unlink(missing_ok=True)

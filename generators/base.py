@@ -126,6 +126,9 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DRY_BREAKERS = ("\n", ":", '"', "*")  # text-generation-webui's and koboldcpp's defaults
+
+
 class SamplingParams(StrictModel):
     """Per-request sampling parameters shared by the text plugins."""
 
@@ -138,6 +141,20 @@ class SamplingParams(StrictModel):
                                     "already generated (OpenAI's presence_penalty)")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once per time "
                                      "it was generated (OpenAI's frequency_penalty)")
+    typical_p: float = Field(1.0, ge=0.01, le=1.0, description="locally typical sampling: keep the tokens whose "
+                             "surprise is closest to the average, up to this mass (1 = off)")
+    dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise a token that would extend a "
+                                  "sequence already in the context (0 = off; 0.8 is usual)")
+    dry_base: float = Field(1.75, ge=1.0, le=4.0, description="DRY: how fast the penalty grows with the length "
+                            "of the repeated sequence")
+    dry_allowed_length: int = Field(2, ge=1, le=20, description="DRY: repeats up to this many tokens go "
+                                    "unpenalised")
+    dry_sequence_breakers: tuple[str, ...] = Field(DRY_BREAKERS, max_length=16, description="DRY: text that "
+                                                   "ends a sequence (a repeat never reaches across it)")
+    xtc_threshold: float = Field(0.1, ge=0.0, le=0.5, description="XTC: tokens at least this likely count as "
+                                 "top choices")
+    xtc_probability: float = Field(0.0, ge=0.0, le=1.0, description="XTC: how often the top choices except "
+                                   "the least likely of them are excluded (0 = off)")
     max_new_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="empty = random")
     stop: tuple[str, ...] = Field((), max_length=8, description="strings that end the reply")
@@ -146,6 +163,8 @@ class SamplingParams(StrictModel):
     def _no_empty_stop(self) -> "SamplingParams":
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if any(not 1 <= len(b) <= 20 for b in self.dry_sequence_breakers):
+            raise ValueError("each DRY sequence breaker must be 1 to 20 characters long")
         return self
 
 

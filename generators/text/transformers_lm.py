@@ -562,10 +562,11 @@ class TransformersLM(TextGenerator):
         params = request.params
         prompt_ids, dropped = self.encode(request)
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs)
+        eos = self._eos_ids()
+        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs,
+                          tokenizer=self.tokenizer, eos_ids=sorted(eos))
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
-        eos = self._eos_ids()
         if self._batcher is not None:
             yield from self._stream_batched(prompt_ids, params, seed, sampler, detok, stops, eos, cancel, started, dropped)
         else:

@@ -61,3 +61,28 @@ def test_bad_extension_values_are_refused_naming_the_field(http: TestClient, fie
     error = response.json()["error"]
     assert error["param"].startswith(field) and error["code"] == code and "Traceback" not in error["message"], error
     assert recorded(http) == []
+
+
+def test_a_named_preset_sets_the_parameters_and_sent_fields_override_it(client: openai.OpenAI, http: TestClient) -> None:
+    from webui.services import presets
+
+    ctx = http.ctx  # type: ignore[attr-defined]
+    client.chat.completions.create(model="fake", messages=USER, extra_body={"preset": "Creative"})  # type: ignore[arg-type]
+    client.chat.completions.create(model="fake", messages=USER, temperature=0.3,  # type: ignore[arg-type]
+                                   extra_body={"preset": "creative"})
+    presets.save_preset(ctx, ctx.default_owner, "Mine", {"top_k": 7, "min_p": 0.2})
+    presets.set_default_preset(ctx, ctx.default_owner, "fake", "Mine")
+    client.completions.create(model="fake", prompt="Once", extra_body={"preset": "default"})
+    third, second, first = recorded(http)  # newest first
+    creative = presets.BUILTIN["Creative"]
+    assert first["preset"] == "Creative" and first["temperature"] == 1.0
+    assert first["xtc_probability"] == creative["xtc_probability"] and first["dry_multiplier"] == creative["dry_multiplier"]
+    assert second["temperature"] == 0.3 and second["xtc_probability"] == creative["xtc_probability"]
+    assert third["top_k"] == 7 and third["min_p"] == 0.2 and third["preset"] == "Mine"
+
+
+def test_an_unknown_preset_is_refused_naming_the_field(client: openai.OpenAI, http: TestClient) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="fake", messages=USER, extra_body={"preset": "Nope"})  # type: ignore[arg-type]
+    assert info.value.param == "preset" and "Balanced" in str(info.value.message)
+    assert recorded(http) == []

@@ -217,6 +217,9 @@ class SamplingFields(WireModel):
     dry_sequence_breakers: list[Annotated[str, Field(min_length=1, max_length=20)]] | None = Field(None, max_length=16)
     xtc_threshold: float | None = Field(None, ge=0, le=0.5)
     xtc_probability: float | None = Field(None, ge=0, le=1)
+    # Extension (the studio): a sampler preset by name ("default": the one chosen for the model); the
+    # sampler fields sent beside it override its values
+    preset: str | None = Field(None, min_length=1, max_length=100)
 
     @model_validator(mode="before")
     @classmethod

@@ -70,17 +70,21 @@ class ReplySettings:
     model: str
     params: SamplingParams
     system_prompt: str = ""
+    preset: str = ""  # the sampler preset the values were loaded from (single values may differ since)
 
     def as_json(self) -> dict[str, Any]:
-        return {"model": self.model, "system_prompt": self.system_prompt, "params": self.params.model_dump(mode="json")}
+        return {"model": self.model, "system_prompt": self.system_prompt, "params": self.params.model_dump(mode="json"),
+                "preset": self.preset}
 
 
-def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | None, system_prompt: str = "") -> ReplySettings:
+def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | None, system_prompt: str = "",
+                   preset: str | None = None) -> ReplySettings:
     """Validate the model name and sampler values of a request."""
     name = model or ctx.default_model
     ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
     ctx.check_text(system_prompt or "", "system prompt")
-    return ReplySettings(name, sampling_params(params, ctx), (system_prompt or "").strip())
+    ctx.check_text(preset or "", "preset name")
+    return ReplySettings(name, sampling_params(params, ctx), (system_prompt or "").strip(), (preset or "").strip()[:100])
 
 
 def _view(s: Any, chat: Any, notice: str = "") -> ChatView:
@@ -228,7 +232,8 @@ def stream_reply(
         raise
     notice = ""
     for _delta, result in stream_text(
-        ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress
+        ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress,
+        preset=settings.preset or None,
     ):
         if result.outcome == "running":
             yield with_reply(result.text, "streaming")

@@ -16,6 +16,7 @@ from ..services import chat as svc
 from ..services import ratings, workspace_defaults
 from ..services.context import AppContext
 from . import FAST, chat_sidebar
+from . import presets as presets_ui
 from .chat_view import alternatives_label, chatbot_messages, default_focus
 from .sampler import build_sampler
 
@@ -68,14 +69,16 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="chat-next")
                 alt_label = gr.Markdown("", elem_id="chat-alternatives")
-            sampler = build_sampler(workspace_defaults.CHAT)
+            sampler = build_sampler(workspace_defaults.CHAT, presets="chat")
+    picker = sampler.presets
+    assert picker is not None
 
-    gen_inputs = {chat_id, model, system_prompt, *sampler.components}
+    gen_inputs = {chat_id, model, system_prompt, *sampler.components, picker.preset}
 
     # ------------------------------------------------------------ handlers
     def settings_from(values: dict[Any, Any]) -> svc.ReplySettings:
         params = sampler.params(values)
-        return svc.reply_settings(ctx, values[model], params, values[system_prompt] or "")
+        return svc.reply_settings(ctx, values[model], params, values[system_prompt] or "", values[picker.preset])
 
     def render(view: svc.ChatView, focus: str | None = None) -> dict[Any, Any]:
         focus = view.focus or focus
@@ -198,11 +201,13 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         return {1: "Rated 👍 — thanks.", -1: "Rated 👎 — thanks.", 0: "Rating removed."}[stored]
 
     chatbot.like(like, msg_ids, notice, **FAST, **private)
+    load_presets = presets_ui.wire(ctx, picker, sampler.components, sampler.values_of, sampler.params, model, "chat")
 
     def on_page_load(demo: gr.Blocks, shown: Any = None) -> None:
         """Wire the page load, and `shown` (the tab's select event): the status line is read afresh
         each time, so a model unloaded or reloaded in the Models view is never shown stale here."""
         demo.load(after_reply, [side.search, chat_id, model], [side.chats, model_state], **FAST, **private)
+        load_presets(demo)
         if shown is not None:
             shown(describe_model, model, model_state, **FAST, **private)
 

@@ -10,6 +10,9 @@ import gradio as gr
 
 from generators.base import DRY_BREAKERS, InvalidOptionsError, SamplingParams
 
+from .presets import PresetControls
+from .presets import build_layout as build_presets
+
 NAMES = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed", "stop",
          "presence_penalty", "frequency_penalty", "typical_p", "dry_multiplier", "dry_base", "dry_allowed_length",
          "dry_sequence_breakers", "xtc_threshold", "xtc_probability")
@@ -58,6 +61,7 @@ INTEGERS = ("top_k", "max_new_tokens", "dry_allowed_length")
 class SamplerControls:
     components: tuple[Any, ...]  # in NAMES order
     by_name: dict[str, Any] = field(default_factory=dict)
+    presets: PresetControls | None = None  # the preset picker, when the workspace has one
 
     def params(self, values: dict[Any, Any]) -> dict[str, Any]:
         """Handler input values (keyed by component) → SamplingParams fields."""
@@ -79,15 +83,17 @@ class SamplerControls:
         return [full[name] for name in NAMES]
 
 
-def build_sampler(defaults: dict[str, Any] | None = None) -> SamplerControls:
+def build_sampler(defaults: dict[str, Any] | None = None, presets: str | None = None) -> SamplerControls:
     """Lay out the sampler sliders inside a closed accordion, starting from the workspace's `defaults`
-    (SamplingParams field → value; the rest start at SamplingParams' own defaults)."""
+    (SamplingParams field → value; the rest start at SamplingParams' own defaults); `presets`: the elem_id
+    and API name prefix of a preset picker at its head (none without)."""
     defaults = defaults or {}
 
     def slider(name: str, label: str, minimum: float, maximum: float, step: float) -> gr.Slider:
         return _slider(name, label, minimum, maximum, step, defaults.get(name))
 
     with gr.Accordion("Sampler settings", open=False):
+        top = gr.Row()
         with gr.Row():
             temperature = slider("temperature", "Temperature", 0.0, 2.0, 0.05)
             top_p = slider("top_p", "Top-p", 0.01, 1.0, 0.01)
@@ -111,6 +117,7 @@ def build_sampler(defaults: dict[str, Any] | None = None) -> SamplerControls:
         with gr.Row():
             xtc_threshold = slider("xtc_threshold", "XTC threshold", 0.0, 0.5, 0.01)
             xtc_probability = slider("xtc_probability", "XTC probability", 0.0, 1.0, 0.01)
+        picker = build_presets(presets, top) if presets else None
     components = (temperature, top_p, top_k, min_p, repetition_penalty, max_new, seed, stop, presence, frequency,
                   typical_p, dry_multiplier, dry_base, dry_allowed, dry_breakers, xtc_threshold, xtc_probability)
-    return SamplerControls(components, dict(zip(NAMES, components, strict=True)))
+    return SamplerControls(components, dict(zip(NAMES, components, strict=True)), picker)

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
     max_interpolation_frames: int = Field(32, ge=2, le=256, description="frames per latent interpolation")
+    sign_images: bool = Field(True, description="embed a signed C2PA manifest in every image the studio writes")
+    signing_cert: Path | None = Field(None, description="your own PEM certificate chain (leaf first) to sign with; "
+                                      "default: the studio's own, made at first start in DATA_DIR/signing")
+    signing_key: Path | None = Field(None, description="the PEM private key of signing_cert")
+    signing_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        "es256", description="the algorithm of signing_key (the studio's own identity is always es256)")
     log_level: str = "INFO"
 
     @property

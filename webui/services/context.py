@@ -16,6 +16,7 @@ from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
 from .accounts import Accounts, AuthError
+from .provenance import ImageSigner
 from .story_context import TokenCountCache
 
 
@@ -110,8 +111,12 @@ class AppContext:
     default_owner: str = LOCAL_OWNER
     accounts: Accounts | None = None
     rate: RateLimiter | None = None
+    signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
 
     def __post_init__(self) -> None:
+        if self.signer is None:
+            s = self.settings
+            self.signer = ImageSigner(self.store.data_dir, s.signing_cert, s.signing_key, s.signing_alg, s.sign_images)
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:

@@ -4,7 +4,9 @@ Gallery tabs and the HTTP API.
 Every output is saved before it is shown: a PNG under DATA_DIR/images named by its id (an
 interpolation also gets a GIF), and an `images` row with the parameters, seed, weights hash,
 content hash and owner. A PNG carries its parameters, so it can be made again from the file
-alone; on CPU the same generator, parameters and seed give the same bytes.
+alone, and a signed C2PA manifest (see provenance). On CPU the same generator, parameters and
+seed give *the same image*: identical pixels and parameters (the same content hash: the PNG
+without its signature) and identical signed claims; only the signature and its time differ.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -37,9 +39,10 @@ from generators.image.preprocess import prepare_image
 from storage import repository as repo
 from storage.models import ImageRecord, new_id
 
-from . import png
+from . import png, provenance
 from .context import AppContext, clean_title
 from .generation import is_out_of_memory, out_of_memory_message
+from .provenance import Ingredient, Sameness
 
 log = logging.getLogger(__name__)
 
@@ -201,31 +204,57 @@ def _meta(gen: ImageGenerator, kind: str, weights_hash: str, params: BaseModel, 
             "params": params.model_dump(mode="json"), **fields}
 
 
-def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[tuple[dict[str, Any], Any, bytes | None]],
+class Output(NamedTuple):
+    """One image to save: its studio parameters, the picture, an optional animation, and the images it
+    was made from (an init image, an upload: they become the C2PA manifest's ingredients)."""
+
+    meta: dict[str, Any]
+    image: Any
+    gif: bytes | None = None
+    ingredients: tuple[Ingredient, ...] = ()
+
+
+def _title(meta: dict[str, Any]) -> str:
+    """The manifest's title: from the parameters, so a re-run's claims equal the original's."""
+    return f"{meta.get('kind', 'image')} by {meta.get('generator')}"
+
+
+def _encode(ctx: AppContext, meta: dict[str, Any], image: Any, ingredients: tuple[Ingredient, ...]) -> tuple[bytes, str]:
+    """The one place a studio PNG is made: deterministic encoding, then the signed C2PA manifest.
+
+    Returns the file and its content hash — the hash of the unsigned encoding, which is what makes
+    two files "the same image" (see provenance)."""
+    data = png.encode_png(image, meta)
+    signed = ctx.signer.sign(data, "image/png", {"format": png.META_FORMAT, **meta}, _title(meta), ingredients)
+    return signed, png.sha256(data)
+
+
+def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[Output | tuple[Any, ...]],
            generation_id: str) -> list[SavedImage]:
-    """Write files (PNG [+ GIF]) then rows, in one transaction; files are removed if the rows fail."""
+    """Write files (signed PNG [+ signed GIF]) then rows, in one transaction; files are removed if the rows fail."""
     folder, written, rows = _images_dir(ctx), [], []
     batch_id = new_id() if len(outputs) > 1 else None
     try:
         planned = []
-        for meta, image, gif in outputs:
+        for meta, image, gif, ingredients in (Output(*o) for o in outputs):
             image_id = new_id()
-            data = png.encode_png(image, meta)
+            data, content_hash = _encode(ctx, meta, image, tuple(ingredients))
             path = folder / f"{image_id}.png"
             _write_atomic(path, data)
             written.append(path)
             if gif is not None:
+                gif = ctx.signer.sign(gif, "image/gif", {"format": png.META_FORMAT, **meta}, _title(meta) + " (animation)")
                 _write_atomic(path.with_suffix(".gif"), gif)
                 written.append(path.with_suffix(".gif"))
-            planned.append((image_id, meta, image, data))
+            planned.append((image_id, meta, image, content_hash))
         with ctx.store.begin() as s:
-            for image_id, meta, image, data in planned:
+            for image_id, meta, image, content_hash in planned:
                 stored_params = {k: v for k, v in meta.items() if k not in ("generator", "plugin", "weights_hash")}
                 rows.append(repo.add_image(
                     s, owner, id=image_id, kind=meta["kind"], model=gen.name, plugin=gen.info.plugin,
                     weights_hash=meta["weights_hash"], label=meta.get("class"), class_name=meta.get("class_name", ""),
                     seed=meta.get("seed"), params=stored_params, batch_id=batch_id,
-                    file=f"{IMAGES_DIR}/{image_id}.png", content_hash=png.sha256(data),
+                    file=f"{IMAGES_DIR}/{image_id}.png", content_hash=content_hash,
                     width=image.width, height=image.height, generation_id=generation_id))
             return [_saved(ctx, row) for row in rows]
     except BaseException:
@@ -381,7 +410,8 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
         meta = _meta(g, "reconstruction", out.weights_hash, g.info.params(), **{"class": lab, "class_name": names[lab],
                                                                         "seed": None, "guessed_class": guessed,
                                                                         "input_hash": png.sha256(pixels.tobytes())})
-        return _store(ctx, owner, g, [(meta, strip, None)], generation_id), strip, lab, guessed
+        upload = Ingredient.from_pixels("uploaded image", pixels)  # the strip holds it and what was made of it
+        return _store(ctx, owner, g, [Output(meta, strip, None, (upload,))], generation_id), strip, lab, guessed
 
     saved, strip, lab, guessed = _run(ctx, owner, model, {"kind": "reconstruction", "label": asked}, None, source, work)
     strip = _enlarged(strip, 3)
@@ -421,6 +451,12 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
         notice = "Note: this generator's weights differ from the ones that made the image, so the result differs."
     result.notice = " ".join(x for x in (result.notice, notice) if x)
     return result
+
+
+def compare(original: Any, made: SavedImage) -> Sameness:
+    """Whether a re-run `made` is the same image as `original` (a path or the uploaded bytes)."""
+    data = original if isinstance(original, bytes) else Path(original).read_bytes()
+    return provenance.compare(data, made.path.read_bytes())
 
 
 # ------------------------------------------------------------------ gallery

@@ -85,9 +85,9 @@ def build(ctx: AppContext) -> Any:
         original = svc.get_image(ctx, owner(request), chosen)
         result = svc.rerun(ctx, owner(request), chosen)
         made = result.images[0]
-        same = "byte-for-byte identical to" if made.content_hash == original.content_hash else "different from"
+        same = svc.compare(original.path, made).sentence()
         return (made.id, served(made.gif_path or made.path), made.public(),
-                f"Re-run saved as a new image, {same} the original. {result.notice}")
+                f"Re-run saved as a new image, {same}. {result.notice}")
 
     @ui_errors
     def do_delete(chosen: str, request: gr.Request) -> tuple[Any, ...]:

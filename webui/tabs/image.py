@@ -172,10 +172,7 @@ def build(ctx: AppContext) -> None:
         if not path:
             raise gr.Error("Upload a PNG made by the studio first.")
         result = svc.regenerate(ctx, owner(request), svc.png_info(path))
-        with open(path, "rb") as f:
-            uploaded = pngmeta.sha256(f.read())
-        same = "identical to" if result.images[0].content_hash == uploaded else "different from"
-        note = f"The new PNG is byte-for-byte {same} the uploaded one."
+        note = f"The new PNG is {svc.compare(path, result.images[0]).sentence().replace('original', 'uploaded one')}."
         return served(result.images[0].path), " ".join(x for x in (result.notice, note) if x)
 
     # ------------------------------------------------------------ wiring

@@ -71,7 +71,7 @@ def test_gallery_pages_opens_reruns_and_deletes(app) -> None:
     preview, details, _ = client.predict(first.id, api_name="/gallery_open")
     assert details["id"] == first.id and details["params"]["params"] == {"temperature": 0.7}
     new_id, _, details, note = client.predict(first.id, api_name="/gallery_rerun")
-    assert new_id != first.id and "byte-for-byte identical" in note
+    assert new_id != first.id and "the same image as the original: identical pixels, parameters and signed claims" in note
     client.predict(new_id, api_name="/gallery_delete")
     assert svc.gallery(ctx, "local").total == 3 and newest.exists()
 

@@ -13,7 +13,7 @@ from generators.base import InvalidOptionsError
 from storage.models import Generation, ImageRecord
 from storage.repository import NotFoundError
 from webui.services import images as svc
-from webui.services import png
+from webui.services import png, provenance
 
 
 def test_generate_saves_each_png_with_its_parameters(image_ctx) -> None:
@@ -23,7 +23,7 @@ def test_generate_saves_each_png_with_its_parameters(image_ctx) -> None:
     for item in result.images:
         data = item.path.read_bytes()
         assert item.path.parent == ctx.store.data_dir / "images" and item.path.name == f"{item.id}.png"
-        assert png.sha256(data) == item.content_hash
+        assert provenance.image_hash(data) == item.content_hash == png.sha256(provenance.strip_manifest(data))
         meta = png.read_meta(data)
         assert meta["generator"] == "gan-mnist32" and meta["class"] == 7 and meta["seed"] == item.seed
         assert meta["params"] == {"truncation": 1.5} and len(meta["weights_hash"]) == 16

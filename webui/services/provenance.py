@@ -322,7 +322,7 @@ def _text_params(data: bytes) -> dict[str, Any] | None:
     from .png import META_KEY
 
     try:
-        raw = (Image.open(io.BytesIO(data)).text or {}).get(META_KEY)  # type: ignore[attr-defined]
+        raw = Image.open(io.BytesIO(data)).info.get(META_KEY)  # the text chunks before the pixels: no decoding
         parsed = json.loads(raw) if raw else None
     except (OSError, ValueError, SyntaxError):
         return None
@@ -386,16 +386,17 @@ def verify(data: bytes, context: Any, identity: signing.SigningIdentity | None =
     intact = result.signature_valid and not result.pixels_changed
     result.status = ("trusted" if state == "Trusted" else "valid") if intact else "invalid"
     who = f"{result.signer['common_name'] or 'an unnamed signer'}" + (
-        f" (issued by {result.signer['issuer']})" if result.signer["issuer"] else "")
+        f", issued by {result.signer['issuer']}" if result.signer["issuer"] else "")
     if result.pixels_changed:
-        result.summary = f"Changed after signing: the manifest signed by {who} no longer matches this file's pixels."
+        result.summary = f"Changed after signing: the manifest signed by {who}, no longer matches this file's pixels."
     elif not result.signature_valid:
-        result.summary = f"Invalid content credentials: the manifest claims {who} signed it, but the signature does not hold."
+        result.summary = (f"Invalid content credentials: the manifest claims that {who}, signed it, but the signature "
+                          "does not hold.")
     elif result.status == "trusted":
-        result.summary = f"Signed by this studio ({who}); the file is unchanged since signing."
+        result.summary = f"Signed with this studio's key ({who}); the file is unchanged since signing."
     else:
-        result.summary = (f"Validly signed by {who}, a key this studio does not know; the file is unchanged since "
-                          "signing.")
+        result.summary = (f"Validly signed by {who}, with a key this studio does not know; the file is unchanged "
+                          "since signing.")
     if result.digital_source_type.endswith(("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia")):
         result.summary += " It declares itself AI-generated"
         result.summary += f" by {result.generation['model']}." if result.generation.get("model") else "."

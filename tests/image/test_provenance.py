@@ -168,3 +168,26 @@ def test_backup_and_restore_keep_the_signing_identity(image_ctx, tmp_path: Path)
     assert stat.S_IMODE(os.stat(folder / signing.KEY_FILE).st_mode) == 0o600
     report = ImageSigner(ctx.settings.data_dir).verify(item.path.read_bytes())
     assert report.status == "trusted" and report.signed_by_this_studio  # restored images still verify as ours
+
+
+def test_visible_label_is_off_by_default_per_owner_and_per_request(image_ctx) -> None:
+    ctx = image_ctx()
+    plain = svc.generate(ctx, "ann", "gan-mnist32", 3, 11, 1).images[0]
+    assert "visible_label" not in png.read_meta(plain.path) and svc.label_default(ctx, "ann") is False
+    marked = svc.generate(ctx, "ann", "gan-mnist32", 3, 11, 1, ai_label=True).images[0]
+    assert png.read_meta(marked.path)["visible_label"] is True
+    a = np.asarray(Image.open(plain.path))
+    b = np.asarray(Image.open(marked.path))
+    corner = (slice(-8, None), slice(-10, None))
+    assert not np.array_equal(a[corner], b[corner]) and np.array_equal(a[:10, :10], b[:10, :10])  # only the corner
+    assert read(marked.path.read_bytes())[0] == "Valid"
+    assert svc.rerun(ctx, "ann", marked.id).images[0].content_hash == marked.content_hash  # re-made labelled
+    svc.set_label_default(ctx, "ann", True)
+    assert png.read_meta(svc.generate(ctx, "ann", "gan-mnist32", 3, 11, 1).images[0].path).get("visible_label")
+    assert not png.read_meta(svc.generate(ctx, "bob", "gan-mnist32", 3, 11, 1).images[0].path).get("visible_label")
+    off = svc.generate(ctx, "ann", "gan-mnist32", 3, 11, 1, ai_label=False).images[0]
+    assert off.content_hash == plain.content_hash  # the request wins over the setting
+    with pytest.raises(InvalidOptionsError, match="ai_label"):
+        svc.generate(ctx, "ann", "gan-mnist32", 3, 11, 1, ai_label="yes")
+    walk = svc.interpolate(ctx, "ann", "vae-mnist32", 1, 5, 2, 6, frames=3)  # the setting (on) reaches every writer
+    assert png.read_meta(walk.images[0].path)["visible_label"] is True

@@ -40,6 +40,7 @@ from storage import repository as repo
 from storage.models import ImageRecord, new_id
 
 from . import png, provenance
+from .ai_label import stamp as stamp_label
 from .context import AppContext, clean_title
 from .generation import is_out_of_memory, out_of_memory_message
 from .provenance import Ingredient, Sameness
@@ -229,15 +230,57 @@ def _encode(ctx: AppContext, meta: dict[str, Any], image: Any, ingredients: tupl
     return signed, png.sha256(data)
 
 
+AI_LABEL = "ai_label"  # the owner setting: mark new images with a visible "AI-generated" label
+
+
+def label_default(ctx: AppContext, owner: str) -> bool:
+    """Whether `owner`'s new images get the visible label when a request does not say (off unless set)."""
+    with ctx.store.begin() as s:
+        return bool(repo.get_owner_setting(s, owner, AI_LABEL, False))
+
+
+def set_label_default(ctx: AppContext, owner: str, on: Any) -> bool:
+    if not isinstance(on, bool):
+        raise InvalidOptionsError(f"ai_label must be true or false; got {_show(on)}.")
+    with ctx.store.begin() as s:
+        repo.set_owner_setting(s, owner, AI_LABEL, on)
+    return on
+
+
+def wants_label(ctx: AppContext, owner: str, ai_label: Any) -> bool:
+    """A request's choice (True / False), or the owner's setting when it makes none (None)."""
+    if ai_label is None:
+        return label_default(ctx, owner)
+    if not isinstance(ai_label, bool):
+        raise InvalidOptionsError(f"ai_label must be true, false or empty (your setting); got {_show(ai_label)}.")
+    return ai_label
+
+
+def _shown(pixels: Any, mark: bool) -> Any:
+    """Display pixels (N, H, W, C) as the saved files show them: labelled when `mark`."""
+    if not mark:
+        return pixels
+    import numpy as np
+
+    stamped = [np.asarray(stamp_label(png.to_pil(p))) for p in pixels]
+    return np.stack([a[..., None] if a.ndim == 2 else a for a in stamped])
+
+
 def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[Output | tuple[Any, ...]],
-           generation_id: str) -> list[SavedImage]:
-    """Write files (signed PNG [+ signed GIF]) then rows, in one transaction; files are removed if the rows fail."""
+           generation_id: str, mark: bool | None = None) -> list[SavedImage]:
+    """Write files (signed PNG [+ signed GIF]) then rows, in one transaction; files are removed if the rows fail.
+
+    `mark` (None: the owner's setting) stamps the visible AI label on each image and records it
+    in its parameters (`visible_label`), so a re-run makes it again."""
+    mark = wants_label(ctx, owner, mark)
     folder, written, rows = _images_dir(ctx), [], []
     batch_id = new_id() if len(outputs) > 1 else None
     try:
         planned = []
         for meta, image, gif, ingredients in (Output(*o) for o in outputs):
             image_id = new_id()
+            if mark:
+                image, meta = stamp_label(image), {**meta, "visible_label": True}
             data, content_hash = _encode(ctx, meta, image, tuple(ingredients))
             path = folder / f"{image_id}.png"
             _write_atomic(path, data)
@@ -299,8 +342,11 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
 
 
 def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: Any = None, count: Any = 1,
-             params: dict[str, Any] | None = None, source: str = "ui", control: StepControl | None = None) -> ImageResult:
+             params: dict[str, Any] | None = None, source: str = "ui", control: StepControl | None = None,
+             ai_label: Any = None) -> ImageResult:
     """`count` images of class `label` (None: a random class each) from seeds seed, seed+1, …
+
+    `ai_label` True / False: a visible "AI-generated" mark on each image or not; None: the owner's setting.
 
     `control` (progress, preview, cancel) reaches plugins that declare `steps`; a cancel between two
     steps records the generation as `cancelled` and saves nothing."""
@@ -309,6 +355,7 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
         raise InvalidOptionsError(f"{model} makes images from a prompt, not from a class; write a prompt instead.")
     count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
     label_index = parse_label(gen, label)
+    mark = wants_label(ctx, owner, ai_label)
     base_seed = parse_seed(seed)
     base_seed = random_seed() if base_seed is None else base_seed
     checked = _params(gen, params)
@@ -323,12 +370,12 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
         outputs = [(_meta(g, "sample", out.weights_hash, checked, **{"class": e.label, "class_name": names[e.label],
                                                                       "seed": e.seed}),
                     png.to_pil(pixels), None) for e, pixels in zip(ends, out.pixels, strict=True)]
-        return _store(ctx, owner, g, outputs, generation_id), out.pixels
+        return _store(ctx, owner, g, outputs, generation_id, mark), out.pixels
 
     saved, pixels = _run(ctx, owner, model, {"kind": "sample", "count": count, "label": label_index,
                                              **checked.model_dump(mode="json")}, base_seed, source, work)
     notice = f"{count} image(s), seeds {seeds[0]}–{seeds[-1]}" if count > 1 else f"seed {seeds[0]}"
-    return ImageResult(saved, _grid_of(pixels), notice=notice)
+    return ImageResult(saved, _grid_of(_shown(pixels, mark)), notice=notice)
 
 
 def _grid_of(pixels: Any) -> Any:
@@ -348,9 +395,11 @@ def _enlarged(image: Any, scale: int) -> Any:
 
 
 def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start_seed: Any, end_label: Any,
-                end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui") -> ImageResult:
+                end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui",
+                ai_label: Any = None) -> ImageResult:
     """A latent walk from (class, seed) to (class, seed): one strip PNG and an animated GIF, saved together."""
     gen = _image_generator(ctx, model)
+    mark = wants_label(ctx, owner, ai_label)
     frames = _count(frames, "number of frames", 2, ctx.settings.max_interpolation_frames)
     names = gen.class_names
     seeds = [parse_seed(start_seed), parse_seed(end_seed)]
@@ -362,7 +411,7 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
 
     def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
         out = g.interpolate(start, end, frames, checked)
-        tiles = [png.to_pil(p) for p in out.pixels]
+        tiles = [png.to_pil(p) for p in _shown(out.pixels, mark)]
         strip = png.tile(out.pixels, cols=frames)
         ends = {"start": {"class": start.label, "class_name": names[start.label], "seed": start.seed},
                 "end": {"class": end.label, "class_name": names[end.label], "seed": end.seed}}
@@ -370,7 +419,8 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
         meta = _meta(g, "interpolation", out.weights_hash, checked, frames=frames, **ends,
                      **{"class": start.label if same else None, "class_name": names[start.label] if same
                         else f"{names[start.label]}→{names[end.label]}", "seed": start.seed})
-        return _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id), strip
+        saved = _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id, mark)
+        return saved, stamp_label(strip) if mark else strip
 
     saved, strip = _run(ctx, owner, model, {"kind": "interpolation", "frames": frames, "start": [start.label, start.seed],
                                             "end": [end.label, end.seed], **checked.model_dump(mode="json")},
@@ -382,7 +432,8 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
 # ------------------------------------------------------------------ reconstruct
 
 
-def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any = None, source: str = "ui") -> ImageResult:
+def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any = None, source: str = "ui",
+                ai_label: Any = None) -> ImageResult:
     """Encode an uploaded or drawn image and decode it as its own class and as every other class.
 
     The strip shows: the prepared input, its reconstruction, then the same latent decoded as
@@ -397,6 +448,7 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
     pixels = prepare_image(image, h, c)
     names = gen.class_names
     asked = parse_label(gen, label)
+    mark = wants_label(ctx, owner, ai_label)
 
     def work(g: Any, generation_id: str) -> tuple[list[SavedImage], Any, int, bool]:
         guessed = asked is None
@@ -411,7 +463,8 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
                                                                         "seed": None, "guessed_class": guessed,
                                                                         "input_hash": png.sha256(pixels.tobytes())})
         upload = Ingredient.from_pixels("uploaded image", pixels)  # the strip holds it and what was made of it
-        return _store(ctx, owner, g, [Output(meta, strip, None, (upload,))], generation_id), strip, lab, guessed
+        saved = _store(ctx, owner, g, [Output(meta, strip, None, (upload,))], generation_id, mark)
+        return saved, stamp_label(strip) if mark else strip, lab, guessed
 
     saved, strip, lab, guessed = _run(ctx, owner, model, {"kind": "reconstruction", "label": asked}, None, source, work)
     strip = _enlarged(strip, 3)
@@ -438,12 +491,13 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
     params = meta.get("params") or {}
     if not isinstance(params, dict):
         raise InvalidOptionsError("The image's settings are damaged.")
+    again_label = bool(meta.get("visible_label"))  # a labelled image is made again labelled, an unlabelled one not
     if kind == "sample":
-        result = generate(ctx, owner, model, meta.get("class"), meta.get("seed"), 1, params, source)
+        result = generate(ctx, owner, model, meta.get("class"), meta.get("seed"), 1, params, source, ai_label=again_label)
     elif kind == "interpolation":
         start, end = meta.get("start") or {}, meta.get("end") or {}
         result = interpolate(ctx, owner, model, start.get("class"), start.get("seed"), end.get("class"),
-                             end.get("seed"), meta.get("frames", 10), params, source)
+                             end.get("seed"), meta.get("frames", 10), params, source, ai_label=again_label)
     else:
         raise InvalidOptionsError("A reconstruction cannot be made again from its PNG: it needs the original upload.")
     notice = ""
@@ -457,6 +511,20 @@ def compare(original: Any, made: SavedImage) -> Sameness:
     """Whether a re-run `made` is the same image as `original` (a path or the uploaded bytes)."""
     data = original if isinstance(original, bytes) else Path(original).read_bytes()
     return provenance.compare(data, made.path.read_bytes())
+
+
+def verify_image(ctx: AppContext, data: bytes) -> provenance.Verification:
+    """The content credentials of any image file (a file without them is reported, not refused)."""
+    return ctx.signer.verify(data)
+
+
+def signing_identity(ctx: AppContext) -> dict[str, str] | None:
+    """Who this studio signs as (None while signing is off)."""
+    if not ctx.signer.enabled:
+        return None
+    who = ctx.signer.identity
+    return {"subject": who.subject, "issuer": who.issuer, "alg": who.alg, "source": who.source,
+            "fingerprint": who.fingerprint, "not_after": who.not_after}
 
 
 # ------------------------------------------------------------------ gallery

@@ -55,6 +55,10 @@ def params_from(ctx: AppContext, model: str, truncation: float, temperature: flo
     return params
 
 
+MY_SETTING = "my setting"
+LABEL_CHOICES = {MY_SETTING: None, "on": True, "off": False}
+
+
 def build(ctx: AppContext) -> None:
     models = svc.image_models(ctx)
     first = models[0] if models else None
@@ -72,6 +76,8 @@ def build(ctx: AppContext) -> None:
                                info="Redraw latent values beyond ±t: lower = cleaner, less varied")
         temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (VAE)", visible=temp_shown, scale=2,
                                 info="Scale of the prior noise: 0 = the average digit of the class")
+        mark = gr.Radio(list(LABEL_CHOICES), value=MY_SETTING, label="Visible “AI-generated” label", scale=1,
+                        elem_id="image-ai-label", info="A corner mark on the image; the default is in Verify")
     with gr.Tabs():
         with gr.Tab("Generate", id="image-generate"):
             with gr.Row():
@@ -137,27 +143,30 @@ def build(ctx: AppContext) -> None:
         return gr.update(visible=show_trunc), gr.update(visible=show_temp), same, same, same
 
     @ui_errors
-    def do_generate(name: str, cls: str, seed_text: str, n: float, trunc: float, temp: float,
+    def do_generate(name: str, cls: str, seed_text: str, n: float, trunc: float, temp: float, marked: str | None,
                     request: gr.Request) -> tuple[Any, ...]:
-        result = svc.generate(ctx, owner(request), name, cls, seed_text, int(n), params_from(ctx, name, trunc, temp))
+        result = svc.generate(ctx, owner(request), name, cls, seed_text, int(n), params_from(ctx, name, trunc, temp),
+                              ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         first_seed = result.images[0].seed
         return gallery_items(result), result.grid, result.notice, first_seed
 
     @ui_errors
     def do_interpolate(name: str, a_cls: str, a_seed: str, b_cls: str, b_seed: str, n: float, trunc: float,
-                       temp: float, request: gr.Request) -> tuple[Any, ...]:
+                       temp: float, marked: str | None, request: gr.Request) -> tuple[Any, ...]:
         result = svc.interpolate(ctx, owner(request), name, a_cls, a_seed, b_cls, b_seed, int(n),
-                                 params_from(ctx, name, trunc, temp))
+                                 params_from(ctx, name, trunc, temp), ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         item = result.images[0]
         start, end = item.params["start"], item.params["end"]
         return (served(item.path), served(item.gif_path), result.notice, str(start["seed"]), str(end["seed"]))
 
     @ui_errors
-    def do_reconstruct(editor: Any, name: str, cls: str, request: gr.Request) -> tuple[Any, ...]:
+    def do_reconstruct(editor: Any, name: str, cls: str, marked: str | None,
+                       request: gr.Request) -> tuple[Any, ...]:
         image = editor.get("composite") if isinstance(editor, dict) else editor
         if image is None or (hasattr(image, "size") and image.size == 0):
             raise gr.Error("Upload or draw a digit first.")
-        result = svc.reconstruct(ctx, owner(request), name, image, None if cls == "guess" else cls)
+        result = svc.reconstruct(ctx, owner(request), name, image, None if cls == "guess" else cls,
+                                 ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         return served(result.images[0].path), result.notice
 
     @ui_errors
@@ -181,11 +190,11 @@ def build(ctx: AppContext) -> None:
                  api_visibility="private")
     dice.click(lambda: str(svc.random_seed()), None, seed, **FAST, api_visibility="private")
     reuse.click(lambda s: "" if s is None else str(s), last_seed, seed, **FAST, api_visibility="private")
-    generate.click(do_generate, [model, label, seed, count, truncation, temperature], [images, grid, notice, last_seed],
+    generate.click(do_generate, [model, label, seed, count, truncation, temperature, mark], [images, grid, notice, last_seed],
                    **generate_kwargs, api_name="generate_images")
-    interp.click(do_interpolate, [model, start_label, start_seed, end_label, end_seed, frames, truncation, temperature],
+    interp.click(do_interpolate, [model, start_label, start_seed, end_label, end_seed, frames, truncation, temperature, mark],
                  [strip, gif, interp_notice, start_seed, end_seed], **generate_kwargs, api_name="interpolate_images")
-    recon.click(do_reconstruct, [drawing, vae_model, recon_label], [recon_strip, recon_notice], **generate_kwargs,
+    recon.click(do_reconstruct, [drawing, vae_model, recon_label, mark], [recon_strip, recon_notice], **generate_kwargs,
                 api_name="reconstruct_image")
     upload.change(do_read_info, upload, [info_text, info_json], **FAST, api_name="png_info")
     again.click(do_again, upload, [again_image, again_notice], **generate_kwargs, api_name="png_regenerate")

@@ -16,7 +16,7 @@ from ..errors import ui_errors
 from ..services import images as svc
 from ..services import png as pngmeta
 from ..services.context import AppContext
-from . import FAST
+from . import FAST, image_paint
 
 RANDOM = "random"
 
@@ -60,17 +60,20 @@ LABEL_CHOICES = {MY_SETTING: None, "on": True, "off": False}
 
 
 def build(ctx: AppContext) -> None:
-    models = svc.image_models(ctx)
+    models = svc.class_models(ctx)
     first = models[0] if models else None
     vae_models = [m for m in models if "reconstruct" in ctx.registry.get(m).info.capabilities]
     trunc_shown, temp_shown = settings_visibility(ctx, first)
     limit = ctx.settings.max_image_batch
     last_seed = gr.State(None)
     if not models:
-        gr.Markdown("No image generator is configured. Add a `gan` or `vae` model to the settings file.")
+        if svc.paint_models(ctx):
+            image_paint.build(ctx)
+            return
+        gr.Markdown("No image generator is configured. Add a `gan`, `vae` or `diffusers` model to the settings file.")
         return
 
-    with gr.Row():
+    with gr.Row() as class_row:  # the class-conditional models' settings (hidden on the Prompt tab)
         model = gr.Dropdown(models, value=first, label="Generator", scale=2, elem_id="image-model")
         truncation = gr.Slider(0, 3, value=0, step=0.05, label="Truncation (GAN; 0 = off)", visible=trunc_shown, scale=2,
                                info="Redraw latent values beyond ±t: lower = cleaner, less varied")
@@ -78,7 +81,7 @@ def build(ctx: AppContext) -> None:
                                 info="Scale of the prior noise: 0 = the average digit of the class")
         mark = gr.Radio(list(LABEL_CHOICES), value=MY_SETTING, label="Visible “AI-generated” label", scale=1,
                         elem_id="image-ai-label", info="A corner mark on the image; the default is in Verify")
-    with gr.Tabs():
+    with gr.Tabs() as tabs:
         with gr.Tab("Generate", id="image-generate"):
             with gr.Row():
                 label = gr.Dropdown(class_choices(ctx, first), value=RANDOM, label="Class", scale=1, elem_id="image-class")
@@ -92,6 +95,9 @@ def build(ctx: AppContext) -> None:
                 images = gr.Gallery(label="Images (each PNG carries its parameters)", columns=5, height=360,
                                     elem_id="image-gallery", scale=3)
                 grid = gr.Image(label="Grid", type="pil", format="png", height=360, elem_id="image-grid", scale=2)
+        if svc.paint_models(ctx):
+            with gr.Tab("Prompt", id="image-paint"):
+                image_paint.build(ctx)
         with gr.Tab("Interpolate", id="image-interpolate"):
             with gr.Row():
                 start_label = gr.Dropdown(class_choices(ctx, first), value=RANDOM, label="From class")
@@ -181,10 +187,15 @@ def build(ctx: AppContext) -> None:
         if not path:
             raise gr.Error("Upload a PNG made by the studio first.")
         result = svc.regenerate(ctx, owner(request), svc.png_info(path))
-        note = f"The new PNG is {svc.compare(path, result.images[0]).sentence().replace('original', 'uploaded one')}."
+        note = (f"The new PNG is {svc.compare(path, result.images[0]).sentence().replace('original', 'uploaded one')}; "
+                "it is saved in the Gallery as a new image.")
         return served(result.images[0].path), " ".join(x for x in (result.notice, note) if x)
 
     # ------------------------------------------------------------ wiring
+    def show_class_row(evt: gr.SelectData) -> Any:
+        return gr.update(visible=evt.value != "Prompt")
+
+    tabs.select(show_class_row, None, class_row, **FAST, api_visibility="private")
     generate_kwargs = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     model.change(pick_model, model, [truncation, temperature, label, start_label, end_label], **FAST,
                  api_visibility="private")

@@ -191,3 +191,23 @@ def test_visible_label_is_off_by_default_per_owner_and_per_request(image_ctx) ->
         svc.generate(ctx, "ann", "gan-mnist32", 3, 11, 1, ai_label="yes")
     walk = svc.interpolate(ctx, "ann", "vae-mnist32", 1, 5, 2, 6, frames=3)  # the setting (on) reaches every writer
     assert png.read_meta(walk.images[0].path)["visible_label"] is True
+
+
+def test_img2img_and_inpainting_carry_their_init_image_as_ingredient(paint_ctx) -> None:
+    ctx = paint_ctx()
+    init = np.full((32, 32, 3), 120, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    base = {"prompt": "a cat", "width": 32, "height": 32, "steps": 2}
+    made = svc.paint(ctx, "local", "tiny-sd", {**base, "strength": 0.5}, 3, 1, init_image=init).images[0]
+    painted = svc.paint(ctx, "local", "tiny-sd", base, 3, 1, init_image=init, mask=mask).images[0]
+    text = svc.paint(ctx, "local", "tiny-sd", base, 3, 1).images[0]
+    for item, source in ((made, provenance.TRAINED), (painted, provenance.COMPOSITE)):
+        state, manifest, _ = read(item.path.read_bytes())
+        actions = assertion(manifest, "c2pa.actions.v2")["actions"]
+        assert state == "Valid" and [a["action"] for a in actions] == ["c2pa.opened", "c2pa.edited"]
+        assert actions[1]["digitalSourceType"] == source
+        assert [(i["title"], i["relationship"]) for i in manifest["ingredients"]] == [("init image", "parentOf")]
+    state, manifest, _ = read(text.path.read_bytes())
+    assert state == "Valid" and not manifest.get("ingredients")
+    assert assertion(manifest, "c2pa.actions.v2")["actions"][0]["action"] == "c2pa.created"

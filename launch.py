@@ -15,9 +15,11 @@ environment, which wins over the file.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -40,9 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db-url", help="SQLAlchemy database URL (default sqlite:///DATA_DIR/studio.db)")
     p.add_argument("--config", type=Path, help="TOML or YAML file with these settings and a `models` list")
     p.add_argument("--model", help="default model: a configured name, a Hugging Face id, a folder or a .gguf file")
-    p.add_argument("--quantization", choices=["none", "8bit", "4bit", "int4", "dynamic-int8"],
-                   help="language model weights: bitsandbytes 8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) "
-                        "or dynamic-int8 (PyTorch, CPU)")
+    p.add_argument("--quantization", choices=["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"],
+                   help="language model weights: auto (default: int4 on a CPU, the model's dtype on CUDA); bitsandbytes "
+                        "8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) or dynamic-int8 (PyTorch, CPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="language models' compute type (default auto: float32 on a CPU, bfloat16 on CUDA; with int4, "
@@ -56,15 +58,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                    help="a user who may log in (repeatable; kept in memory). Permanent users: `launch.py users add`")
     p.add_argument("--users-file", type=Path, help="users with hashed passwords and API keys (default DATA_DIR/users.json)")
-    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default 1)")
+    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default: each model's own; "
+                   "a language model decodes up to 16 requests together)")
     p.add_argument("--queue-size", type=int, help="requests that may wait before new ones get 'busy, try again' (default 64)")
-    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (default 60; 0 = no limit)")
+    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (0 = no limit; "
+                   "default: 60 with accounts, none while auth is off)")
     p.add_argument("--memory-budget-gb", type=float, help="unload least recently used models beyond this much memory")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default INFO)")
     return p.parse_args(argv)
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+def loopback_only(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback address (127.0.0.0/8, ::1).
+
+    Decided on the resolved addresses, never on the text: `127.example.net` may point anywhere, and
+    an empty host or 0.0.0.0 listens on every interface."""
+    if not host or not host.strip():
+        return False
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError: unresolvable is not "loopback"
+        return False
+    addresses = {info[4][0].split("%", 1)[0] for info in infos}
+    try:
+        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except ValueError:
+        return False
 
 
 def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
@@ -73,18 +92,19 @@ def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
         return None
     if settings.share:
         return "--share opens a public link that anyone can use"
-    if settings.host not in LOOPBACK and not settings.host.startswith("127."):
-        return f"--host {settings.host} lets other machines reach the studio"
+    if not loopback_only(settings.host):
+        return f"--host {settings.host} lets other machines reach the studio (it is not only a loopback address)"
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("users", "backup", "restore", "evaluate"):
+    if argv and argv[0] in ("users", "backup", "restore", "evaluate", "prepare"):
         from webui.admin import main as admin_main
 
         return admin_main(argv)
     args = parse_args(argv)
+    os.umask(0o077)  # whatever else the studio or its libraries write (caches, temp files) is private too
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     # Heavy imports after argument parsing, so --help is instant.
     from webui.settings import SettingsError, load_settings

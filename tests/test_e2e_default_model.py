@@ -16,7 +16,7 @@ from gradio_client import Client
 from generators.base import ChatMessage, SamplingParams, TextRequest
 from generators.text.transformers_lm import TransformersLM
 from tests.conftest import MODEL_CACHE
-from webui.settings import DEFAULT_MODEL, default_models
+from webui.settings import DEFAULT_MODEL, GEMMA_MODEL, default_models
 
 pytestmark = pytest.mark.e2e
 
@@ -141,7 +141,7 @@ def test_kill_mid_stream_keeps_the_partial_reply(running_app, tmp_path: Path) ->
 def test_openai_client_against_the_studio(running_app) -> None:
     app = running_app()
     oa = openai.OpenAI(base_url=f"{app.url}/v1", api_key="none", max_retries=0)
-    assert [m.id for m in oa.models.list().data] == [DEFAULT_MODEL, "lstm-fortunes"]  # text models only
+    assert [m.id for m in oa.models.list().data] == [DEFAULT_MODEL, GEMMA_MODEL, "lstm-fortunes"]  # text models only
     r = oa.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
                                    temperature=0, max_tokens=30)
     assert "Paris" in r.choices[0].message.content and r.usage.completion_tokens > 0

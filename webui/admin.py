@@ -4,10 +4,12 @@
     python launch.py users list
     python launch.py users key ann            # another API key for ann (shown once)
     python launch.py users passwd ann
+    python launch.py users role ann admin     # admins load/unload/configure models (the first user is one)
     python launch.py users remove ann         # her chats, stories and images stay in the database
     python launch.py backup studio-backup.tar.gz
     python launch.py restore studio-backup.tar.gz
     python launch.py evaluate [--models a,b]  # automatic metrics of the configured generators, stored
+    python launch.py prepare [--models a,b]   # one-time model work (GGUF conversion, C++ loop), as setup does
 
 A backup is one .tar.gz: the SQLite database copied with SQLite's online backup API (safe while
 the studio runs and writes), the image files and the users file. Restore checks the archive
@@ -30,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from storage import files as private_files
 
 BACKUP_FORMAT = "aigc-studio.backup.v1"
 
@@ -63,7 +67,8 @@ def users(args: argparse.Namespace) -> int:
     accounts = Accounts(_settings(args).users_path)
     if args.action == "list":
         names = accounts.names()
-        print("\n".join(names) if names else f"No users in {accounts.path} (auth is off).")
+        print("\n".join(f"{n} (admin)" if accounts.is_admin(n) else n for n in names) if names
+              else f"No users in {accounts.path} (auth is off).")
     elif args.action == "add":
         key = accounts.add(args.name, _password(args))
         print(f"Added {args.name}. Their API key (shown only now): {key}")
@@ -72,10 +77,16 @@ def users(args: argparse.Namespace) -> int:
         print(f"New API key for {args.name} (shown only now): {accounts.new_key(args.name)}")
     elif args.action == "passwd":
         accounts.set_password(args.name, _password(args))
-        print(f"Password of {args.name} changed.")
+        print(f"Password of {args.name} changed; their logins and API keys are revoked "
+              f"(a new key: python launch.py users key {args.name}).")
+    elif args.action == "role":
+        if args.role not in ("admin", "user"):
+            raise SystemExit("error: users role NAME admin|user")
+        accounts.set_role(args.name, args.role)
+        print(f"{args.name} is now {'an admin' if args.role == 'admin' else 'a user'}.")
     elif args.action == "remove":
         accounts.remove(args.name)
-        print(f"Removed {args.name}; their saved work stays in the database.")
+        print(f"Removed {args.name}; their logins and API keys stop working now; their saved work stays in the database.")
     return 0
 
 
@@ -112,7 +123,9 @@ def backup(settings: Any, out: Path) -> dict[str, Any]:
         (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
-        with tarfile.open(partial, "w:gz") as tar:
+        partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, private_files.FILE_MODE)
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             tar.add(Path(tmp) / "manifest.json", "manifest.json")
             tar.add(copy, "studio.db")
             for f in files:
@@ -157,18 +170,21 @@ def restore(settings: Any, archive: Path) -> dict[str, Any]:
             if old.exists():
                 os.replace(old, old.with_name(f"{old.name}.before-restore-{stamp}"))
         shutil.copy2(root / "studio.db", db_path)
+        private_files.narrow(db_path)  # older backups hold 0644 files
         images = settings.data_dir / "images"
         if images.exists():
             os.replace(images, images.with_name(f"images.before-restore-{stamp}"))
         if (root / "images").is_dir():
             shutil.copytree(root / "images", images)
-        else:
-            images.mkdir(parents=True)
+        private_files.private_dir(images)
+        for f in images.iterdir():
+            private_files.narrow(f)
         if (root / "users.json").is_file():
             users_path = settings.users_path
             if users_path.exists():
                 os.replace(users_path, users_path.with_name(f"{users_path.name}.before-restore-{stamp}"))
             shutil.copy2(root / "users.json", settings.users_path)
+            private_files.narrow(settings.users_path)
         if (root / "signing").is_dir():
             signing_dir = settings.data_dir / "signing"
             if signing_dir.exists():
@@ -205,12 +221,34 @@ def evaluate(settings: Any, models: str | None) -> int:
     return 0
 
 
+def prepare(settings: Any, models: str | None) -> int:
+    """Load each language model once and unload it: the one-time work (assembling and converting its GGUF
+    into the cache, building the C++ decoding loop) happens here, so the first message after setup does
+    not wait for it."""
+    from .server import create_context
+
+    ctx = create_context(settings)
+    try:
+        names = [m.strip() for m in models.split(",")] if models else [
+            d["name"] for d in ctx.registry.describe() if d["modality"] == "text" and d["plugin"] == "transformers"]
+        for name in names:
+            print(f"Preparing {name}…", flush=True)
+            ctx.registry.load(name, lambda message: print(f"  {message}", flush=True))
+            described = ctx.registry.get(name).describe()
+            print(f"  ready: {described.get('precision')}, {described.get('decode_loop')}", flush=True)
+            ctx.registry.unload(name)
+    finally:
+        ctx.store.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description="AIGC Studio admin commands")
     sub = parser.add_subparsers(dest="command", required=True)
     u = sub.add_parser("users", help="add, list, remove users; make API keys")
-    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd"])
+    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd", "role"])
     u.add_argument("name", nargs="?")
+    u.add_argument("role", nargs="?", help="with `role`: admin or user (admins manage the shared models)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
     _common(u)
     b = sub.add_parser("backup", help="database (online backup) + images + users into one .tar.gz")
@@ -222,6 +260,10 @@ def main(argv: list[str]) -> int:
     e = sub.add_parser("evaluate", help="automatic metrics (perplexity, bits/char, BLEU, ROUGE-L, image accuracy/FD)")
     e.add_argument("--models", help="comma-separated model names (default: every configured model)")
     _common(e)
+    p = sub.add_parser("prepare", help="do the default language models' one-time work now (GGUF conversion, "
+                       "the C++ decoding loop), as ./setup.sh does")
+    p.add_argument("--models", help="comma-separated model names (default: every configured language model)")
+    _common(p)
     args = parser.parse_args(argv)
     from generators.base import StudioError
 
@@ -235,6 +277,8 @@ def main(argv: list[str]) -> int:
         settings = _settings(args)
         if args.command == "evaluate":
             return evaluate(settings, args.models)
+        if args.command == "prepare":
+            return prepare(settings, args.models)
         if args.command == "backup":
             manifest = backup(settings, args.file)
             print(f"Backed up the database and {manifest['images']} image file(s) to {args.file}")

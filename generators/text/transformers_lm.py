@@ -24,9 +24,11 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
     CAP_STREAM,
+    ChatMessage,
     GenerationFailedError,
     GenerationStats,
     GeneratorInfo,
@@ -38,6 +40,7 @@ from ..base import (
     TextChunk,
     TextGenerator,
     TextRequest,
+    TokenLogprob,
 )
 from ..compute import lane
 from .decoding import IncrementalDetokenizer, Sampler, StopStringFilter
@@ -87,8 +90,11 @@ def scoring_windows(length: int, window: int) -> Iterator[tuple[int, int, int]]:
 
 class TransformersLoadOptions(StrictModel):
     source: str = Field(DEFAULT_SOURCE, description="hub id, local folder, .gguf path or pkg:PACKAGE/FILE.gguf")
-    quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] = Field(
-        "none", description="8bit / 4bit: bitsandbytes (NF4); int4: 4-bit weights in groups of 32 on PyTorch's CPU "
+    quantization: Literal["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"] = Field(
+        "none", description="auto (what the studio configures unless told otherwise): the fastest precision whose "
+        "held-out perplexity stays within +5 % of float32 on the device (a CPU: int4; CUDA: none, computing in "
+        "bfloat16); none: the dtype as is; "
+        "8bit / 4bit: bitsandbytes (NF4); int4: 4-bit weights in groups of 32 on PyTorch's CPU "
         "kernel (the fastest CPU choice; a Q4_1 GGUF keeps its own 4-bit weights); dynamic-int8: PyTorch dynamic "
         "int8 Linear layers (CPU; models with activation outliers lose accuracy: SmolLM2's perplexity triples)"
     )
@@ -115,7 +121,8 @@ class TransformersLM(TextGenerator):
         modality="text",
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF), bitsandbytes 8/4-bit",
-        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED}),
+        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
+                                CAP_LOGPROBS}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -131,6 +138,7 @@ class TransformersLM(TextGenerator):
         self.decode_loop: str | None = None  # "C++", "Python" or "transformers forward" while loaded with batching
         self.packed_layers = 0  # Linear layers stored packed for oneDNN (bfloat16 on a CPU, where faster)
         self.loaded_from: str | None = None
+        self.quantization: str = self.options.quantization  # what runs ("auto" resolved at load)
 
     # ------------------------------------------------------------ lifecycle
     def _load(self, progress: ProgressFn) -> None:
@@ -140,13 +148,14 @@ class TransformersLM(TextGenerator):
         opts = self.options
         started = time.perf_counter()
         self.device = self._pick_device(torch)
+        self.quantization = self._resolve_quantization()
         quant_config = self._quantization_config(torch)
         src = resolve_source(opts.source)
         location = src.location
         if src.is_gguf:
             if not self.cache_dir:
                 raise LoadFailedError("A GGUF source needs a cache folder (set the data folder).")
-            location = str(ensure_gguf_cache(src.location, self.cache_dir, progress))
+            location = str(ensure_gguf_cache(src.gguf_path(self.cache_dir, progress), self.cache_dir, progress))
         progress(f"Loading {self.name} weights on {self.device}…")
         local_only = not opts.allow_download
         kwargs: dict[str, Any] = {"dtype": self._dtype(torch), "local_files_only": local_only}
@@ -171,9 +180,9 @@ class TransformersLM(TextGenerator):
         if quant_config is None:
             self.model.to(self.device)
         self.model.eval()
-        if opts.quantization == "dynamic-int8":
+        if self.quantization == "dynamic-int8":
             self.model = self._dynamic_int8(self.model, torch)
-        elif opts.quantization == "int4":
+        elif self.quantization == "int4":
             from .int4 import quantize_int4
 
             progress(f"Packing {self.name} weights as 4-bit groups…")
@@ -196,7 +205,7 @@ class TransformersLM(TextGenerator):
 
     def _pack_weights(self) -> int:
         """bfloat16 Linear layers on a CPU → oneDNN-packed (onednn.py), where the model's layers measure faster so."""
-        if not self.options.pack_weights or self.device != "cpu" or self.options.quantization != "none":
+        if not self.options.pack_weights or self.device != "cpu" or self.quantization != "none":
             return 0
         from .onednn import pack_linear_layers_if_faster
 
@@ -224,6 +233,33 @@ class TransformersLM(TextGenerator):
         self.model = None
         self.tokenizer = None
 
+    def _resolve_quantization(self) -> str:
+        """`auto` → int4 on a CPU whose torch has the int4 kernel (and a dtype it computes in), else none."""
+        if self.options.quantization != "auto":
+            return self.options.quantization
+        if self.device == "cpu" and self.options.dtype in ("auto", "bfloat16", "float32"):
+            from .int4 import int4_supported
+
+            if int4_supported():
+                return "int4"
+        return "none"
+
+    def precision(self) -> str:
+        """What runs and why, for the Models view."""
+        if not self.loaded:
+            return f"{self.options.quantization} (decided at load)" if self.options.quantization == "auto" else \
+                self.options.quantization
+        dtype = str(getattr(self.model, "dtype", "")).replace("torch.", "")
+        why = " — auto: the fastest within +5 % perplexity of float32 here" if self.options.quantization == "auto" else ""
+        if self.quantization == "int4":
+            compute = "bfloat16" if self.options.dtype in ("auto", "bfloat16") else "float32"
+            return f"int4 weights, {compute} between the kernels{why}"
+        return f"{self.quantization if self.quantization != 'none' else dtype}{why}"
+
+    @property
+    def default_concurrency(self) -> int:
+        return self.options.max_batch
+
     def check_options(self) -> None:
         """The device and quantization checks `_load` runs first, without reading any weights."""
         import torch
@@ -245,7 +281,7 @@ class TransformersLM(TextGenerator):
 
     def _dtype(self, torch: Any) -> Any:
         name = self.options.dtype
-        if self.options.quantization == "int4":
+        if self.quantization == "int4":
             return torch.float32  # quantized from float32 weights; `use_bfloat16_activations` per dtype afterwards
         if name == "auto":
             return torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -261,7 +297,7 @@ class TransformersLM(TextGenerator):
             return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def _quantization_config(self, torch: Any) -> Any:
-        q = self.options.quantization
+        q = self._resolve_quantization() if self.quantization == "auto" else self.quantization
         if q in ("dynamic-int8", "int4"):
             if self.device != "cpu":
                 raise LoadFailedError(
@@ -330,10 +366,14 @@ class TransformersLM(TextGenerator):
         except LoadFailedError:
             return 0
         path = Path(src.location)
-        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+        if src.kind == "gguf-parts":
+            size = 260 * 2**20  # not assembled yet: the size of the model the package ships (Gemma 3 270M)
+        else:
+            size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.2, "dynamic-int8": 0.35}[self.options.quantization])
+        return int(size * {"none": 1.0, "8bit": 0.3, "4bit": 0.2, "int4": 0.2, "dynamic-int8": 0.35}[
+            "int4" if self.options.quantization == "auto" else self.options.quantization])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -341,6 +381,7 @@ class TransformersLM(TextGenerator):
         d["context_window"] = self.context_window if self.loaded else None
         d["chat_template"] = self.has_chat_template if self.loaded else None
         d["decode_loop"] = self.decode_loop if self.loaded else None
+        d["precision"] = self.precision()
         return d
 
     def count_tokens(self, text: str) -> int:
@@ -369,6 +410,8 @@ class TransformersLM(TextGenerator):
         messages = list(request.messages)
         system = [m for m in messages if m.role == "system"]
         turns = [m for m in messages if m.role != "system"]
+        if not turns and system:  # only instructions (OpenAI answers those): the last one is what is answered
+            system, turns = system[:-1], [ChatMessage("user", system[-1].content)]
         if not turns:
             raise InvalidOptionsError("There is no user message to reply to.")
 
@@ -428,7 +471,7 @@ class TransformersLM(TextGenerator):
                 if error is not None:
                     raise GenerationFailedError(f"Generation failed: {error}") from error
                 if finish is None:
-                    yield TextChunk(text)
+                    yield TextChunk(text, logprobs=self._relay_scored(sampler, eos))
                     continue
                 ended = time.perf_counter()
                 decode_s = ended - seq.first_token_at if seq.first_token_at else 0.0
@@ -437,10 +480,48 @@ class TransformersLM(TextGenerator):
                     time_to_first_token_s=(seq.first_token_at - started) if seq.first_token_at else None,
                     tokens_per_s=(seq.generated / decode_s) if decode_s > 0 and seq.generated else None,
                     dropped_messages=dropped)  # fmt: skip
-                yield TextChunk(text, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+                yield TextChunk(text, finish_reason=finish, stats=stats,  # type: ignore[arg-type]
+                                logprobs=self._relay_scored(sampler, eos))
                 return
         finally:
             seq.abandoned = True  # a consumer that stops reading frees its row at the next step
+
+    def _relay_scored(self, sampler: Any, eos: set[int]) -> tuple[TokenLogprob, ...]:
+        """The log-probabilities of the tokens sampled since the last chunk (the end-of-text token is no part
+        of the reply, so none of its own)."""
+        if sampler.logprobs is None:
+            return ()
+        decode = self.tokenizer.decode
+        return tuple(TokenLogprob(decode([t.token_id]), t.logprob, tuple((decode([i]), lp) for i, lp in t.top))
+                     for t in sampler.take_scored() if t.token_id not in eos)
+
+    def prompt_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        """Every token of `text` scored by one forward pass on the compute lane (after the start-of-text token
+        where the model has one, so the first token gets a log-probability too)."""
+        import torch
+
+        from .logits_processing import score_prompt
+
+        self._require_loaded()
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None:  # as log_likelihood scores: the first token is predicted from the start of text
+            ids = [bos, *ids]
+        if len(ids) > self.context_window:
+            raise InvalidOptionsError(f"The prompt is {len(ids)} tokens long; {self.name} scores at most "
+                                      f"{self.context_window} at once.")
+
+        def forward() -> list[Any]:
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0]
+                return score_prompt(logits, ids, top)
+
+        scored = lane().call(forward)
+        decode = self.tokenizer.decode
+        special = set(self.tokenizer.all_special_ids)
+        return [TokenLogprob(decode([i]), None if st is None else st.logprob,
+                             () if st is None else tuple((decode([k]), lp) for k, lp in st.top))
+                for i, st in zip(ids, scored, strict=True) if i not in special]
 
     def log_likelihood(self, text: str, cancel: threading.Event | None = None) -> tuple[float, int]:
         """NLL (nats) of every token of `text` after the first, in windows of the context size
@@ -481,7 +562,7 @@ class TransformersLM(TextGenerator):
         params = request.params
         prompt_ids, dropped = self.encode(request)
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        sampler = Sampler(params, seed, self.device)
+        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs)
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         eos = self._eos_ids()
@@ -525,7 +606,7 @@ class TransformersLM(TextGenerator):
                 all_ids = torch.cat([all_ids, next_input], dim=1)
             text = stops.push(detok.push(token))
             if text:
-                yield TextChunk(text)
+                yield TextChunk(text, logprobs=self._relay_scored(sampler, eos))
             if stops.stopped:
                 finish = "stop"
                 break
@@ -540,4 +621,4 @@ class TransformersLM(TextGenerator):
             tokens_per_s=(generated / decode_s) if decode_s > 0 and generated else None,
             dropped_messages=dropped,
         )
-        yield TextChunk(tail, finish_reason=finish, stats=stats)
+        yield TextChunk(tail, finish_reason=finish, stats=stats, logprobs=self._relay_scored(sampler, eos))

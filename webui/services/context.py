@@ -7,6 +7,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from generators.base import BusyError, InvalidOptionsError
@@ -15,8 +16,9 @@ from storage import Store
 from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
-from .accounts import Accounts, AuthError
+from .accounts import Accounts, AuthError, NotAdminError
 from .loading import LoadTracker
+from .login_throttle import LoginThrottle
 from .provenance import ImageSigner
 from .story_context import TokenCountCache
 
@@ -76,6 +78,9 @@ def clean_title(value: Any, what: str = "title") -> str:
     return value.strip()[:TITLE_LIMIT]
 
 
+DEFAULT_REQUESTS_PER_MINUTE = 60  # with accounts, when the settings leave it unset
+
+
 class RateLimiter:
     """At most `per_minute` generation requests per owner in any 60-second window (0 = no limit)."""
 
@@ -97,7 +102,7 @@ class RateLimiter:
             if len(hits) >= self.per_minute:
                 wait = 60 - (now - hits[0])
                 raise BusyError(f"You have sent {len(hits)} requests in the last minute (the limit is "
-                                f"{self.per_minute}); try again in {wait:.0f} s.")
+                                f"{self.per_minute}); try again in {max(1, round(wait))} s.", retry_after_s=wait)
             if consume:
                 hits.append(now)
 
@@ -113,6 +118,9 @@ class AppContext:
     default_owner: str = LOCAL_OWNER
     accounts: Accounts | None = None
     rate: RateLimiter | None = None
+    logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
+    # called with a file about to be deleted, so every cache the server serves from drops its copies
+    served_copies: list[Callable[[Path], None]] = field(default_factory=list)
     signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
 
     def __post_init__(self) -> None:
@@ -122,7 +130,8 @@ class AppContext:
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:
-            self.rate = RateLimiter(self.settings.requests_per_minute)
+            per_minute = self.settings.requests_per_minute
+            self.rate = RateLimiter(DEFAULT_REQUESTS_PER_MINUTE if per_minute is None else per_minute)
 
     @property
     def auth_enabled(self) -> bool:
@@ -149,8 +158,22 @@ class AppContext:
                             "(make one with `python launch.py users key NAME`).")
         return user
 
+    def is_admin(self, owner: str) -> bool:
+        """With auth off the one local user runs the studio; with auth on, the accounts decide."""
+        return not self.auth_enabled or bool(self.accounts and self.accounts.is_admin(owner))
+
+    def require_admin(self, owner: str, what: str = "change the shared models") -> None:
+        """Model configuration, loading and unloading and server-wide settings affect every user."""
+        if not self.is_admin(owner):
+            raise NotAdminError(f"Only an admin can {what}; ask one (or run: python launch.py users role "
+                                f"{owner} admin on the server).")
+
     # ------------------------------------------------------------ limits, checked by the services
     def check_rate(self, owner: str, consume: bool = True) -> None:
+        """The per-user request limit. Unset, it applies only with accounts: one local user with auth off
+        scripting against their own studio is never throttled."""
+        if self.settings.requests_per_minute is None and not self.auth_enabled:
+            return
         if self.rate:
             self.rate.check(owner, consume)
 

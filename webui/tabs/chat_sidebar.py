@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+
+from storage.files import private_dir, write_private
 
 from ..errors import ui_errors
 from ..services import chat as svc
@@ -62,9 +65,9 @@ def build_layout() -> Sidebar:
 
 def _export_path(title: str, suffix: str, content: str) -> str:
     stem = re.sub(r"[^\w-]+", "-", title or "chat").strip("-")[:40] or "chat"
-    folder = Path(tempfile.mkdtemp(prefix="aigc-export-"))
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=private_dir(get_upload_folder())))  # 0700, swept with the cache
     path = folder / f"{stem}{suffix}"
-    path.write_text(content, encoding="utf-8")
+    write_private(path, content.encode("utf-8"))
     return str(path)
 
 

@@ -205,7 +205,7 @@ def build(ctx: AppContext) -> Any:
 
     @ui_errors
     def do_metrics(chosen: list[str], metric: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
-        owner(request)  # logged in
+        ctx.require_admin(owner(request), "run the server-wide metrics")  # results are shared by everyone
         if not chosen:
             raise gr.Error("Pick at least one generator.")
         cancel = ctx.cancels.fresh("metrics:" + (request.session_hash or ""))

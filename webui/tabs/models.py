@@ -11,7 +11,7 @@ from ..services.context import AppContext
 from ..services.model_options import apply_options
 from . import FAST
 
-COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Decoding", "Source"]
+COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Precision", "Decoding", "Source"]
 
 
 def model_rows(ctx: AppContext) -> list[list[Any]]:
@@ -25,7 +25,7 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
             "loaded" if d["loaded"] else "not loaded",
             round(d["memory_bytes"] / 2**20, 1),
             d.get("device") or opts.get("device", "-"),
-            opts.get("quantization", "-"),
+            d.get("precision") or opts.get("quantization", "-"),  # what runs, and why when chosen automatically
             d.get("decode_loop") or "-",  # C++ / Python layer loop, or transformers' own (while loaded)
             opts.get("source", "-"),
         ])
@@ -45,7 +45,7 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
     with gr.Row():
         model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
-        quantization = gr.Radio(["none", "8bit", "4bit", "int4", "dynamic-int8"], value=first[0], label="Quantization",
+        quantization = gr.Radio(["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"], value=first[0], label="Quantization",
                                 info="8bit / 4bit: bitsandbytes; int4 (fastest on a CPU) and dynamic-int8: PyTorch, CPU only",
                                 scale=2, elem_id="models-quantization")
         device = gr.Radio(["auto", "cpu", "cuda"], value=first[1], label="Device", scale=2)
@@ -56,25 +56,42 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
         refresh = gr.Button("Refresh")
     status = gr.Markdown()
 
+    def admin(request: gr.Request) -> None:
+        ctx.require_admin(ctx.owner_for(getattr(request, "username", None)))
+
     @ui_errors
-    def do_load(name: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    def do_load(name: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        admin(request)
         progress(0, desc=f"Loading {name}…")
         gen = ctx.registry.load(name, lambda msg: progress(0.5, desc=msg))
         return {table: model_rows(ctx), status: f"**{name}** loaded ({gen.memory_bytes() / 2**20:.0f} MB)."}
 
     @ui_errors
-    def do_unload(name: str) -> dict[Any, Any]:
+    def do_unload(name: str, request: gr.Request) -> dict[Any, Any]:
+        admin(request)
         ctx.registry.unload(name)
         return {table: model_rows(ctx), status: f"**{name}** unloaded; its memory is released."}
 
     @ui_errors
-    def do_apply(name: str, quant: str, dev: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    def do_apply(name: str, quant: str, dev: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        admin(request)
         applied = apply_options(ctx, name, lambda msg: progress(0.5, desc=msg), quantization=quant, device=dev)
         return {table: model_rows(ctx), status: applied.message}
 
     def pick(name: str) -> dict[Any, Any]:
         quant, dev = settings_of(ctx, name)
         return {quantization: quant, device: dev}
+
+    controls = [load, unload, apply, quantization, device]
+
+    def read_only_unless_admin(request: gr.Request) -> dict[Any, Any]:
+        allowed = ctx.is_admin(ctx.owner_for(getattr(request, "username", None)))
+        note = "" if allowed else "You see the models read-only: only an admin can load, unload or reconfigure them."
+        return {**{c: gr.update(interactive=allowed) for c in controls}, status: note}
+
+    assert gr.context.Context.root_block is not None, "build() runs inside gr.Blocks()"
+    gr.context.Context.root_block.load(read_only_unless_admin, None, [*controls, status], **FAST,
+                                       api_visibility="private")
 
     outputs = [table, status]
     load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+
+from storage.files import private_dir, write_private
 
 from ..errors import ui_errors
 from ..services import story as svc
@@ -87,8 +90,8 @@ def build_layout() -> Sidebar:
 
 def _export_path(title: str, suffix: str, content: str) -> str:
     stem = re.sub(r"[^\w-]+", "-", title or "story").strip("-")[:40] or "story"
-    path = Path(tempfile.mkdtemp(prefix="aigc-export-")) / f"{stem}{suffix}"
-    path.write_text(content, encoding="utf-8")
+    path = Path(tempfile.mkdtemp(prefix="export-", dir=private_dir(get_upload_folder()))) / f"{stem}{suffix}"  # 0700, swept
+    write_private(path, content.encode("utf-8"))
     return str(path)
 
 

@@ -105,7 +105,11 @@ class Registry:
             return gen
 
     def reconfigure(self, name: str, **option_updates: Any) -> Generator:
-        """Replace a model's load options (e.g. quantization); it reloads on next use."""
+        """Replace a model's load options (e.g. quantization); it reloads on next use.
+
+        Checked first: options that do not validate, or cannot work on this machine (`check_options`:
+        device=cuda without a GPU, a missing quantizer), raise with the reason and leave the working
+        model loaded as it was."""
         with self._lock:
             slot = self._slot(name)
             if slot.in_use:
@@ -113,6 +117,7 @@ class Registry:
             old = slot.generator
             options = {**old.options.model_dump(), **option_updates}
             new = type(old)(name, options, cache_dir=self.cache_dir)  # validates before anything changes
+            new.check_options()
             old.unload()
             self._lru.pop(name, None)
             slot.generator = new

@@ -12,7 +12,7 @@ from generators.registry import ModelSpec, Registry
 from storage import Store
 
 from .api import EXCEPTION_HANDLERS, build_router
-from .app import CSS, build_app
+from .app import CSS, JS, build_app
 from .services.context import AppContext
 from .settings import Settings
 
@@ -58,6 +58,7 @@ def launch(ctx: AppContext, *, block: bool = True, quiet: bool = False) -> gr.Bl
         app_kwargs=app_kwargs,
         show_error=True,
         css=CSS,
+        js=JS,
         auth=ctx.accounts.verify_password if ctx.auth_enabled else None,
         auth_message="Log in to AIGC Studio. An admin adds users with: python launch.py users add NAME",
     )

@@ -19,6 +19,7 @@ from storage.db import StorageError
 
 from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
+from .loading import wait_until_loaded
 
 KIND = "chat"
 MAX_MESSAGE_CHARS = 100_000
@@ -47,6 +48,7 @@ class ChatView:
     settings: dict[str, Any] = field(default_factory=dict)
     notice: str = ""
     focus: str = ""  # the message whose alternatives were just flipped, if any
+    loading: str = ""  # while the model loads before the reply: what it is doing and for how long
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,12 @@ def stream_reply(
         return replace(base, messages=msgs, notice=notice)
 
     yield base
+    try:  # a first reply may wait for the model to load: say what is happening in the reply's place
+        for step in wait_until_loaded(ctx, settings.model):
+            yield replace(base, loading=step.text)
+    except BaseException as exc:
+        save("", "cancelled" if isinstance(exc, GeneratorExit) else "error")
+        raise
     notice = ""
     for _delta, result in stream_text(
         ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress

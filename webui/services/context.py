@@ -16,6 +16,7 @@ from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
 from .accounts import Accounts, AuthError
+from .loading import LoadTracker
 from .story_context import TokenCountCache
 
 
@@ -107,6 +108,7 @@ class AppContext:
     store: Store
     cancels: CancelTokens = field(default_factory=CancelTokens)
     token_counts: TokenCountCache = field(default_factory=TokenCountCache)  # story context, per model
+    loads: LoadTracker = field(default_factory=LoadTracker)  # models loading now, with their stage
     default_owner: str = LOCAL_OWNER
     accounts: Accounts | None = None
     rate: RateLimiter | None = None

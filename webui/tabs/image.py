@@ -182,7 +182,7 @@ def build(ctx: AppContext) -> None:
         with open(path, "rb") as f:
             uploaded = pngmeta.sha256(f.read())
         same = "identical to" if result.images[0].content_hash == uploaded else "different from"
-        note = f"The new PNG is byte-for-byte {same} the uploaded one."
+        note = f"The new PNG is byte-for-byte {same} the uploaded one; it is saved in the Gallery as a new image."
         return served(result.images[0].path), " ".join(x for x in (result.notice, note) if x)
 
     # ------------------------------------------------------------ wiring

@@ -6,10 +6,9 @@ from typing import Any
 
 import gradio as gr
 
-from generators.base import CAP_QUANTIZATION
-
 from ..errors import ui_errors
 from ..services.context import AppContext
+from ..services.model_options import apply_options
 from . import FAST
 
 COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Decoding", "Source"]
@@ -69,12 +68,9 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
         return {table: model_rows(ctx), status: f"**{name}** unloaded; its memory is released."}
 
     @ui_errors
-    def do_apply(name: str, quant: str, dev: str) -> dict[Any, Any]:
-        gen = ctx.registry.get(name)
-        if CAP_QUANTIZATION not in gen.info.capabilities:
-            raise gr.Error(f"{name} ({gen.info.plugin}) has no quantization or device options.")
-        ctx.registry.reconfigure(name, quantization=quant, device=dev)
-        return {table: model_rows(ctx), status: f"**{name}** will load with quantization={quant}, device={dev}."}
+    def do_apply(name: str, quant: str, dev: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        applied = apply_options(ctx, name, lambda msg: progress(0.5, desc=msg), quantization=quant, device=dev)
+        return {table: model_rows(ctx), status: applied.message}
 
     def pick(name: str) -> dict[Any, Any]:
         quant, dev = settings_of(ctx, name)
@@ -83,7 +79,7 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     outputs = [table, status]
     load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")
     unload.click(do_unload, model, outputs, api_name="unload_model")
-    apply.click(do_apply, [model, quantization, device], outputs, api_name="configure_model")
+    apply.click(do_apply, [model, quantization, device], outputs, concurrency_id="generate", api_name="configure_model")
     refresh.click(lambda: model_rows(ctx), None, table, **FAST, api_name="list_models")
     model.change(pick, model, [quantization, device], **FAST, api_visibility="private")
     return (lambda: model_rows(ctx)), table

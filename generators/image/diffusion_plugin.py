@@ -36,7 +36,7 @@ from .plugin import ImageLoadOptions, _TorchImagePlugin
 SCHEDULER_NAMES = ("DPM++ 2M", "DDIM", "Euler", "Euler a", "UniPC", "DDPM")
 SchedulerName = Literal["DPM++ 2M", "DDIM", "Euler", "Euler a", "UniPC", "DDPM"]
 MAX_STEPS = 200
-DEFAULT_GUIDANCE = 2.0
+DEFAULT_GUIDANCE = 1.5  # measured: accuracy 0.987, FD 12.77 (guidance 2: 0.999, 26.19); see the model card
 
 
 class DiffusionParams(StrictModel):

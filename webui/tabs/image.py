@@ -216,7 +216,8 @@ def build(ctx: AppContext) -> None:
                                    elem_id="image-reconstruction")
         with gr.Tab("PNG info", id="image-pnginfo"):
             with gr.Row():
-                upload = gr.File(label="A PNG made by the studio", file_types=["image"], type="filepath",
+                upload = gr.File(label="A PNG made by the studio (or by the Stable Diffusion web UI)", file_types=["image"],
+                                 type="filepath",
                                  elem_id="image-pnginfo-file")
                 with gr.Column():
                     info_text = gr.Markdown(elem_id="image-pnginfo-text")

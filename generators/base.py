@@ -38,6 +38,7 @@ CAP_CANCEL = "cancel"
 CAP_QUANTIZATION = "quantization"
 CAP_SEED = "seed"
 CAP_LOGPROBS = "logprobs"  # text: log-probabilities of the chosen tokens (and the likeliest alternatives)
+CAP_INSTRUCT_TEMPLATE = "instruct-template"  # text: renders messages with a template the request brings
 CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
 CAP_RECONSTRUCT = "reconstruct"  # image: encode a given image, decode it (as any class)
 CAP_CLASS_CONDITIONAL = "class-conditional"  # image: `sample` draws (class, seed) ends
@@ -199,16 +200,27 @@ class TextRequest:
     """A chat (messages) or a raw completion (prompt) request.
 
     `logprobs`: None = none; k >= 0 = each generated token's log-probability and the k likeliest
-    alternatives (plugins with CAP_LOGPROBS)."""
+    alternatives (plugins with CAP_LOGPROBS). `template`: a Jinja chat template that replaces the model's
+    own for `messages` (plugins with CAP_INSTRUCT_TEMPLATE); None = the model's own."""
 
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     logprobs: int | None = None
+    template: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.messages):
             raise InvalidOptionsError("A text request needs either messages or a prompt, not both.")
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """What a text model reads for a request: the text after the template, its tokens, messages left out."""
+
+    text: str
+    tokens: int
+    dropped_messages: int = 0
 
 
 @dataclass(frozen=True)
@@ -499,6 +511,15 @@ class TextGenerator(Generator):
         """Every token of `text` as the model scores it (the first one's logprob is None); plugins with
         CAP_LOGPROBS implement it (the completions API's echo with logprobs)."""
         raise InvalidOptionsError(f"{self.name} cannot return log-probabilities.")
+
+    def render_prompt(self, request: TextRequest) -> RenderedPrompt:
+        """Exactly the text the model reads for `request` (after its template, with the oldest messages left
+        out where they do not fit) and its token count. Plugins with a tokenizer override it."""
+        if request.prompt is not None:
+            text = request.prompt
+        else:
+            text = "".join(f"{m.role.capitalize()}: {m.content}\n" for m in request.messages) + "Assistant:"
+        return RenderedPrompt(text, self.count_tokens(text))
 
     def supports_chat(self) -> bool:
         """Whether role-tagged messages work well (an instruct model with a chat template);

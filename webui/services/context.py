@@ -20,6 +20,7 @@ from .accounts import Accounts, AuthError, NotAdminError
 from .loading import LoadTracker
 from .login_throttle import LoginThrottle
 from .provenance import ImageSigner
+from .sessions import SessionBook
 from .story_context import TokenCountCache
 
 
@@ -122,6 +123,7 @@ class AppContext:
     # called with a file about to be deleted, so every cache the server serves from drops its copies
     served_copies: list[Callable[[Path], None]] = field(default_factory=list)
     signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
+    sessions: SessionBook | None = None  # logins and running API requests, ended on revocation (auth on)
 
     def __post_init__(self) -> None:
         if self.signer is None:
@@ -157,6 +159,13 @@ class AppContext:
             raise AuthError("Missing or invalid API key: send `Authorization: Bearer aigc-…` "
                             "(make one with `python launch.py users key NAME`).")
         return user
+
+    def watch_api_request(self, owner: str, cancel: threading.Event) -> Callable[[], None]:
+        """Stop this API request's generations (set `cancel`) if its user is removed or changes password
+        while it runs; returns the call that ends the watch."""
+        if self.sessions is None:
+            return lambda: None
+        return self.sessions.api_request(owner, cancel)
 
     def is_admin(self, owner: str) -> bool:
         """With auth off the one local user runs the studio; with auth on, the accounts decide."""

@@ -25,6 +25,7 @@ from .guard import RequestGuard
 from .services.accounts import Accounts
 from .services.context import AppContext
 from .services.sessions import SessionBook
+from .services.training import start_jobs
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ def create_context(settings: Settings) -> AppContext:
             registry.add(ModelSpec(m.name, m.plugin, dict(m.options), m.concurrency))
         except StudioError as exc:  # one misconfigured model must not keep the others from serving
             log.error("Model %r is not available: %s", m.name, exc)
-    return AppContext(settings=settings, registry=registry, store=store)
+    ctx = AppContext(settings=settings, registry=registry, store=store)
+    start_jobs(ctx)  # the owners' trained models join the registry; queued jobs start
+    return ctx
 
 
 def password_check(accounts: Accounts) -> Callable[[str, str], Awaitable[bool]]:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(64.0, gt=0, le=10_240, description="largest upload (multipart) in MB")
     max_json_depth: int = Field(64, ge=4, le=10_000, description="deepest nesting of a JSON request body")
     max_image_side: int = Field(2048, ge=64, le=4096, description="largest width or height of a prompted image (px)")
+    max_dataset_mb: float = Field(64.0, gt=0, le=10_240, description="largest training dataset upload in MB")
+    train_jobs: int = Field(1, ge=1, le=16, description="training jobs running at once (the rest wait in a queue)")
+    train_threads: int = Field(1, ge=1, le=256, description="torch CPU threads of a training job (its own process; "
+                               "the rest of the CPU keeps serving generation)")
     log_level: str = "INFO"
 
     @property

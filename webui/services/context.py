@@ -17,6 +17,7 @@ from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
 from .accounts import Accounts, AuthError, NotAdminError
+from .jobs import JobRunner
 from .loading import LoadTracker
 from .login_throttle import LoginThrottle
 from .story_context import TokenCountCache
@@ -120,8 +121,11 @@ class AppContext:
     logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
     # called with a file about to be deleted, so every cache the server serves from drops its copies
     served_copies: list[Callable[[Path], None]] = field(default_factory=list)
+    jobs: JobRunner | None = None  # training jobs (started by the server: services.training.start_jobs)
 
     def __post_init__(self) -> None:
+        if self.jobs is None:
+            self.jobs = JobRunner(self.store, max_running=self.settings.train_jobs, threads=self.settings.train_threads)
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:

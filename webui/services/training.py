@@ -9,10 +9,12 @@ model card written from the job; deleting the job unregisters the model and remo
 from __future__ import annotations
 
 import logging
+import math
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -46,12 +48,8 @@ class LoraParams(StrictModel):
 class ImageParams(StrictModel):
     epochs: int = Field(5, ge=1, le=500)
     batch_size: int = Field(64, ge=2, le=1024)
-    size: int = Field(32, description="image side in px (32 or 64)")
+    size: Literal[32, 64] = Field(32, description="image side in px")
     seed: int = Field(0, ge=0, le=2**31 - 1)
-
-    def model_post_init(self, _context: Any) -> None:
-        if self.size not in (32, 64):
-            raise ValueError("size must be 32 or 64")
 
 
 class LstmParams(StrictModel):
@@ -191,3 +189,70 @@ def model_card(job: Job) -> str:
         lines += ["| " + " | ".join(f"{p.get(k):.4g}" if isinstance(p.get(k), float) else str(p.get(k, ""))
                                     for k in keys) + " |" for p in epochs]
     return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+# ------------------------------------------------------------------ what the Train tab shows
+
+STEP_SKIP = {"type", "time", "step", "total", "epoch", "seconds", "lr"}
+EPOCH_SKIP = {"type", "time", "step", "epoch", "train_seconds", "samples", "sample", "lr"}
+
+
+@dataclass
+class JobView:
+    job: Job
+    status: str  # one Markdown line: state, progress, ETA or queue position
+    steps: list[dict[str, Any]]  # {"step", "series", "value"} for the loss plot
+    epochs: list[dict[str, Any]]  # {"epoch", "series", "value"} for the per-epoch plot
+    samples: Path | None  # the last per-epoch sample grid (image families)
+    text_sample: str  # the last per-epoch sample (the char-LSTM)
+    figures: dict[str, Any]
+    card: str
+
+
+def eta_seconds(job: Job) -> float | None:
+    """From the pace of the recent steps: (time per step) x (steps left)."""
+    steps = [p for p in job.metrics if p.get("type") == "step" and "time" in p and p.get("total")]
+    if len(steps) < 2 or job.state != "running":
+        return None
+    recent = steps[-20:]
+    pace = (recent[-1]["time"] - recent[0]["time"]) / max(recent[-1]["step"] - recent[0]["step"], 1)
+    return max(0.0, pace * (recent[-1]["total"] - recent[-1]["step"]))
+
+
+def status_line(ctx: AppContext, job: Job) -> str:
+    parts = [f"**{job.name}** ({FAMILY_LABELS.get(job.kind, job.kind)}) — **{job.state}**"]
+    if job.state == "queued":
+        parts.append(f"place {ctx.jobs.queue_position(job)} in the queue")
+    if job.state in ("running", "cancelled", "interrupted", "failed"):
+        parts.append(f"{job.progress * 100:.0f} %")
+    eta = eta_seconds(job)
+    if eta is not None:
+        parts.append(f"about {eta / 60:.0f} min left" if eta >= 90 else f"about {eta:.0f} s left")
+    if job.state == "done":
+        parts.append(f"use it as **{registry_name(job.owner, job.name)}**")
+    if job.state in ("cancelled", "interrupted", "failed"):
+        parts.append("Resume continues from the last checkpoint")
+    if job.error:
+        parts.append(job.error)
+    return " · ".join(parts)
+
+
+def job_view(ctx: AppContext, owner: str, job_id: str, max_points: int = 400) -> JobView:
+    job = ctx.jobs.get(owner, job_id)
+    steps, epochs = [], []
+    step_points = [p for p in job.metrics if p.get("type") == "step"]
+    every = max(1, len(step_points) // max_points)
+    for p in step_points[::every]:
+        steps += [{"step": p["step"], "series": k, "value": v} for k, v in p.items()
+                  if k not in STEP_SKIP and isinstance(v, int | float) and math.isfinite(v)]
+    for p in job.metrics:
+        if p.get("type") == "epoch":
+            epochs += [{"epoch": p.get("epoch", 0), "series": k, "value": v} for k, v in p.items()
+                       if k not in EPOCH_SKIP and isinstance(v, int | float) and math.isfinite(v)]
+    folder = Path(job.artifacts.get("folder", ""))
+    samples = [Path(s) for s in job.artifacts.get("samples", [])]
+    last = samples[-1] if samples and samples[-1].is_file() and folder in samples[-1].parents else None
+    card_path = folder / "MODEL_CARD.md"
+    card = card_path.read_text(encoding="utf-8") if job.state == "done" and card_path.is_file() else ""
+    return JobView(job, status_line(ctx, job), steps, epochs, last, job.artifacts.get("last_sample", ""),
+                   job.artifacts.get("figures", {}), card)

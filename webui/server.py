@@ -52,6 +52,13 @@ def create_context(settings: Settings) -> AppContext:
             log.error("Model %r is not available: %s", m.name, exc)
     ctx = AppContext(settings=settings, registry=registry, store=store)
     start_jobs(ctx)  # the owners' trained models join the registry; queued jobs start
+    if not settings.sign_images:
+        log.warning("sign_images is off: images are written without content credentials")
+        return ctx
+    identity = ctx.signer.identity  # made at first start; a broken operator certificate stops the start here
+    ctx.signer.check()
+    log.info("Images are signed (C2PA) as %r, %s, %s key, certificate sha256 %s…", identity.subject,
+             identity.alg.upper(), identity.source, identity.fingerprint[:16])
     return ctx
 
 

@@ -20,6 +20,7 @@ from .accounts import Accounts, AuthError, NotAdminError
 from .jobs import JobRunner
 from .loading import LoadTracker
 from .login_throttle import LoginThrottle
+from .provenance import ImageSigner
 from .story_context import TokenCountCache
 
 
@@ -121,9 +122,13 @@ class AppContext:
     logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
     # called with a file about to be deleted, so every cache the server serves from drops its copies
     served_copies: list[Callable[[Path], None]] = field(default_factory=list)
+    signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
     jobs: JobRunner | None = None  # training jobs (started by the server: services.training.start_jobs)
 
     def __post_init__(self) -> None:
+        if self.signer is None:
+            s = self.settings
+            self.signer = ImageSigner(self.store.data_dir, s.signing_cert, s.signing_key, s.signing_alg, s.sign_images)
         if self.jobs is None:
             self.jobs = JobRunner(self.store, max_running=self.settings.train_jobs, threads=self.settings.train_threads)
         if self.accounts is None:

@@ -154,3 +154,11 @@ def test_a_failing_job_says_why(jobs_ctx: Any) -> None:
     assert failed.state == "failed" and "shorter than one batch" in failed.error
     spec = json.loads((Path(failed.artifacts["folder"]) / "spec.json").read_text())
     assert spec["kind"] == "lstm"
+
+
+def test_digit_figures_measure_a_trained_gan_with_the_shipped_classifier() -> None:
+    from generators.training.worker import digit_figures
+
+    root = Path(__file__).resolve().parent.parent / "generators" / "image" / "weights"
+    figures = digit_figures("gan", root / "gan-mnist32", lambda event: None, n=100)
+    assert figures["digit_accuracy"] > 0.9 and 0 < figures["frechet_distance"] < 100

@@ -91,31 +91,35 @@ def build(ctx: AppContext) -> Any:
             timer = gr.Timer(REFRESH_S)
 
     # ---------------------------------------------------------------- handlers
-    shown = [status, loss_plot, epoch_plot, samples, text_sample, card, log]
+    seen = gr.State(None)  # what the page shows now: the timer sends only what changed
+    shown = [status, loss_plot, epoch_plot, samples, text_sample, card, log, seen]
 
-    def show(job_id: str | None, request: gr.Request) -> dict[Any, Any]:
+    def show(job_id: str | None, last: Any, request: gr.Request) -> dict[Any, Any]:
         if not job_id:
             return {status: NO_JOB, loss_plot: None, epoch_plot: None, samples: gr.update(visible=False),
-                    text_sample: gr.update(visible=False), card: "", log: ""}
+                    text_sample: gr.update(visible=False), card: "", log: "", seen: None}
         view = training.job_view(ctx, _owner(ctx, request), job_id)
-        image = None
-        if view.samples is not None:
+        key = [job_id, view.status, len(view.job.metrics), len(view.job.log), str(view.samples)]
+        if key == last:
+            return {c: gr.skip() for c in shown}
+        image = gr.skip() if last and last[0] == job_id and last[4] == key[4] else None
+        if image is None and view.samples is not None:
             from PIL import Image
 
             with Image.open(view.samples) as opened:
                 image = opened.copy()
         return {status: view.status, loss_plot: pd.DataFrame(view.steps, columns=["step", "series", "value"]),
                 epoch_plot: pd.DataFrame(view.epochs, columns=["epoch", "series", "value"]),
-                samples: gr.update(value=image, visible=image is not None),
+                samples: gr.update(value=image, visible=view.samples is not None),
                 text_sample: gr.update(value=view.text_sample, visible=bool(view.text_sample)),
-                card: view.card, log: view.job.log}
+                card: view.card, log: view.job.log, seen: key}
 
-    def fill(request: gr.Request) -> dict[Any, Any]:
+    def fill(current: str | None, request: gr.Request) -> dict[Any, Any]:
         owner = _owner(ctx, request)
         jobs = job_choices(ctx, owner)
         datasets = dataset_choices(ctx, owner)
-        return {dataset: gr.update(choices=datasets, value=datasets[0][1]),
-                job: gr.update(choices=jobs, value=jobs[0][1] if jobs else None)}
+        keep = current if current in [j for _, j in jobs] else (jobs[0][1] if jobs else None)
+        return {dataset: gr.update(choices=datasets), job: gr.update(choices=jobs, value=keep)}
 
     @ui_errors
     def add_dataset(path: str | None, label: str, request: gr.Request) -> dict[Any, Any]:
@@ -191,7 +195,7 @@ def build(ctx: AppContext) -> Any:
     stop.click(stop_job, job, [job], **FAST, api_name="train_stop")
     resume.click(resume_job, job, [job], **FAST, api_name="train_resume")
     delete_job.click(remove_job, job, [job], **FAST, **private)
-    job.change(ui_errors(show), job, shown, **FAST, **private)
+    job.change(ui_errors(show), [job, seen], shown, **FAST, **private)
 
     # the same actions for scripts (gradio_client): typed values, no page components
     @ui_errors
@@ -212,6 +216,6 @@ def build(ctx: AppContext) -> Any:
 
     gr.api(train_api, api_name="train")
     gr.api(job_api, api_name="train_job")
-    timer.tick(ui_errors(show), job, shown, **FAST, **private)
-    return lambda demo, select: (demo.load(fill, None, [dataset, job], **FAST, **private),
-                                 select(fill, None, [dataset, job], **FAST, **private))
+    timer.tick(ui_errors(show), [job, seen], shown, **FAST, **private)
+    return lambda demo, select: (demo.load(fill, job, [dataset, job], **FAST, **private),
+                                 select(fill, job, [dataset, job], **FAST, **private))

@@ -17,6 +17,7 @@ from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
 from .accounts import Accounts, AuthError, NotAdminError
+from .jobs import JobRunner
 from .loading import LoadTracker
 from .login_throttle import LoginThrottle
 from .provenance import ImageSigner
@@ -124,11 +125,14 @@ class AppContext:
     served_copies: list[Callable[[Path], None]] = field(default_factory=list)
     signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
     sessions: SessionBook | None = None  # logins and running API requests, ended on revocation (auth on)
+    jobs: JobRunner | None = None  # training jobs (started by the server: services.training.start_jobs)
 
     def __post_init__(self) -> None:
         if self.signer is None:
             s = self.settings
             self.signer = ImageSigner(self.store.data_dir, s.signing_cert, s.signing_key, s.signing_alg, s.sign_images)
+        if self.jobs is None:
+            self.jobs = JobRunner(self.store, max_running=self.settings.train_jobs, threads=self.settings.train_threads)
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:

@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from generators.base import InvalidOptionsError, SamplingParams
@@ -131,7 +132,8 @@ def test_migration_creates_the_tables_and_matches_the_models(tmp_path: Path) -> 
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in diff if any(t in str(d) for t in tables)] == []
-    command.downgrade(cfg, "-1")  # this migration is the head
+    before = ScriptDirectory.from_config(cfg).get_revision("0009").down_revision  # 0009_prompt_presets
+    command.downgrade(cfg, str(before))
     assert not tables & set(inspect(engine).get_table_names())
     command.upgrade(cfg, "head")
     engine.dispose()

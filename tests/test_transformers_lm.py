@@ -535,3 +535,23 @@ def test_the_plugin_decodes_through_the_c_plus_plus_loop_with_the_python_loops_t
     fallback = load("fallback")
     assert fallback.describe()["decode_loop"] == "Python"
     fallback.unload()
+
+
+@pytest.mark.parametrize("capability, expected", [("AVX512", "int4"), ("AVX2", "none"), ("DEFAULT", "none")])
+def test_auto_precision_picks_int4_only_where_its_kernel_is_faster(tiny_model_dir, monkeypatch, capability: str,
+                                                                   expected: str) -> None:
+    """int4 beats float32 on AVX-512 CPUs; on AVX2-only ones PyTorch's int4 kernel is slower (measured),
+    so `auto` keeps float32 there and the Models view says why."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    gen = TransformersLM("tiny", {"source": str(tiny_model_dir), "device": "cpu", "quantization": "auto"})
+    assert gen._resolve_quantization() == expected
+    gen.load()
+    try:
+        assert gen.quantization == expected
+        assert ("int4 weights" in gen.precision()) == (expected == "int4")
+        if expected == "none":
+            assert "slower than float32 on this CPU" in gen.precision()
+    finally:
+        gen.unload()

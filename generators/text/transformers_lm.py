@@ -255,13 +255,14 @@ class TransformersLM(TextGenerator):
         self.tokenizer = None
 
     def _resolve_quantization(self) -> str:
-        """`auto` → int4 on a CPU whose torch has the int4 kernel (and a dtype it computes in), else none."""
+        """`auto` → int4 on a CPU where its kernel beats float32 (AVX-512), else none (float32 on an
+        AVX2-only CPU, bfloat16/float16 on CUDA through `dtype=auto`)."""
         if self.options.quantization != "auto":
             return self.options.quantization
         if self.device == "cpu" and self.options.dtype in ("auto", "bfloat16", "float32"):
-            from .int4 import int4_supported
+            from .int4 import int4_is_fastest_here
 
-            if int4_supported():
+            if int4_is_fastest_here():
                 return "int4"
         return "none"
 
@@ -271,7 +272,11 @@ class TransformersLM(TextGenerator):
             return f"{self.options.quantization} (decided at load)" if self.options.quantization == "auto" else \
                 self.options.quantization
         dtype = str(getattr(self.model, "dtype", "")).replace("torch.", "")
-        why = " — auto: the fastest within +5 % perplexity of float32 here" if self.options.quantization == "auto" else ""
+        why = ""
+        if self.options.quantization == "auto":
+            why = " — auto: the fastest within +5 % perplexity of float32 here"
+            if self.device == "cpu" and self.quantization == "none":
+                why = " — auto: int4 decodes slower than float32 on this CPU (its int4 kernel needs AVX-512)"
         if self.quantization == "int4":
             compute = "bfloat16" if self.options.dtype in ("auto", "bfloat16") else "float32"
             return f"int4 weights, {compute} between the kernels{why}"

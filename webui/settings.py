@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from generators.base import describe_validation_error
+from generators.text.engine.quantizers import QUANTIZATION_CHOICES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -56,7 +57,7 @@ class Settings(BaseSettings):
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/studio.db")
     models: list[ModelEntry] = Field(default_factory=default_models)
     model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")
-    quantization: Literal["none", "8bit", "4bit", "int4", "dynamic-int8"] | None = None
+    quantization: Literal[QUANTIZATION_CHOICES] | None = None  # type: ignore[valid-type]  # None: the plugin default
     device: Literal["auto", "cpu", "cuda"] | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None, description="language models' compute type")
     share: bool = False

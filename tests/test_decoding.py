@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from generators.text.engine.decoding import IncrementalDetokenizer, StopStringFilter
+from generators.text.decoding import IncrementalDetokenizer, StopStringFilter
 
 
 def feed(f: StopStringFilter, pieces: list[str]) -> str:

@@ -400,8 +400,8 @@ def test_prompts_prefilled_together_from_cached_prefixes_compute_what_they_compu
     prefix cache (here the chat template's system prompt and a whole earlier turn). Each row's
     logits at every step equal a plain full recomputation of that prompt alone within 1e-4 (padding
     and cache reuse only reorder float sums), and the greedy tokens are identical."""
+    from generators.text.decoding import IncrementalDetokenizer, StopStringFilter
     from generators.text.engine.batcher import BatchSequence
-    from generators.text.engine.decoding import IncrementalDetokenizer, StopStringFilter
 
     lm = TransformersLM("b", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     lm.load()

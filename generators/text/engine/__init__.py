@@ -7,10 +7,10 @@ Modules, from the leaves up (no module imports one above it):
 - `kv_cache`: preallocated keys and values that rows join and leave.
 - `projection`: the kernel of each layer kind behind one call (a strategy table keyed by layer kind).
 - `step`: the lean Llama decoding step; `native`: its layer loop built in C++ (`csrc/`).
-- `decoding`: sampler, incremental detokenizer, stop strings.
 - `batcher`: the continuous batcher with its prefix cache and chunked prefill.
 - `decoder`: a loaded model's token loop (alone or batched); `prompt`: fitting a chat into the
   context window; `scoring`: log-likelihood.
 
-Importing the package imports no torch; its modules do.
+Sampling, detokenizing and stop strings are `generators/text/decoding.py`, shared with the other
+text plugins. Importing the package imports no torch; its modules do.
 """

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ...base import GenerationFailedError, GenerationStats, SamplingParams, TextChunk
 from ...compute import lane
-from .decoding import IncrementalDetokenizer, Sampler, StopStringFilter
+from ..decoding import IncrementalDetokenizer, Sampler, StopStringFilter
 
 
 class Decoder:

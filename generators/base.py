@@ -39,6 +39,14 @@ CAP_QUANTIZATION = "quantization"
 CAP_SEED = "seed"
 CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
 CAP_RECONSTRUCT = "reconstruct"  # image: encode a given image, decode it (as any class)
+CAP_CLASS_CONDITIONAL = "class-conditional"  # image: `sample` draws (class, seed) ends
+CAP_TEXT_TO_IMAGE = "text-to-image"  # image: `paint` from a prompt alone
+CAP_IMAGE_TO_IMAGE = "image-to-image"  # image: `paint` from a prompt and an init image (strength)
+CAP_INPAINT = "inpaint"  # image: `paint` repaints the masked part of an init image
+CAP_LORA = "lora"  # image: LoRA files applied with a weight (`PromptParams.loras`)
+CAP_STEPS = "steps"  # image: reports each denoising step to a `StepControl` and stops between steps
+
+PROMPTED_CAPABILITIES = frozenset({CAP_TEXT_TO_IMAGE, CAP_IMAGE_TO_IMAGE, CAP_INPAINT})
 
 
 # ---------------------------------------------------------------- errors
@@ -74,6 +82,13 @@ class GenerationFailedError(StudioError):
 class BusyError(StudioError):
     code = "busy"
     http_status = 429
+
+
+class GenerationCancelledError(StudioError):
+    """Raised between two steps when the caller's cancel event is set; nothing of the request is kept."""
+
+    code = "cancelled"
+    http_status = 409
 
 
 def describe_validation_error(exc: ValidationError, what: str = "parameter") -> str:
@@ -195,10 +210,132 @@ class ImageEnd:
 
 @dataclass(frozen=True)
 class ImageOutput:
-    """Images as uint8 arrays (N, H, W, C), with what identifies the weights that made them."""
+    """Images as uint8 arrays (N, H, W, C), with what identifies the weights that made them.
+
+    `details` is what a prompted plugin adds about how it ran (the scheduler's full name, the LoRAs
+    with their file hashes, the dtype …): plain JSON data the image service records with the image."""
 
     pixels: Any  # numpy.ndarray, uint8, (N, H, W, C)
     weights_hash: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- prompted images
+
+
+class LoraWeight(StrictModel):
+    """One LoRA file (by the name the plugin lists) applied with a weight."""
+
+    name: str = Field(..., min_length=1, max_length=200)
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="0 = off, 1 = as trained, negative = away from it")
+
+
+class PromptParams(StrictModel):
+    """Per-request settings of a prompted image plugin (`paint`). Plugins may subclass it to change
+    defaults or bounds; the scheduler name is checked against the plugin's `schedulers()`."""
+
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str = Field("", max_length=4000, description="what to steer away from")
+    width: int = Field(512, ge=16, le=4096, multiple_of=8, description="pixels, a multiple of 8")
+    height: int = Field(512, ge=16, le=4096, multiple_of=8, description="pixels, a multiple of 8")
+    steps: int = Field(25, ge=1, le=150, description="denoising steps")
+    guidance: float = Field(7.0, ge=0.0, le=30.0, description="classifier-free guidance (CFG) scale; ≤ 1 = off")
+    strength: float = Field(0.75, gt=0.0, le=1.0, description="image-to-image / inpaint: how much of the init image is redrawn")
+    scheduler: str = Field("euler", min_length=1, max_length=40)
+    loras: tuple[LoraWeight, ...] = Field((), max_length=8)
+
+
+PaintMode = Literal["text-to-image", "image-to-image", "inpaint"]
+
+
+@dataclass(frozen=True)
+class PaintRequest:
+    """A prompted image request: `count` images from seeds seed, seed+1, … (the studio's batch rule).
+
+    `init_image` is (H, W, 3) uint8 RGB at the requested size, `mask` (H, W) uint8 where non-zero
+    means "repaint here". Both stay on the request so the service can hand the init image on (as the
+    ingredient of a provenance manifest, say) and record what the image was made from.
+    """
+
+    params: PromptParams
+    seed: int
+    count: int = 1
+    init_image: Any = None  # numpy uint8 (H, W, 3) or None
+    mask: Any = None  # numpy uint8 (H, W) or None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise InvalidOptionsError(f"seed: must be from 0 to {2**32 - 1}; got {self.seed}.")
+        if self.count < 1:
+            raise InvalidOptionsError("count: ask for at least one image.")
+        if self.mask is not None and self.init_image is None:
+            raise InvalidOptionsError("mask: inpainting needs an init image to repaint.")
+        want = (self.params.height, self.params.width)
+        if self.init_image is not None:
+            shape = getattr(self.init_image, "shape", None)
+            if shape is None or len(shape) != 3 or shape[2] != 3:
+                raise InvalidOptionsError(f"init_image: expected an RGB image (H, W, 3); got shape {shape}.")
+            if tuple(shape[:2]) != want:
+                raise InvalidOptionsError(f"init_image: it is {shape[1]}×{shape[0]} but the request is "
+                                          f"{want[1]}×{want[0]}; resize it or change width/height.")
+        if self.mask is not None:
+            shape = getattr(self.mask, "shape", None)
+            if shape is None or tuple(shape) != want:
+                got = "not an image" if shape is None else f"{shape[1]}×{shape[0]}" if len(shape) >= 2 else str(shape)
+                raise InvalidOptionsError(f"mask: it must be a one-channel {want[1]}×{want[0]} image like the init "
+                                          f"image; got {got}.")
+
+    @property
+    def mode(self) -> PaintMode:
+        if self.mask is not None:
+            return "inpaint"
+        return "image-to-image" if self.init_image is not None else "text-to-image"
+
+    @property
+    def seeds(self) -> list[int]:
+        return [(self.seed + i) % 2**32 for i in range(self.count)]
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Step `step` of `total` (1-based) has finished; `preview` is an approximate (N, h, w, 3) uint8
+    picture of the images so far on the steps a preview was asked for, else None."""
+
+    step: int
+    total: int
+    preview: Any = None
+
+
+StepCallback = Callable[[StepEvent], None]
+
+
+@dataclass
+class StepControl:
+    """What a stepping plugin reports to between steps: progress, a preview now and then, cancel.
+
+    A plugin calls `step(i, total, make_preview)` after each step; `make_preview` is only called on
+    the steps a preview is due (every `preview_every` steps and the last), so a cheap decode stays
+    cheap. A set `cancel` event raises `GenerationCancelledError` there: the plugin returns nothing.
+    """
+
+    on_step: StepCallback | None = None
+    cancel: threading.Event | None = None
+    preview_every: int = 5  # 0 = never
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise GenerationCancelledError("Stopped between two steps; nothing was saved.")
+
+    def step(self, step: int, total: int, make_preview: Callable[[], Any] | None = None) -> None:
+        self.check()
+        if self.on_step is not None:
+            due = make_preview is not None and self.preview_every > 0 and (
+                step % self.preview_every == 0 or step == total)
+            self.on_step(StepEvent(step, total, make_preview() if due else None))
+        self.check()
 
 
 # ---------------------------------------------------------------- plugin base
@@ -307,24 +444,60 @@ class TextGenerator(Generator):
 
 
 class ImageGenerator(Generator):
-    """An image plugin: class-conditional sampling from seeds; optional latent walks and reconstruction.
+    """An image plugin. Two kinds of request, chosen by the declared capabilities:
 
-    `params` is a validated instance of `info.params`. Same weights, params and seeds give the
-    same pixels on CPU, whatever the batch size.
+    - `class-conditional`: `sample(ends, params)` draws (class, seed) ends; optional latent walks and
+      reconstruction. `params` is a validated instance of `info.params`.
+    - `text-to-image` / `image-to-image` / `inpaint`: `paint(request, control)` makes images from a
+      prompt (and an init image / mask); `params` of the request is an instance of `info.params`
+      (a `PromptParams`). A plugin that declares `steps` reports each step to `control` (progress,
+      preview, cancel) — `sample` accepts `control=` too when it declares `steps`.
+
+    Same weights, params and seeds give the same pixels on CPU, whatever the batch size.
     """
 
     @property
-    @abstractmethod
     def class_names(self) -> list[str]:
-        """Class names, known without loading the weights."""
+        """Class names, known without loading the weights (none for a prompted plugin)."""
+        return []
 
     @property
-    @abstractmethod
     def image_size(self) -> tuple[int, int, int]:
-        """(height, width, channels)."""
+        """(height, width, channels) of a default image."""
+        return 512, 512, 3
 
-    @abstractmethod
-    def sample(self, ends: Sequence[ImageEnd], params: BaseModel) -> ImageOutput: ...
+    def sample(self, ends: Sequence[ImageEnd], params: BaseModel) -> ImageOutput:
+        raise InvalidOptionsError(f"{self.name} does not draw images by class; give it a prompt instead.")
+
+    def paint(self, request: PaintRequest, control: StepControl | None = None) -> ImageOutput:
+        """Images from a prompt (text-to-image), an init image (image-to-image) or an image and a mask (inpaint)."""
+        raise InvalidOptionsError(f"{self.name} does not make images from a prompt; pick a class and a seed instead.")
+
+    def schedulers(self) -> list[str]:
+        """Scheduler (sampler) names `PromptParams.scheduler` accepts, the default first."""
+        return []
+
+    def loras(self) -> list[str]:
+        """LoRA names `PromptParams.loras` may use with this model."""
+        return []
+
+    def check_paint(self, request: PaintRequest) -> None:
+        """Refuse what this plugin cannot do before any work starts: a mode it does not declare, an
+        unknown scheduler or LoRA. Plugins extend it (size limits, memory)."""
+        caps = self.info.capabilities
+        if request.mode not in caps:
+            can = ", ".join(sorted(c for c in caps if c in PROMPTED_CAPABILITIES)) or "nothing from a prompt"
+            raise InvalidOptionsError(f"{self.name} cannot do {request.mode}; it can do: {can}.")
+        names = self.schedulers()
+        if names and request.params.scheduler not in names:
+            raise InvalidOptionsError(f"scheduler: {request.params.scheduler!r} is not one of {', '.join(names)}.")
+        known = self.loras()
+        for lora in request.params.loras:
+            if CAP_LORA not in caps:
+                raise InvalidOptionsError(f"loras: {self.name} does not take LoRA files.")
+            if lora.name not in known:
+                raise InvalidOptionsError(f"loras: no LoRA named {lora.name!r} for {self.name} "
+                                          f"(available: {', '.join(known) or 'none'}).")
 
     def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
         raise InvalidOptionsError(f"{self.name} cannot interpolate between images.")

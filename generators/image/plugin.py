@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..base import (
+    CAP_CLASS_CONDITIONAL,
     CAP_INTERPOLATE,
     CAP_RECONSTRUCT,
     CAP_SEED,
@@ -220,7 +221,7 @@ class GANPlugin(_TorchImagePlugin):
         modality="image",
         family="gan",
         description="Class-conditional DCGAN-style generator (spectral norm, hinge loss, projection D, EMA weights)",
-        capabilities=frozenset({CAP_SEED, CAP_INTERPOLATE}),
+        capabilities=frozenset({CAP_CLASS_CONDITIONAL, CAP_SEED, CAP_INTERPOLATE}),
         params=GANParams,
         load_options=ImageLoadOptions,
     )
@@ -244,7 +245,7 @@ class VAEPlugin(_TorchImagePlugin):
         family="vae",
         description="Class-conditional convolutional VAE (Bernoulli likelihood): samples, reconstructs, "
                     "re-renders an image as other classes",
-        capabilities=frozenset({CAP_SEED, CAP_INTERPOLATE, CAP_RECONSTRUCT}),
+        capabilities=frozenset({CAP_CLASS_CONDITIONAL, CAP_SEED, CAP_INTERPOLATE, CAP_RECONSTRUCT}),
         params=VAEParams,
         load_options=ImageLoadOptions,
     )

@@ -21,11 +21,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from generators.base import (
+    CAP_CLASS_CONDITIONAL,
+    CAP_STEPS,
+    GenerationCancelledError,
     GenerationFailedError,
     ImageEnd,
     ImageGenerator,
     ImageOutput,
     InvalidOptionsError,
+    StepControl,
     StudioError,
     validate_model,
 )
@@ -241,6 +245,10 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
     try:
         with ctx.registry.use(model) as gen:
             result = work(gen, gen_row.id)
+    except GenerationCancelledError:
+        with ctx.store.begin() as s:  # stopped between two steps: nothing was written
+            repo.finish_generation(s, gen_row.id, "cancelled")
+        raise
     except BaseException as exc:
         error = exc if isinstance(exc, StudioError) else GenerationFailedError(f"Image generation failed: {exc}")
         if is_out_of_memory(exc):
@@ -262,9 +270,14 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
 
 
 def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: Any = None, count: Any = 1,
-             params: dict[str, Any] | None = None, source: str = "ui") -> ImageResult:
-    """`count` images of class `label` (None: a random class each) from seeds seed, seed+1, …"""
+             params: dict[str, Any] | None = None, source: str = "ui", control: StepControl | None = None) -> ImageResult:
+    """`count` images of class `label` (None: a random class each) from seeds seed, seed+1, …
+
+    `control` (progress, preview, cancel) reaches plugins that declare `steps`; a cancel between two
+    steps records the generation as `cancelled` and saves nothing."""
     gen = _image_generator(ctx, model)
+    if CAP_CLASS_CONDITIONAL not in gen.info.capabilities:
+        raise InvalidOptionsError(f"{model} makes images from a prompt, not from a class; write a prompt instead.")
     count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
     label_index = parse_label(gen, label)
     base_seed = parse_seed(seed)
@@ -276,7 +289,8 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
     ends = [ImageEnd(lab, s) for lab, s in zip(labels, seeds, strict=True)]
 
     def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
-        out: ImageOutput = g.sample(ends, checked)
+        stepping = control is not None and CAP_STEPS in g.info.capabilities
+        out: ImageOutput = g.sample(ends, checked, control=control) if stepping else g.sample(ends, checked)
         outputs = [(_meta(g, "sample", out.weights_hash, checked, **{"class": e.label, "class_name": names[e.label],
                                                                       "seed": e.seed}),
                     png.to_pil(pixels), None) for e, pixels in zip(ends, out.pixels, strict=True)]

@@ -12,7 +12,6 @@ model's own weights at load (`pack_linear_layers_if_faster`). Figures: bench_bat
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -24,17 +23,11 @@ from .measure import MEASURE_MIN_ELEMENTS, best_seconds
 PACK_FOR_ROWS = 16  # oneDNN picks the blocking for this many rows; any number of rows works
 
 
-@functools.cache
 def onednn_bfloat16_available() -> bool:
-    """This PyTorch has oneDNN's packed linear and this CPU can reorder bfloat16 weights for it (oneDNN
-    needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT: elsewhere the reorder raises, so nothing is packed)."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
-        return False
-    try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros((16, 16), dtype=torch.bfloat16), PACK_FOR_ROWS)
-    except RuntimeError:
-        return False
-    return True
+    """oneDNN bfloat16 kernels exist in this build AND this CPU has the instructions they need
+    (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); on an AVX2-only CPU the weight reorder raises."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 class PackedLinear(nn.Module):

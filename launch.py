@@ -15,9 +15,11 @@ environment, which wins over the file.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -65,7 +67,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+def loopback_only(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback address (127.0.0.0/8, ::1).
+
+    Decided on the resolved addresses, never on the text: `127.example.net` may point anywhere, and
+    an empty host or 0.0.0.0 listens on every interface."""
+    if not host or not host.strip():
+        return False
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError: unresolvable is not "loopback"
+        return False
+    addresses = {info[4][0].split("%", 1)[0] for info in infos}
+    try:
+        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except ValueError:
+        return False
 
 
 def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
@@ -74,8 +91,8 @@ def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
         return None
     if settings.share:
         return "--share opens a public link that anyone can use"
-    if settings.host not in LOOPBACK and not settings.host.startswith("127."):
-        return f"--host {settings.host} lets other machines reach the studio"
+    if not loopback_only(settings.host):
+        return f"--host {settings.host} lets other machines reach the studio (it is not only a loopback address)"
     return None
 
 
@@ -86,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return admin_main(argv)
     args = parse_args(argv)
+    os.umask(0o077)  # whatever else the studio or its libraries write (caches, temp files) is private too
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     # Heavy imports after argument parsing, so --help is instant.
     from webui.settings import SettingsError, load_settings

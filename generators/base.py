@@ -127,7 +127,7 @@ class SamplingParams(StrictModel):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     top_k: int = Field(50, ge=0, le=1000, description="0 = off")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p × top probability")
-    repetition_penalty: float = Field(1.0, ge=0.5, le=2.0)
+    repetition_penalty: float = Field(1.0, ge=0.5, le=2.0, description="1 = off; above 1 makes repeating words less likely")
     max_new_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="empty = random")
     stop: tuple[str, ...] = Field((), max_length=8, description="strings that end the reply")
@@ -384,6 +384,12 @@ class Generator(ABC):
 
     @abstractmethod
     def _unload(self) -> None: ...
+
+    def check_options(self) -> None:
+        """Raise LoadFailedError (saying why and what to pick instead) when these load options cannot
+        work on this machine (device=cuda without a GPU, a quantizer whose package or kernel is missing),
+        without loading anything. The registry calls it before it swaps a working model for new options."""
+        return None
 
     # -- memory
     def estimated_memory_bytes(self) -> int:

@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .base import BusyError, Generator, LoadFailedError, ProgressFn, StudioError, UnknownGeneratorError
+from .fair import FairSlots
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ModelSpec:
 @dataclass
 class _Slot:
     generator: Generator
-    semaphore: threading.BoundedSemaphore
+    semaphore: FairSlots  # round-robin across the owners waiting for this model
     in_use: int = 0
 
 
@@ -101,11 +102,15 @@ class Registry:
                 known = ", ".join(sorted(self.plugins)) or "none"
                 raise UnknownGeneratorError(f"No generator plugin {spec.plugin!r} is installed (installed: {known}).")
             gen = plugin(spec.name, spec.options, cache_dir=self.cache_dir)
-            self._slots[spec.name] = _Slot(gen, threading.BoundedSemaphore(spec.concurrency or self.concurrency))
+            self._slots[spec.name] = _Slot(gen, FairSlots(spec.concurrency or self.concurrency))
             return gen
 
     def reconfigure(self, name: str, **option_updates: Any) -> Generator:
-        """Replace a model's load options (e.g. quantization); it reloads on next use."""
+        """Replace a model's load options (e.g. quantization); it reloads on next use.
+
+        Checked first: options that do not validate, or cannot work on this machine (`check_options`:
+        device=cuda without a GPU, a missing quantizer), raise with the reason and leave the working
+        model loaded as it was."""
         with self._lock:
             slot = self._slot(name)
             if slot.in_use:
@@ -113,6 +118,7 @@ class Registry:
             old = slot.generator
             options = {**old.options.model_dump(), **option_updates}
             new = type(old)(name, options, cache_dir=self.cache_dir)  # validates before anything changes
+            new.check_options()
             old.unload()
             self._lru.pop(name, None)
             slot.generator = new
@@ -189,13 +195,14 @@ class Registry:
                 slot.generator.unload()
 
     @contextmanager
-    def use(self, name: str, progress: ProgressFn | None = None) -> Iterator[Generator]:
-        """Hold a model for one generation: loaded, not evictable, within its concurrency."""
+    def use(self, name: str, progress: ProgressFn | None = None, owner: str = "") -> Iterator[Generator]:
+        """Hold a model for one generation: loaded, not evictable, within its concurrency. Waiting
+        requests get the model round-robin across `owner`s (fair share), in order within one owner."""
         slot = self._slot(name)
         with self._lock:
             slot.in_use += 1
         try:
-            if not slot.semaphore.acquire(timeout=self.acquire_timeout_s):
+            if not slot.semaphore.acquire(owner, timeout=self.acquire_timeout_s):
                 raise BusyError(f"Model {name!r} is busy with other requests; try again in a moment.")
             try:
                 yield self.load(name, progress)

@@ -295,6 +295,18 @@ def undo_redo_available(s: OrmSession, story: Session) -> tuple[bool, bool]:
     return cur.seq > seqs[0], cur.seq < seqs[1]
 
 
+def neighbour_edits(s: OrmSession, story: Session) -> tuple[StoryEdit | None, StoryEdit | None]:
+    """(the edit Undo would take back, the edit Redo would bring back): None where there is none."""
+    cur = current_edit(s, story)
+    if cur is None:
+        return None, None
+    has_before = s.scalar(select(func.count()).where(StoryEdit.session_id == story.id, StoryEdit.seq < cur.seq))
+    after = s.scalar(
+        select(StoryEdit).where(StoryEdit.session_id == story.id, StoryEdit.seq > cur.seq).order_by(StoryEdit.seq).limit(1)
+    )
+    return (cur if has_before else None), after
+
+
 def passage_group(s: OrmSession, story: Session, group_id: str) -> list[StoryPassage]:
     """Every version of one place in the story, oldest first."""
     stmt = select(StoryPassage).where(StoryPassage.session_id == story.id, StoryPassage.group_id == group_id)

@@ -112,7 +112,7 @@ def test_users_command(tmp_path: Path) -> None:
     assert added.returncode == 0, added.stderr
     key = added.stdout.split("shown only now): ")[1].split()[0]
     assert Accounts(data / "users.json").user_for_key(key) == "ann"
-    assert run("users", "list").stdout.split() == ["ann"]
+    assert run("users", "list").stdout.split() == ["ann", "(admin)"]
     again = run("users", "add", "ann", "--password-stdin", stdin="a good password\n")
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert run("users", "remove", "ann").returncode == 0

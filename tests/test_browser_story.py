@@ -74,7 +74,7 @@ def test_story_in_a_real_browser(running_app, page, tmp_path: Path) -> None:  # 
     wait_for(lambda: doc(page) == stopped)
     shot(page, "alternatives")
     page.click("#story-undo")
-    page.get_by_text("Undid “alternative”").wait_for()
+    page.get_by_text("Undid the switch to another version").wait_for()
     page.locator("#story-alternatives").get_by_text("2 of 2").wait_for()
     wait_for(lambda: doc(page) == retried)
     shot(page, "undone")

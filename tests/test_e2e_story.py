@@ -46,7 +46,7 @@ def test_story_continue_retry_undo_restart_everything_is_there(running_app, tmp_
     html, _, alt, *_ = client.predict(api_name="/retry")
     assert "2 of 2" in alt and doc_text(html).startswith(first)
     html, notice, alt, *_ = client.predict(api_name="/undo")
-    assert doc_text(html) == second and "1 of 2" in alt and "Undid “retry”" in notice
+    assert doc_text(html) == second and "1 of 2" in alt and "Undid the retry" in notice
     story_id = client.predict("", api_name="/list_stories")["value"]
 
     # Ctrl-C, then start again on the same data folder

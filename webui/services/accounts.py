@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -28,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from generators.base import StudioError
+from storage import files
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ class AccountError(StudioError):
 class AuthError(StudioError):
     code = "invalid_api_key"
     http_status = 401
+
+
+class NotAdminError(StudioError):
+    code = "permission_denied"
+    http_status = 403
+
+
+ROLES = ("admin", "user")
 
 
 def check_name(name: str) -> str:
@@ -89,6 +97,7 @@ class Accounts:
                 self._cache = _Snapshot()
                 return {}
             if mtime != self._cache.mtime:
+                self._check_mode()
                 try:
                     data = json.loads(self.path.read_text(encoding="utf-8"))
                     users = data["users"] if data.get("format") == FORMAT else None
@@ -99,13 +108,20 @@ class Accounts:
                 self._cache = _Snapshot(mtime, users)
             return self._cache.users
 
+    def _check_mode(self) -> None:
+        """A users file others may read (password hashes, key hashes) is narrowed to 0600, or refused."""
+        if not files.too_open(self.path):
+            return
+        files.narrow(self.path)
+        if files.too_open(self.path):
+            raise AccountError(f"The users file {self.path} can be read by other accounts on this machine and the "
+                               f"studio cannot change that (it is not the file's owner); run: chmod 600 {self.path}")
+        log.warning("The users file %s was readable by other accounts; its mode is now 0600.", self.path)
+
     def _save(self, users: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "users": users}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        files.private_dir(self.path.parent)
+        data = json.dumps({"format": FORMAT, "users": users}, indent=2, sort_keys=True).encode("utf-8")
+        files.write_private(self.path, data, durable=True)  # a fresh O_EXCL temp name: no planted link is followed
         self._cache = _Snapshot()  # re-read next time
 
     # ------------------------------------------------------------ queries
@@ -129,6 +145,36 @@ class Accounts:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
+    def password_hash(self, name: str) -> str | None:
+        """The stored hash of `name`'s password (it changes with every new password); None: no such user."""
+        return self._inline.get(name) or (self._users().get(name) or {}).get("password")
+
+    def is_admin(self, name: str) -> bool:
+        """Admins configure, load and unload the shared models and run server-wide jobs. The first user
+        made is one; `launch.py users role NAME admin|user` changes it. A users file from before roles
+        (nobody marked) treats its oldest user as the admin; with only --auth users, the first given."""
+        users = self._users()
+        if name in users:
+            if any(u.get("role") == "admin" for u in users.values()):
+                return users[name].get("role") == "admin"
+            oldest = min(users, key=lambda n: (users[n].get("created", ""), n))
+            return name == oldest
+        return bool(self._inline) and not users and name == next(iter(self._inline))
+
+    def set_role(self, name: str, role: str) -> None:
+        if role not in ROLES:
+            raise AccountError(f"A role is one of {', '.join(ROLES)}; got {role!r}.")
+        with self._lock:
+            users = dict(self._users())
+            if name not in users:
+                raise AccountError(f"No user {name!r} in {self.path}.")
+            if role == "user" and self.is_admin(name) and sum(self.is_admin(n) for n in users) <= 1:
+                raise AccountError(f"{name} is the only admin; make another user admin first.")
+            if not any(u.get("role") == "admin" for u in users.values()):  # make the implicit admin explicit
+                users = {n: {**u, "role": "admin" if self.is_admin(n) else "user"} for n, u in users.items()}
+            users[name] = {**users[name], "role": role}
+            self._save(users)
+
     def user_for_key(self, key: str) -> str | None:
         if not key or not key.startswith(KEY_PREFIX):
             return None
@@ -149,19 +195,21 @@ class Accounts:
             users = dict(self._users())
             if name in users:
                 raise AccountError(f"User {name!r} already exists; remove it first or pick another name.")
-            users[name] = {"password": self._hasher.hash(password), "api_keys": [], "created": _now()}
+            role = "admin" if not users else "user"  # the first user administers the studio
+            users[name] = {"password": self._hasher.hash(password), "api_keys": [], "created": _now(), "role": role}
             key = self._add_key(users[name])
             self._save(users)
             return key
 
     def set_password(self, name: str, password: str) -> None:
+        """A new password ends the user's logins (their sessions see a new hash) and revokes their API keys."""
         if len(password) < MIN_PASSWORD:
             raise AccountError(f"Use a password of at least {MIN_PASSWORD} characters.")
         with self._lock:
             users = dict(self._users())
             if name not in users:
                 raise AccountError(f"No user {name!r} in {self.path}.")
-            users[name] = {**users[name], "password": self._hasher.hash(password)}
+            users[name] = {**users[name], "password": self._hasher.hash(password), "api_keys": []}
             self._save(users)
 
     def new_key(self, name: str) -> str:

@@ -7,11 +7,14 @@ Gradio tab and the HTTP API call exactly the same code.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from generators.base import ChatMessage, InvalidOptionsError, SamplingParams, TextRequest
 from storage import repository as repo
@@ -19,6 +22,9 @@ from storage.db import StorageError
 
 from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
+from .loading import wait_until_loaded
+
+log = logging.getLogger(__name__)
 
 KIND = "chat"
 MAX_MESSAGE_CHARS = 100_000
@@ -47,6 +53,7 @@ class ChatView:
     settings: dict[str, Any] = field(default_factory=dict)
     notice: str = ""
     focus: str = ""  # the message whose alternatives were just flipped, if any
+    loading: str = ""  # while the model loads before the reply: what it is doing and for how long
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,12 @@ def stream_reply(
         return replace(base, messages=msgs, notice=notice)
 
     yield base
+    try:  # a first reply may wait for the model to load: say what is happening in the reply's place
+        for step in wait_until_loaded(ctx, settings.model):
+            yield replace(base, loading=step.text)
+    except BaseException as exc:
+        save("", "cancelled" if isinstance(exc, GeneratorExit) else "error")
+        raise
     notice = ""
     for _delta, result in stream_text(
         ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress
@@ -266,14 +279,72 @@ def export_markdown(ctx: AppContext, owner: str, chat_id: str) -> str:
     return "\n".join(lines)
 
 
+IMPORT_STATUSES = ("ok", "cancelled", "error", "interrupted")  # a reply still "streaming" is imported as interrupted
+MAX_IMPORT_MESSAGES = 20_000
+
+
+def _import_checked(ctx: AppContext, data: Any) -> dict[str, Any]:
+    """Check an export like every other input, before anything is stored: text fields are text within
+    the prompt limit, without NUL or broken Unicode; roles and statuses are known; ids are ids."""
+    if not isinstance(data, dict) or data.get("format") != repo.EXPORT_FORMAT:
+        raise InvalidOptionsError(f"This is not an AIGC Studio export (expected \"format\": \"{repo.EXPORT_FORMAT}\").")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidOptionsError("The export has no list of messages.")
+    if len(messages) > MAX_IMPORT_MESSAGES:
+        raise InvalidOptionsError(f"The export holds {len(messages):,} messages; "
+                                  f"at most {MAX_IMPORT_MESSAGES:,} can be imported.")
+    if not isinstance(data.get("settings") or {}, dict):
+        raise InvalidOptionsError("The export's \"settings\" must be an object.")
+    leaf = data.get("active_leaf_id")
+    if leaf is not None and not isinstance(leaf, (str, int)):
+        raise InvalidOptionsError("The export's \"active_leaf_id\" must be a message id.")
+    clean = {**data, "title": clean_title(data.get("title"), "chat title"), "messages": [],
+             "active_leaf_id": None if leaf is None else str(leaf)}
+    for n, raw in enumerate(messages, 1):
+        where = f"message {n}"
+        if not isinstance(raw, dict):
+            raise InvalidOptionsError(f"The export's {where} is not an object.")
+        status = raw.get("status", "ok")
+        if status == "streaming":
+            status = "interrupted"
+        if status not in IMPORT_STATUSES:
+            raise InvalidOptionsError(f"The export's {where} has the status {str(status)[:40]!r}; "
+                                      f"a message's status is one of {', '.join(IMPORT_STATUSES)}.")
+        content = raw.get("content", "")
+        ctx.check_text(content, f"text of {where}")
+        for key in ("id", "parent_id", "model"):
+            value = raw.get(key)
+            if value is not None and not (isinstance(value, (str, int)) and not isinstance(value, bool)
+                                          and len(str(value)) <= 200):
+                raise InvalidOptionsError(f"The export's {where} has a {key} that is not a short text.")
+        if raw.get("model") is not None:
+            check_text(str(raw["model"]), f"model name of {where}")
+        clean["messages"].append({**raw, "status": status, "content": content,
+                                  "model": None if raw.get("model") is None else str(raw["model"]),
+                                  "id": str(raw.get("id")),
+                                  "parent_id": None if raw.get("parent_id") is None else str(raw["parent_id"])})
+    return clean
+
+
 def import_json(ctx: AppContext, owner: str, raw: bytes | str | dict[str, Any]) -> ChatView:
+    """All or nothing: a refused file stores nothing, and the message says what to fix."""
     try:
         data = raw if isinstance(raw, dict) else json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidOptionsError(f"That file is not valid JSON ({exc}). Pick a chat exported as JSON.") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidOptionsError(f"That file is not valid JSON ({str(exc)[:120]}). Pick a chat exported as JSON.") from None
+    data = _import_checked(ctx, data)
     try:
         with ctx.store.begin() as s:
             chat = repo.import_session(s, owner, data, kind=KIND)
             return _view(s, chat, "Imported.")
     except StorageError as exc:
+        if getattr(exc, "__cause__", None) is not None:  # a database error: its text (SQL) is for the log only
+            log.error("Importing a chat failed: %s", exc)
+            raise InvalidOptionsError("The chat could not be stored (a field has a value the database refuses); "
+                                      "nothing was imported.") from None
         raise InvalidOptionsError(str(exc)) from None
+    except SQLAlchemyError:
+        log.exception("Importing a chat failed")
+        raise InvalidOptionsError("The chat could not be stored (a field has a value the database refuses); "
+                                  "nothing was imported.") from None

@@ -7,6 +7,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from generators.base import BusyError, InvalidOptionsError
@@ -15,7 +16,9 @@ from storage import Store
 from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
-from .accounts import Accounts, AuthError
+from .accounts import Accounts, AuthError, NotAdminError
+from .loading import LoadTracker
+from .login_throttle import LoginThrottle
 from .story_context import TokenCountCache
 
 
@@ -107,9 +110,13 @@ class AppContext:
     store: Store
     cancels: CancelTokens = field(default_factory=CancelTokens)
     token_counts: TokenCountCache = field(default_factory=TokenCountCache)  # story context, per model
+    loads: LoadTracker = field(default_factory=LoadTracker)  # models loading now, with their stage
     default_owner: str = LOCAL_OWNER
     accounts: Accounts | None = None
     rate: RateLimiter | None = None
+    logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
+    # called with a file about to be deleted, so every cache the server serves from drops its copies
+    served_copies: list[Callable[[Path], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.accounts is None:
@@ -141,6 +148,16 @@ class AppContext:
             raise AuthError("Missing or invalid API key: send `Authorization: Bearer aigc-…` "
                             "(make one with `python launch.py users key NAME`).")
         return user
+
+    def is_admin(self, owner: str) -> bool:
+        """With auth off the one local user runs the studio; with auth on, the accounts decide."""
+        return not self.auth_enabled or bool(self.accounts and self.accounts.is_admin(owner))
+
+    def require_admin(self, owner: str, what: str = "change the shared models") -> None:
+        """Model configuration, loading and unloading and server-wide settings affect every user."""
+        if not self.is_admin(owner):
+            raise NotAdminError(f"Only an admin can {what}; ask one (or run: python launch.py users role "
+                                f"{owner} admin on the server).")
 
     # ------------------------------------------------------------ limits, checked by the services
     def check_rate(self, owner: str, consume: bool = True) -> None:

@@ -103,7 +103,7 @@ def stream_text(
     last_save = time.monotonic()
     final: TextChunk | None = None
     try:
-        with ctx.registry.use(model, progress) as gen:
+        with ctx.registry.use(model, progress, owner=owner) as gen:
             if not isinstance(gen, TextGenerator):
                 raise InvalidOptionsError(f"{model!r} is not a text model; pick a language model.")
             for chunk in gen.stream(request, cancel):

@@ -10,10 +10,12 @@ alone; on CPU the same generator, parameters and seed give the same bytes.
 from __future__ import annotations
 
 import logging
-import os
+import queue
 import random
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,19 +24,25 @@ from pydantic import BaseModel
 
 from generators.base import (
     CAP_CLASS_CONDITIONAL,
+    CAP_IMAGE_TO_IMAGE,
+    CAP_INPAINT,
     CAP_STEPS,
+    CAP_TEXT_TO_IMAGE,
     GenerationCancelledError,
     GenerationFailedError,
     ImageEnd,
     ImageGenerator,
     ImageOutput,
     InvalidOptionsError,
+    PaintRequest,
     StepControl,
+    StepEvent,
     StudioError,
     validate_model,
 )
-from generators.image.preprocess import prepare_image
+from generators.image.preprocess import open_image, prepare_image
 from storage import repository as repo
+from storage.files import private_dir, write_private
 from storage.models import ImageRecord, new_id
 
 from . import png
@@ -71,6 +79,9 @@ class SavedImage:
             return f"{start['class_name']}→{end['class_name']} · seeds {start['seed']}→{end['seed']}"
         if self.kind == "reconstruction":
             return f"{self.class_name} re-rendered as every class"
+        if self.kind == "paint":
+            prompt = str(self.params.get("params", {}).get("prompt", ""))
+            return f"{prompt[:40] + '…' if len(prompt) > 40 else prompt or '(no prompt)'} · seed {self.seed}"
         return f"{self.class_name} · seed {self.seed}"
 
     def public(self) -> dict[str, Any]:
@@ -102,6 +113,11 @@ class GalleryPage:
 
 def image_models(ctx: AppContext) -> list[str]:
     return ctx.registry.names("image")
+
+
+def class_models(ctx: AppContext) -> list[str]:
+    """The image models that draw (class, seed) images."""
+    return [m for m in image_models(ctx) if CAP_CLASS_CONDITIONAL in ctx.registry.get(m).info.capabilities]
 
 
 def _image_generator(ctx: AppContext, model: str) -> ImageGenerator:
@@ -177,15 +193,11 @@ def _params(gen: ImageGenerator, values: dict[str, Any] | None) -> BaseModel:
 
 
 def _images_dir(ctx: AppContext) -> Path:
-    folder = ctx.store.data_dir / IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return private_dir(ctx.store.data_dir / IMAGES_DIR)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_private(path, data)
 
 
 def _saved(ctx: AppContext, row: ImageRecord) -> SavedImage:
@@ -243,7 +255,7 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
                                         instance_id=ctx.store.instance_id)
     started = time.perf_counter()
     try:
-        with ctx.registry.use(model) as gen:
+        with ctx.registry.use(model, owner=owner) as gen:
             result = work(gen, gen_row.id)
     except GenerationCancelledError:
         with ctx.store.begin() as s:  # stopped between two steps: nothing was written
@@ -391,6 +403,178 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
                        extra={"label": lab, "guessed": guessed})
 
 
+# ------------------------------------------------------------------ paint (prompted images)
+
+
+PAINT_MODES = (CAP_TEXT_TO_IMAGE, CAP_IMAGE_TO_IMAGE, CAP_INPAINT)
+
+
+def paint_models(ctx: AppContext) -> list[str]:
+    """The image models that make pictures from a prompt."""
+    return [m for m in image_models(ctx) if set(PAINT_MODES) & ctx.registry.get(m).info.capabilities]
+
+
+def _rgb(image: Any, what: str) -> Any:
+    import numpy as np
+
+    try:
+        opened = open_image(image)
+    except InvalidOptionsError as exc:
+        raise InvalidOptionsError(f"{what}: {exc}") from None
+    if opened.mode in ("RGBA", "LA", "PA") or (opened.mode == "P" and "transparency" in opened.info):
+        from PIL import Image
+
+        rgba = opened.convert("RGBA")
+        opened = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(opened.convert("RGB"))
+
+
+def mask_array(mask: Any) -> Any:
+    """A mask image → (H, W) uint8, 255 = repaint: its alpha where it has one that varies (strokes painted
+    on a transparent layer), else its brightness (white = repaint)."""
+    import numpy as np
+
+    try:
+        image = open_image(mask)
+    except InvalidOptionsError as exc:
+        raise InvalidOptionsError(f"mask: {exc}") from None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        if alpha.min() != alpha.max():
+            return np.where(alpha > 0, 255, 0).astype(np.uint8)
+    return np.where(np.asarray(image.convert("L")) > 127, 255, 0).astype(np.uint8)
+
+
+def _resized(array: Any, width: int, height: int, nearest: bool = False) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    image = Image.fromarray(array)
+    return np.asarray(image.resize((width, height), Image.NEAREST if nearest else Image.LANCZOS))
+
+
+def _with_prompt_loras(params: dict[str, Any] | None) -> dict[str, Any]:
+    """A1111's `<lora:NAME:WEIGHT>` tags in the prompt become LoRAs (so prompts from A1111, Civitai and
+    SillyTavern work as written); a LoRA given both ways takes the tag's weight."""
+    from .infotext import LORA_RE
+
+    values = dict(params or {})
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not LORA_RE.search(prompt):
+        return values
+    tags = {name: float(weight) if weight else 1.0 for name, weight in LORA_RE.findall(prompt)}
+    given = [lo for lo in values.get("loras") or [] if not (isinstance(lo, dict) and lo.get("name") in tags)]
+    values["loras"] = [*given, *({"name": n, "weight": w} for n, w in tags.items())]
+    values["prompt"] = " ".join(LORA_RE.sub("", prompt).split())
+    return values
+
+
+def paint_request(ctx: AppContext, gen: ImageGenerator, params: dict[str, Any] | None, seed: Any = None,
+                  count: Any = 1, init_image: Any = None, mask: Any = None) -> PaintRequest:
+    """Validate everything a person typed or uploaded into a PaintRequest; every error names its field.
+
+    The init image is resized to the requested size (A1111's "just resize"); a mask must have the
+    init image's size and is resized with it."""
+    checked = _params(gen, _with_prompt_loras(params))
+    limit = ctx.settings.max_image_side
+    for side in ("width", "height"):
+        if getattr(checked, side) > limit:
+            raise InvalidOptionsError(f"{side}: at most {limit} px on this server (setting max_image_side); "
+                                      f"got {getattr(checked, side)}.")
+    count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
+    base_seed = parse_seed(seed)
+    base_seed = random_seed() if base_seed is None else base_seed
+    init = mask_pixels = None
+    if init_image is not None:
+        init = _rgb(init_image, "init_image")
+    if mask is not None:
+        if init is None:
+            raise InvalidOptionsError("mask: inpainting needs an init image to repaint.")
+        mask_pixels = mask_array(mask)
+        if mask_pixels.shape != init.shape[:2]:
+            raise InvalidOptionsError(f"mask: it is {mask_pixels.shape[1]}×{mask_pixels.shape[0]} but the init image is "
+                                      f"{init.shape[1]}×{init.shape[0]}; paint the mask on the same image.")
+        if not mask_pixels.any():
+            raise InvalidOptionsError("mask: nothing is painted; paint over the part to repaint (or drop the mask "
+                                      "for image-to-image).")
+        mask_pixels = _resized(mask_pixels, checked.width, checked.height, nearest=True)
+    if init is not None:
+        init = _resized(init, checked.width, checked.height)
+    request = PaintRequest(checked, base_seed, count, init, mask_pixels)
+    gen.check_paint(request)
+    return request
+
+
+def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None = None, seed: Any = None,
+          count: Any = 1, init_image: Any = None, mask: Any = None, source: str = "ui",
+          control: StepControl | None = None) -> ImageResult:
+    """`count` images from a prompt (and an init image / mask) from seeds seed, seed+1, …
+
+    Each PNG carries the studio's JSON and A1111's `parameters`; `control` gets every step (progress,
+    preview) and may stop between two steps — the generation is then `cancelled` and nothing is saved.
+    `result.extra["request"]` keeps the PaintRequest (its init image is what the picture was made from)."""
+    gen = _image_generator(ctx, model)
+    if not set(PAINT_MODES) & gen.info.capabilities:
+        raise InvalidOptionsError(f"{model} does not make images from a prompt; pick one of: "
+                                  f"{', '.join(paint_models(ctx)) or 'none configured'}.")
+    request = paint_request(ctx, gen, params, seed, count, init_image, mask)
+    init_hash = png.sha256(request.init_image.tobytes()) if request.init_image is not None else None
+    mask_hash = png.sha256(request.mask.tobytes()) if request.mask is not None else None
+
+    def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
+        out: ImageOutput = g.paint(request, control)
+        outputs = []
+        for s, pixels in zip(request.seeds, out.pixels, strict=True):
+            meta = _meta(g, "paint", out.weights_hash, request.params, mode=request.mode, seed=s,
+                         details=out.details, **{"class": None, "class_name": ""})
+            if init_hash:
+                meta["init_hash"] = init_hash
+            if mask_hash:
+                meta["mask_hash"] = mask_hash
+            outputs.append((meta, png.to_pil(pixels), None))
+        return _store(ctx, owner, g, outputs, generation_id), out.pixels
+
+    saved, pixels = _run(ctx, owner, model, {"kind": "paint", "mode": request.mode, "count": request.count,
+                                             **request.params.model_dump(mode="json")}, request.seed, source, work)
+    seeds = request.seeds
+    notice = f"{request.count} image(s), seeds {seeds[0]}–{seeds[-1]}" if request.count > 1 else f"seed {seeds[0]}"
+    cols = min(4, len(pixels))
+    return ImageResult(saved, png.tile(pixels, cols), notice=notice, extra={"request": request})
+
+
+def paint_with_progress(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None = None,
+                        seed: Any = None, count: Any = 1, init_image: Any = None, mask: Any = None,
+                        cancel: threading.Event | None = None, preview_every: int = 5,
+                        source: str = "ui") -> Iterator[StepEvent | ImageResult]:
+    """`paint`, watched: yields a StepEvent after each step (with a preview every `preview_every`), then
+    the ImageResult. Setting `cancel` (or closing the iterator) stops between two steps."""
+    cancel = cancel or threading.Event()
+    events: queue.Queue[Any] = queue.Queue()
+    control = StepControl(events.put, cancel, preview_every)
+
+    def work() -> None:
+        try:
+            events.put(paint(ctx, owner, model, params, seed, count, init_image, mask, source, control))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            events.put(exc)
+
+    worker = threading.Thread(target=work, name="paint-progress", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, ImageResult):
+                return
+    finally:
+        if worker.is_alive():
+            cancel.set()  # a closed watcher (Stop, a closed page) stops the work between two steps
+
+
 # ------------------------------------------------------------------ PNG info and re-runs
 
 
@@ -408,7 +592,12 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
     params = meta.get("params") or {}
     if not isinstance(params, dict):
         raise InvalidOptionsError("The image's settings are damaged.")
-    if kind == "sample":
+    if kind == "paint":
+        if meta.get("mode", "text-to-image") != "text-to-image":
+            raise InvalidOptionsError(f"This image was made by {meta.get('mode')} from an init image the PNG does not "
+                                      f"carry; load that image in the Image tab with these settings instead.")
+        result = paint(ctx, owner, model, params, meta.get("seed"), 1, source=source)
+    elif kind == "sample":
         result = generate(ctx, owner, model, meta.get("class"), meta.get("seed"), 1, params, source)
     elif kind == "interpolation":
         start, end = meta.get("start") or {}, meta.get("end") or {}
@@ -460,5 +649,7 @@ def delete_image(ctx: AppContext, owner: str, image_id: str) -> None:
     with ctx.store.begin() as s:
         row = repo.delete_image(s, owner, image_id)
         path = ctx.store.data_dir / row.file
-    path.unlink(missing_ok=True)
-    path.with_suffix(".gif").unlink(missing_ok=True)
+    for f in (path, path.with_suffix(".gif")):
+        for forget in ctx.served_copies:  # served copies go first: a kept URL must stop working
+            forget(f)
+        f.unlink(missing_ok=True)

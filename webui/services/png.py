@@ -1,9 +1,11 @@
 """PNG and GIF files that carry how they were made.
 
 Every PNG gets two text chunks: ``aigc-studio`` (JSON with everything needed to make the image
-again: generator, weights hash, class, seed, settings) and ``parameters`` (one readable line,
-the convention other image tools use). Encoding is deterministic — the same pixels and
-parameters give the same bytes — so "same seed, same file" can be checked with a hash.
+again: generator, weights hash, class or prompt, seed, settings) and ``parameters`` — for a prompted
+image the Stable Diffusion web UI's infotext (see `infotext`), so A1111 and Civitai read it; for a
+class-conditional one a readable line. A PNG with only A1111's ``parameters`` is read too.
+Encoding is deterministic — the same pixels and parameters give the same bytes — so "same seed,
+same file" can be checked with a hash.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from PIL import Image, PngImagePlugin
 from generators.base import InvalidOptionsError
 from generators.image.preprocess import open_image
 
+from . import infotext
+
 META_KEY = "aigc-studio"
 READABLE_KEY = "parameters"
 META_FORMAT = "aigc-studio.image.v1"
@@ -31,6 +35,8 @@ def to_pil(pixels: np.ndarray) -> Image.Image:
 
 
 def readable(meta: dict[str, Any]) -> str:
+    if meta.get("kind") == "paint":
+        return infotext.write(meta)
     parts = [f"{meta.get('kind', 'sample')} by {meta.get('generator')} "
              f"({meta.get('plugin')}, weights {meta.get('weights_hash')})"]
     if meta.get("kind") == "interpolation":
@@ -86,6 +92,9 @@ def read_meta(source: Any) -> dict[str, Any]:
     image = open_image(source)
     text = getattr(image, "text", None) or image.info
     raw = text.get(META_KEY) if isinstance(text, dict) else None
+    foreign = text.get(READABLE_KEY) if isinstance(text, dict) else None
+    if not raw and isinstance(foreign, str) and foreign.strip():
+        return infotext.to_meta(foreign)  # a PNG of the Stable Diffusion web UI (or another tool writing its format)
     if not raw:
         raise InvalidOptionsError(
             "This image carries no AIGC Studio parameters (only PNGs saved by the studio do; "

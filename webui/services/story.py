@@ -21,6 +21,7 @@ from storage import repository as repo
 
 from .context import AppContext, clean_title
 from .generation import stream_text
+from .loading import wait_until_loaded
 from .story_archive import (  # noqa: F401 (re-exported)
     EXPORT_FORMAT,
     delete_snapshot,
@@ -52,6 +53,17 @@ from .story_values import (  # noqa: F401 (re-exported)
     story_settings,
     view_of,
 )
+
+# What each entry of the undo log is called on the page (Undo and Redo name what they will do).
+ACTION_NAMES = {
+    "create": "the opening",
+    "write": "your text",
+    "continue": "the continuation",
+    "retry": "the retry",
+    "alternative": "the switch to another version (◀ ▶)",
+    "edit": "the passage edit",
+    "restore": "the return to a snapshot",
+}
 
 NO_SPACE_BEFORE = ".,;:!?)]}'\"’”…-"
 
@@ -153,7 +165,12 @@ def _step(ctx: AppContext, owner: str, story_id: str, step: int) -> StoryView:
         target = repo.step_edit(s, story, step)
         if target is None or before is None:
             raise InvalidOptionsError("Nothing to undo." if step < 0 else "Nothing to redo.")
-        return view_of(s, story, f"Undid “{before.action}”." if step < 0 else f"Redid “{target.action}”.")
+        what = ACTION_NAMES.get(before.action if step < 0 else target.action, "the last change")
+        view = view_of(s, story)
+        # Undo walks back through every step, ◀ ▶ flips included: say what it did and what comes next.
+        nxt = ACTION_NAMES.get(view.undo_action, "the last change")
+        done = f"↶ Undid {what}." if step < 0 else f"↷ Redid {what}."
+        return replace(view, notice=f"{done} Undo again: {nxt}." if view.can_undo else f"{done} Nothing more to undo.")
 
 
 def switch_alternative(ctx: AppContext, owner: str, story_id: str, step: int, passage_id: str | None = None) -> StoryView:
@@ -229,8 +246,14 @@ def _generate(
         texts = [p.text for p in rows]
         story.settings = {**story.settings, **settings.as_json()}
 
-    # Build the context with the model's own tokenizer (loading the model if needed).
-    gen = ctx.registry.load(settings.model, progress)
+    # Build the context with the model's own tokenizer (loading the model first, saying how it goes).
+    waiting: StoryView | None = None
+    for step in wait_until_loaded(ctx, settings.model):
+        if waiting is None:
+            with ctx.store.begin() as s:
+                waiting = view_of(s, story_row(s, owner, story_id))
+        yield replace(waiting, loading=step.text)
+    gen = ctx.registry.load(settings.model, progress)  # loaded by now: this only marks it recently used
     if not isinstance(gen, TextGenerator):
         raise InvalidOptionsError(f"{settings.model!r} is not a text model; pick a language model.")
     count = ctx.token_counts.counter(settings.model, gen.count_tokens)

@@ -142,6 +142,9 @@ class StoryView:
     can_undo: bool = False
     can_redo: bool = False
     notice: str = ""
+    loading: str = ""  # while the model loads before a continuation: what it is doing and for how long
+    undo_action: str = ""  # what Undo would take back ("continue", "alternative", …), "" when nothing
+    redo_action: str = ""
 
     @property
     def text(self) -> str:
@@ -177,8 +180,11 @@ def view_of(s: Any, story: Any, notice: str = "") -> StoryView:
         ViewPassage(p.id, p.author, p.text, p.status, groups[p.group_id].index(p.id) + 1, len(groups[p.group_id]), p.model)
         for p in rows
     )
-    undo, redo = repo.undo_redo_available(s, story)
-    return StoryView(story.id, story.title, passages, dict(story.settings), undo, redo, notice)
+    back, forward = repo.neighbour_edits(s, story)
+    return StoryView(
+        story.id, story.title, passages, dict(story.settings), back is not None, forward is not None, notice,
+        undo_action=back.action if back is not None else "", redo_action=forward.action if forward is not None else "",
+    )
 
 
 def story_row(s: Any, owner: str, story_id: str | None) -> Any:

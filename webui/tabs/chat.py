@@ -13,11 +13,14 @@ import gradio as gr
 
 from ..errors import ui_errors
 from ..services import chat as svc
-from ..services import ratings
+from ..services import ratings, workspace_defaults
 from ..services.context import AppContext
 from . import FAST, chat_sidebar
 from .chat_view import alternatives_label, chatbot_messages, default_focus
 from .sampler import build_sampler
+
+RATINGS = ("Like", "Dislike")
+STATUS_EVERY_S = 2.0
 
 
 def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
@@ -37,6 +40,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 with gr.Column(scale=3, min_width=200):
                     model = gr.Dropdown(text_models, value=ctx.default_model, label="Model")
                     model_state = gr.Markdown(elem_id="chat-model-state")
+                    status_timer = gr.Timer(STATUS_EVERY_S)
                 system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=2)
             chatbot = gr.Chatbot(
                 label="Conversation",
@@ -44,8 +48,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 height=480,
                 editable="user",
                 buttons=["copy", "copy_all"],
-                feedback_options=("Like", "Dislike"),
-                placeholder="Start a conversation: type below and press Enter.",
+                feedback_options=RATINGS,
+                placeholder="Type a message below and press Enter.",
             )
             notice = gr.Markdown(elem_id="chat-notice")
             with gr.Row():
@@ -59,12 +63,12 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
-            with gr.Row():
+            with gr.Row(elem_id="chat-versions"):
                 regenerate = gr.Button("↻ Regenerate", size="sm", scale=0, min_width=140, elem_id="chat-regenerate")
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
-                alt_label = gr.Markdown("", elem_id="chat-alternatives")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="chat-next")
-            sampler = build_sampler()
+                alt_label = gr.Markdown("", elem_id="chat-alternatives")
+            sampler = build_sampler(workspace_defaults.CHAT)
 
     gen_inputs = {chat_id, model, system_prompt, *sampler.components}
 
@@ -88,6 +92,9 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     def describe_model(name: str | None) -> str:
         if not name or name not in ctx.registry.names():
             return ""
+        loading = ctx.loads.progress(name)
+        if loading is not None:
+            return f"◌ loading — {loading.text}"
         d = ctx.registry.get(name).describe()
         if not d["loaded"]:
             return "○ not loaded — loads on the first message"
@@ -110,7 +117,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         if not values[chat_id]:
             return
         cancel = ctx.cancels.current(request.session_hash or "")
-        for view in svc.stream_reply(ctx, owner(request), values[chat_id], settings_from(values), cancel, progress=gr.Info):
+        for view in svc.stream_reply(ctx, owner(request), values[chat_id], settings_from(values), cancel):
             yield render(view)
 
     @ui_errors
@@ -127,9 +134,6 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             raise gr.Error("That message is not part of a saved chat.")
         ctx.cancels.fresh(request.session_hash or "")
         return render(svc.edit_message(ctx, owner(request), cid, ids[index], str(data.value)))
-
-    def start_fresh() -> dict[Any, Any]:
-        return {**render(svc.ChatView("", "", ())), chat_id: None}
 
     def stop_generation(request: gr.Request) -> None:
         ctx.cancels.cancel(request.session_hash or "")
@@ -172,13 +176,17 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     chatbot.edit(edit, [chat_id, msg_ids], view_outputs, **FAST, **private).success(
         stream, gen_inputs, view_outputs, **generate, **private
     ).then(after_reply, [side.search, chat_id, model], [side.chats, model_state], **private)
-    chatbot.clear(start_fresh, None, view_outputs, **FAST, **private)  # the trash icon: a new chat, saved ones stay
     chatbot.select(focus_message, [chat_id, msg_ids], view_outputs, **FAST, **private)
     stop.click(stop_generation, None, None, **FAST, api_name="stop")
     prev_alt.click(flip(-1), [chat_id, focus_id], view_outputs, **FAST, api_name="previous_version")
     next_alt.click(flip(+1), [chat_id, focus_id], view_outputs, **FAST, api_name="next_version")
 
     model.change(describe_model, model, model_state, **FAST, **private)
+    # The status line is read afresh every few seconds: a load in progress (its stage and time), and a
+    # model unloaded or reloaded from the Models view or by another user, never shown stale.
+    status_timer.tick(describe_model, model, model_state, **FAST, **private)
+    # A new chat is listed as soon as its first message is saved, not when the reply is done.
+    chat_id.change(refresh_list, [side.search, chat_id], side.chats, **FAST, **private)
 
     @ui_errors
     def like(ids: list[str], evt: gr.LikeData, request: gr.Request) -> str:
@@ -191,7 +199,11 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
 
     chatbot.like(like, msg_ids, notice, **FAST, **private)
 
-    def on_page_load(demo: gr.Blocks) -> None:
+    def on_page_load(demo: gr.Blocks, shown: Any = None) -> None:
+        """Wire the page load, and `shown` (the tab's select event): the status line is read afresh
+        each time, so a model unloaded or reloaded in the Models view is never shown stale here."""
         demo.load(after_reply, [side.search, chat_id, model], [side.chats, model_state], **FAST, **private)
+        if shown is not None:
+            shown(describe_model, model, model_state, **FAST, **private)
 
     return on_page_load

@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+
+from storage.files import private_dir, write_private
 
 from ..errors import ui_errors
 from ..services import chat as svc
 from ..services.context import AppContext
-from . import FAST
+from . import FAST, list_label
+from .downloads import download_slot, wire_export
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Sidebar:
     cancel: gr.Button
     export_md: gr.Button
     export_json: gr.Button
-    download: gr.File
+    download: gr.DownloadButton
     upload: gr.UploadButton
     open_id: gr.Textbox  # hidden: lets API clients open a chat by id
 
@@ -49,9 +53,9 @@ def build_layout() -> Sidebar:
             confirm = gr.Button("Delete for good", size="sm", variant="stop", elem_id="chat-delete-confirm")
             cancel = gr.Button("Keep it", size="sm")
         with gr.Row():
-            export_md = gr.Button("Export .md", size="sm")
-            export_json = gr.Button("Export .json", size="sm")
-        download = gr.File(label="Download", visible=False, interactive=False)
+            export_md = gr.Button("⬇ Export .md", size="sm", elem_id="chat-export-md")
+            export_json = gr.Button("⬇ Export .json", size="sm", elem_id="chat-export-json")
+        download = download_slot("chat-download")
         upload = gr.UploadButton("Import .json", file_types=[".json"], size="sm")
     open_id = gr.Textbox(visible=False)
     return Sidebar(
@@ -61,9 +65,9 @@ def build_layout() -> Sidebar:
 
 def _export_path(title: str, suffix: str, content: str) -> str:
     stem = re.sub(r"[^\w-]+", "-", title or "chat").strip("-")[:40] or "chat"
-    folder = Path(tempfile.mkdtemp(prefix="aigc-export-"))
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=private_dir(get_upload_folder())))  # 0700, swept with the cache
     path = folder / f"{stem}{suffix}"
-    path.write_text(content, encoding="utf-8")
+    write_private(path, content.encode("utf-8"))
     return str(path)
 
 
@@ -82,7 +86,8 @@ def wire(
     @ui_errors
     def refresh_list(query: str, cid: str | None, request: gr.Request) -> Any:
         chats = svc.list_chats(ctx, owner(request), query or "")
-        return gr.Radio(choices=[(c.title, c.id) for c in chats], value=cid if any(c.id == cid for c in chats) else None)
+        return gr.Radio(choices=[(c.title, c.id) for c in chats], value=cid if any(c.id == cid for c in chats) else None,
+                        label=list_label("chats", query, len(chats)))
 
     @ui_errors
     def open_chat(cid: str | None, request: gr.Request) -> dict[Any, Any]:
@@ -120,7 +125,7 @@ def wire(
         else:
             data = svc.export_json(ctx, owner(request), cid)
             path = _export_path(view.title, ".json", json.dumps(data, ensure_ascii=False, indent=2))
-        return gr.File(value=path, visible=True)
+        return path
 
     @ui_errors
     def import_chat(file: Any, query: str, request: gr.Request) -> dict[Any, Any]:
@@ -150,8 +155,8 @@ def wire(
     def export_json(cid: str | None, request: gr.Request) -> Any:
         return export(cid, "json", request)
 
-    side.export_md.click(export_md, chat_id, side.download, **FAST, api_name="export_markdown")
-    side.export_json.click(export_json, chat_id, side.download, **FAST, api_name="export_json")
+    wire_export(side.export_md, export_md, chat_id, side.download, **FAST, api_name="export_markdown")
+    wire_export(side.export_json, export_json, chat_id, side.download, **FAST, api_name="export_json")
     side.upload.upload(
         import_chat, [side.upload, side.search], view_outputs + [side.title, side.chats], **FAST, api_name="import_chat"
     )

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..services.chat import STATUS_NOTE, ChatView
+from ..services.chat import STATUS_NOTE, ChatView, ViewMessage
+
+WAITING = "Writing the reply…"  # a reply that exists but has no text yet (reading the prompt)
 
 
 def chatbot_messages(view: ChatView) -> list[dict[str, Any]]:
-    """Messages for gr.Chatbot; replies that did not finish carry a visible note."""
-    out = []
+    """Messages for gr.Chatbot; replies that did not finish carry a visible note, and a reply that
+    has no text yet shows what it waits for (the model loading, with its stage and time) instead of
+    an empty bubble."""
+    out: list[dict[str, Any]] = []
     for m in view.messages:
         content = m.content
+        if m.status == "streaming" and not content:
+            out.append({"role": m.role, "content": "", "metadata": {"title": view.loading or WAITING,
+                                                                     "status": "pending"}})
+            continue
         if m.status in STATUS_NOTE and m.status != "streaming":
             content = f"{content}\n\n*({STATUS_NOTE[m.status]})*" if content else f"*({STATUS_NOTE[m.status]})*"
         out.append({"role": m.role, "content": content})
     return out
+
+
+def is_writing(view: ChatView) -> bool:
+    """True while the last reply is still being written (or waits for its model)."""
+    return bool(view.messages) and view.messages[-1].status == "streaming"
 
 
 def default_focus(view: ChatView) -> str | None:
@@ -26,11 +39,23 @@ def default_focus(view: ChatView) -> str | None:
     return view.messages[-1].id if view.messages else None
 
 
+def ordinal(view: ChatView, message: ViewMessage) -> int:
+    """The message's number among its own kind: your 2nd message, the model's 3rd reply."""
+    same = [m.id for m in view.messages if m.role == message.role]
+    return same.index(message.id) + 1
+
+
 def alternatives_label(view: ChatView, focus: str | None) -> str:
-    for pos, m in enumerate(view.messages, start=1):
-        if m.id == focus:
-            kind = "reply" if m.role == "assistant" else "message"
-            if m.branches > 1:
-                return f"{kind.capitalize()} {pos}: version **{m.branch} of {m.branches}**"
-            return f"{kind.capitalize()} {pos}: no alternatives yet"
+    """What ◀ ▶ act on: "Reply 2 · version 1 of 3", counted among replies (or your messages) only."""
+    for m in view.messages:
+        if m.id != focus:
+            continue
+        n = ordinal(view, m)
+        name = f"Reply {n}" if m.role == "assistant" else f"Your message {n}"
+        if m.status == "streaming":
+            return f"{name}: being written…"
+        if m.branches > 1:
+            return f"{name} · version **{m.branch} of {m.branches}**"
+        more = "↻ Regenerate" if m.role == "assistant" else "✎ edit it"
+        return f"{name} · the only version ({more} makes another)"
     return ""

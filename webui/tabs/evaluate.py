@@ -11,7 +11,10 @@ from ..services import arena, metrics, ratings
 from ..services.context import AppContext
 from . import FAST
 
-BOARD_COLUMNS = ["Model", "Rating (Bradley–Terry, Elo scale)", "95 % interval", "Rounds", "Wins (ties ½)"]
+BOARD_COLUMNS = ["Model", "Rating", "95 % interval", "Rounds", "Wins (ties ½)"]
+MIN_ROUNDS = 5  # a model with fewer rounds is listed, but not ranked: its interval means nothing yet
+BOARD_NOTE = (f"Rating: a Bradley–Terry fit on the Elo scale (1000 = average), with a 95 % bootstrap interval. "
+              f"A model is ranked after {MIN_ROUNDS} rounds; before that its row says how many it has.")
 VOTE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
 
@@ -65,20 +68,34 @@ def history_plot(found: list[metrics.Measured], metric: str) -> Any:
     return image
 
 
+def ranked(standing: arena.Standing) -> bool:
+    return standing.battles >= MIN_ROUNDS
+
+
 def board_rows(standings: list[arena.Standing]) -> list[list[Any]]:
-    return [[s.model, round(s.rating), f"{s.low:.0f} – {s.high:.0f}", s.battles, s.wins] for s in standings]
+    """Ranked models first (best first); the others say they need more votes instead of a fake interval."""
+    rows = [[s.model, round(s.rating), f"{s.low:.0f} – {s.high:.0f}", s.battles, s.wins] for s in standings if ranked(s)]
+    rows += [[s.model, "—", f"too few votes ({s.battles} of {MIN_ROUNDS})", s.battles, s.wins]
+             for s in standings if not ranked(s)]
+    return rows
 
 
 def board_plot(standings: list[arena.Standing]) -> Any:
     """Ratings as dots with their 95 % intervals as whiskers, best on top (PIL, no plotting library)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
+    waiting = [s for s in standings if not ranked(s)]
+    standings = [s for s in standings if ranked(s)]
     rows = max(1, len(standings))
-    width, left, right, top, step = 640, 170, 30, 30, 34
+    width, left, right, top, step = 900, 230, 40, 40, 44
+    font = ImageFont.load_default(size=16)  # readable when the page scales the image down
     image = Image.new("RGB", (width, top + rows * step + 30), "white")
     draw = ImageDraw.Draw(image)
     if not standings:
-        draw.text((20, 20), "No votes yet: play a round in the arena.", fill=(90, 90, 90))
+        most = max((s.battles for s in waiting), default=0)
+        text = (f"Too few votes to rank yet: at most {most} round(s) per model, a ranking needs {MIN_ROUNDS}."
+                if waiting else "No votes yet: play a round in the arena.")
+        draw.text((20, 20), text, fill=(90, 90, 90), font=font)
         return image
     lo = min(s.low for s in standings) - 20
     hi = max(s.high for s in standings) + 20
@@ -87,15 +104,16 @@ def board_plot(standings: list[arena.Standing]) -> Any:
         return left + (value - lo) / max(hi - lo, 1e-9) * (width - left - right)
 
     draw.line((x(1000), top - 10, x(1000), top + rows * step), fill=(200, 200, 200))
-    draw.text((x(1000) - 14, top - 24), "1000", fill=(120, 120, 120))
+    draw.text((x(1000) - 14, top - 24), "1000", fill=(120, 120, 120), font=font)
     for i, s in enumerate(standings):
         y = top + i * step + step // 2
-        draw.text((10, y - 6), s.model[:24], fill=(30, 30, 30))
+        draw.text((10, y - 9), s.model[:24], fill=(30, 30, 30), font=font)
         draw.line((x(s.low), y, x(s.high), y), fill=(31, 119, 180), width=3)
         for end in (s.low, s.high):
             draw.line((x(end), y - 6, x(end), y + 6), fill=(31, 119, 180), width=2)
         draw.ellipse((x(s.rating) - 5, y - 5, x(s.rating) + 5, y + 5), fill=(214, 39, 40))
-        draw.text((x(s.high) + 6 if x(s.high) < width - 60 else x(s.low) - 40, y - 6), f"{s.rating:.0f}", fill=(30, 30, 30))
+        at = x(s.high) + 8 if x(s.high) < width - 70 else x(s.low) - 50
+        draw.text((at, y - 9), f"{s.rating:.0f}", fill=(30, 30, 30), font=font)
     return image
 
 COLUMNS = ["Generator", "👍", "👎", "Ratings", "Share 👍", "Comments"]
@@ -126,11 +144,12 @@ def build(ctx: AppContext) -> Any:
         with gr.Row():
             vote_buttons = {v: gr.Button(label, elem_id=f"arena-vote-{v}") for v, label in VOTE_LABELS.items()}
         reveal = gr.Markdown(elem_id="arena-reveal")
-        with gr.Row(equal_height=False):
-            leader = gr.Dataframe(board_rows(arena.leaderboard(ctx)), headers=BOARD_COLUMNS, interactive=False,
-                                  label="Leaderboard", elem_id="arena-leaderboard", scale=3)
-            leader_plot = gr.Image(board_plot(arena.leaderboard(ctx)), type="pil", label="Ratings with 95 % intervals",
-                                   scale=2, elem_id="arena-plot")
+        gr.Markdown(BOARD_NOTE, elem_id="arena-board-note")
+        leader = gr.Dataframe(board_rows(arena.leaderboard(ctx)), headers=BOARD_COLUMNS, interactive=False,
+                              label="Leaderboard", elem_id="arena-leaderboard", wrap=True,
+                              column_widths=["30%", "12%", "28%", "12%", "18%"])
+        leader_plot = gr.Image(board_plot(arena.leaderboard(ctx)), type="pil", label="Ratings with 95 % intervals",
+                               elem_id="arena-plot", height=260)
 
     def owner(request: gr.Request) -> str:
         return ctx.owner_for(getattr(request, "username", None))
@@ -186,7 +205,7 @@ def build(ctx: AppContext) -> Any:
 
     @ui_errors
     def do_metrics(chosen: list[str], metric: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
-        owner(request)  # logged in
+        ctx.require_admin(owner(request), "run the server-wide metrics")  # results are shared by everyone
         if not chosen:
             raise gr.Error("Pick at least one generator.")
         cancel = ctx.cancels.fresh("metrics:" + (request.session_hash or ""))

@@ -38,6 +38,7 @@ def build(ctx: AppContext) -> Any:
             image_id = gr.Textbox(label="Image id", elem_id="gallery-image-id", max_lines=1,
                                   placeholder="click an image, or paste an id")
             preview = gr.Image(label="Selected", type="filepath", height=220, elem_id="gallery-preview")
+            made_by = gr.Markdown(elem_id="gallery-made-by")
             details = gr.JSON(label="Parameters", elem_id="gallery-details")
             with gr.Row():
                 rerun = gr.Button("Re-run", variant="primary", size="sm", elem_id="gallery-rerun")
@@ -73,7 +74,8 @@ def build(ctx: AppContext) -> Any:
         if not chosen:
             return None, None, gr.update()
         item = svc.get_image(ctx, owner(request), chosen)
-        return served(item.gif_path or item.path), item.public(), f"Made {item.created_at} by **{item.model}**."
+        made = str(item.created_at)[:16].replace("T", " ")
+        return served(item.gif_path or item.path), item.public(), f"Made {made} by **{item.model}**."
 
     def select(ids: list[str], evt: gr.SelectData) -> str:
         return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids) else ""
@@ -86,8 +88,9 @@ def build(ctx: AppContext) -> Any:
         result = svc.rerun(ctx, owner(request), chosen)
         made = result.images[0]
         same = "byte-for-byte identical to" if made.content_hash == original.content_hash else "different from"
-        return (made.id, served(made.gif_path or made.path), made.public(),
-                f"Re-run saved as a new image, {same} the original. {result.notice}")
+        note = (f"Re-run done: the new PNG is **{same}** the original. It is saved as a new image (selected now); "
+                "the original stays in the gallery too — delete either one if you want a single copy.")
+        return made.id, served(made.gif_path or made.path), made.public(), " ".join(x for x in (note, result.notice) if x)
 
     @ui_errors
     def do_delete(chosen: str, request: gr.Request) -> tuple[Any, ...]:
@@ -98,6 +101,13 @@ def build(ctx: AppContext) -> Any:
 
     def first_page(name: str, cls: str, request: gr.Request) -> tuple[Any, ...]:
         return show_page(name, cls, 1, request)
+
+    def show_selected(name: str, cls: str, chosen: str, request: gr.Request) -> tuple[Any, ...]:
+        """The first page (where a new image lands) with `chosen` highlighted, so the grid, the preview
+        and Delete all point at the same image."""
+        items, ids, number, text = show_page(name, cls, 1, request)
+        index = ids.index(chosen) if chosen in ids else None
+        return gr.Gallery(items, selected_index=index), ids, number, text
 
     def rater(value: int) -> Any:
         @ui_errors
@@ -121,10 +131,12 @@ def build(ctx: AppContext) -> Any:
     next_page.click(step(1), filters, listing, **FAST, **private)
     page.submit(show_page, filters, listing, **FAST, **private)
     grid.select(select, page_ids, image_id, **FAST, **private)
-    image_id.change(open_image, image_id, [preview, details, notice], **FAST, api_name="gallery_open")
+    # Opening an image fills its own line (made_by), so a Re-run's message in `notice` is not overwritten
+    # when the re-run selects its new copy.
+    image_id.change(open_image, image_id, [preview, details, made_by], **FAST, api_name="gallery_open")
     rerun.click(do_rerun, image_id, [image_id, preview, details, notice], concurrency_id="generate",
                 concurrency_limit=ctx.settings.generation_slots(), api_name="gallery_rerun").then(
-        show_page, filters, listing, **FAST, **private)
+        show_selected, [model, label, image_id], listing, **FAST, **private)
     delete.click(lambda: gr.Row(visible=True), None, confirm_row, **FAST, **private)
     cancel.click(lambda: gr.Row(visible=False), None, confirm_row, **FAST, **private)
     confirm.click(do_delete, image_id, [image_id, preview, details, notice, confirm_row], **FAST,

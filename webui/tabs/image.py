@@ -16,7 +16,7 @@ from ..errors import ui_errors
 from ..services import images as svc
 from ..services import png as pngmeta
 from ..services.context import AppContext
-from . import FAST
+from . import FAST, image_paint
 
 RANDOM = "random"
 
@@ -56,23 +56,26 @@ def params_from(ctx: AppContext, model: str, truncation: float, temperature: flo
 
 
 def build(ctx: AppContext) -> None:
-    models = svc.image_models(ctx)
+    models = svc.class_models(ctx)
     first = models[0] if models else None
     vae_models = [m for m in models if "reconstruct" in ctx.registry.get(m).info.capabilities]
     trunc_shown, temp_shown = settings_visibility(ctx, first)
     limit = ctx.settings.max_image_batch
     last_seed = gr.State(None)
     if not models:
-        gr.Markdown("No image generator is configured. Add a `gan` or `vae` model to the settings file.")
+        if svc.paint_models(ctx):
+            image_paint.build(ctx)
+            return
+        gr.Markdown("No image generator is configured. Add a `gan`, `vae` or `diffusers` model to the settings file.")
         return
 
-    with gr.Row():
+    with gr.Row() as class_row:  # the class-conditional models' settings (hidden on the Prompt tab)
         model = gr.Dropdown(models, value=first, label="Generator", scale=2, elem_id="image-model")
         truncation = gr.Slider(0, 3, value=0, step=0.05, label="Truncation (GAN; 0 = off)", visible=trunc_shown, scale=2,
                                info="Redraw latent values beyond ±t: lower = cleaner, less varied")
         temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (VAE)", visible=temp_shown, scale=2,
                                 info="Scale of the prior noise: 0 = the average digit of the class")
-    with gr.Tabs():
+    with gr.Tabs() as tabs:
         with gr.Tab("Generate", id="image-generate"):
             with gr.Row():
                 label = gr.Dropdown(class_choices(ctx, first), value=RANDOM, label="Class", scale=1, elem_id="image-class")
@@ -86,6 +89,9 @@ def build(ctx: AppContext) -> None:
                 images = gr.Gallery(label="Images (each PNG carries its parameters)", columns=5, height=360,
                                     elem_id="image-gallery", scale=3)
                 grid = gr.Image(label="Grid", type="pil", format="png", height=360, elem_id="image-grid", scale=2)
+        if svc.paint_models(ctx):
+            with gr.Tab("Prompt", id="image-paint"):
+                image_paint.build(ctx)
         with gr.Tab("Interpolate", id="image-interpolate"):
             with gr.Row():
                 start_label = gr.Dropdown(class_choices(ctx, first), value=RANDOM, label="From class")
@@ -175,10 +181,14 @@ def build(ctx: AppContext) -> None:
         with open(path, "rb") as f:
             uploaded = pngmeta.sha256(f.read())
         same = "identical to" if result.images[0].content_hash == uploaded else "different from"
-        note = f"The new PNG is byte-for-byte {same} the uploaded one."
+        note = f"The new PNG is byte-for-byte {same} the uploaded one; it is saved in the Gallery as a new image."
         return served(result.images[0].path), " ".join(x for x in (result.notice, note) if x)
 
     # ------------------------------------------------------------ wiring
+    def show_class_row(evt: gr.SelectData) -> Any:
+        return gr.update(visible=evt.value != "Prompt")
+
+    tabs.select(show_class_row, None, class_row, **FAST, api_visibility="private")
     generate_kwargs = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     model.change(pick_model, model, [truncation, temperature, label, start_label, end_label], **FAST,
                  api_visibility="private")

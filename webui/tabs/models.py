@@ -6,11 +6,11 @@ from typing import Any
 
 import gradio as gr
 
-from generators.base import CAP_QUANTIZATION
 from generators.text.engine.quantizers import QUANTIZATION_CHOICES, quantization_help
 
 from ..errors import ui_errors
 from ..services.context import AppContext
+from ..services.model_options import apply_options
 from . import FAST
 
 COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Decoding", "Source"]
@@ -58,33 +58,47 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
         refresh = gr.Button("Refresh")
     status = gr.Markdown()
 
+    def admin(request: gr.Request) -> None:
+        ctx.require_admin(ctx.owner_for(getattr(request, "username", None)))
+
     @ui_errors
-    def do_load(name: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    def do_load(name: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        admin(request)
         progress(0, desc=f"Loading {name}…")
         gen = ctx.registry.load(name, lambda msg: progress(0.5, desc=msg))
         return {table: model_rows(ctx), status: f"**{name}** loaded ({gen.memory_bytes() / 2**20:.0f} MB)."}
 
     @ui_errors
-    def do_unload(name: str) -> dict[Any, Any]:
+    def do_unload(name: str, request: gr.Request) -> dict[Any, Any]:
+        admin(request)
         ctx.registry.unload(name)
         return {table: model_rows(ctx), status: f"**{name}** unloaded; its memory is released."}
 
     @ui_errors
-    def do_apply(name: str, quant: str, dev: str) -> dict[Any, Any]:
-        gen = ctx.registry.get(name)
-        if CAP_QUANTIZATION not in gen.info.capabilities:
-            raise gr.Error(f"{name} ({gen.info.plugin}) has no quantization or device options.")
-        ctx.registry.reconfigure(name, quantization=quant, device=dev)
-        return {table: model_rows(ctx), status: f"**{name}** will load with quantization={quant}, device={dev}."}
+    def do_apply(name: str, quant: str, dev: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        admin(request)
+        applied = apply_options(ctx, name, lambda msg: progress(0.5, desc=msg), quantization=quant, device=dev)
+        return {table: model_rows(ctx), status: applied.message}
 
     def pick(name: str) -> dict[Any, Any]:
         quant, dev = settings_of(ctx, name)
         return {quantization: quant, device: dev}
 
+    controls = [load, unload, apply, quantization, device]
+
+    def read_only_unless_admin(request: gr.Request) -> dict[Any, Any]:
+        allowed = ctx.is_admin(ctx.owner_for(getattr(request, "username", None)))
+        note = "" if allowed else "You see the models read-only: only an admin can load, unload or reconfigure them."
+        return {**{c: gr.update(interactive=allowed) for c in controls}, status: note}
+
+    assert gr.context.Context.root_block is not None, "build() runs inside gr.Blocks()"
+    gr.context.Context.root_block.load(read_only_unless_admin, None, [*controls, status], **FAST,
+                                       api_visibility="private")
+
     outputs = [table, status]
     load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")
     unload.click(do_unload, model, outputs, api_name="unload_model")
-    apply.click(do_apply, [model, quantization, device], outputs, api_name="configure_model")
+    apply.click(do_apply, [model, quantization, device], outputs, concurrency_id="generate", api_name="configure_model")
     refresh.click(lambda: model_rows(ctx), None, table, **FAST, api_name="list_models")
     model.change(pick, model, [quantization, device], **FAST, api_visibility="private")
     return (lambda: model_rows(ctx)), table

@@ -48,8 +48,10 @@ class SamplerControls:
         return [*values, "\n".join(params.get("stop") or ())]
 
 
-def build_sampler(max_new_tokens: int | None = None) -> SamplerControls:
-    """Lay out the sampler sliders inside a closed accordion."""
+def build_sampler(defaults: dict[str, Any] | None = None) -> SamplerControls:
+    """Lay out the sampler sliders inside a closed accordion, starting from the workspace's `defaults`
+    (SamplingParams field → value; the rest start at SamplingParams' own defaults)."""
+    defaults = defaults or {}
     with gr.Accordion("Sampler settings", open=False):
         with gr.Row():
             temperature = _slider("temperature", "Temperature", 0.0, 2.0, 0.05)
@@ -57,8 +59,9 @@ def build_sampler(max_new_tokens: int | None = None) -> SamplerControls:
             top_k = _slider("top_k", "Top-k", 0, 200, 1)
             min_p = _slider("min_p", "Min-p", 0.0, 1.0, 0.01)
         with gr.Row():
-            repetition_penalty = _slider("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.01)
-            max_new = _slider("max_new_tokens", "Max new tokens", 1, 2048, 1, max_new_tokens)
+            repetition_penalty = _slider("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.01,
+                                         defaults.get("repetition_penalty"))
+            max_new = _slider("max_new_tokens", "Max new tokens", 1, 2048, 1, defaults.get("max_new_tokens"))
             seed = gr.Textbox("", label="Seed", placeholder="random", info="a whole number repeats a reply; empty = random")
             stop = gr.Textbox(label="Stop strings", placeholder="one per line", lines=2)
     return SamplerControls((temperature, top_p, top_k, min_p, repetition_penalty, max_new, seed, stop))

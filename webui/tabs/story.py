@@ -14,13 +14,13 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
-from ..services import ratings
+from ..services import ratings, workspace_defaults
 from ..services import story as svc
 from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
 from . import FAST, story_sidebar
 from .sampler import build_sampler
-from .story_view import alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
+from .story_view import LEGEND, alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
 
 STREAM_EVERY_S = 0.08  # the whole document is re-sent on each update: a few per second is plenty
 
@@ -38,6 +38,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 title = gr.Textbox(label="Title", placeholder="Untitled story", scale=2, elem_id="story-title-input")
                 premise = gr.Textbox(label="Premise / genre", placeholder="e.g. a cosy mystery in 1920s Lisbon", scale=4)
                 model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=2)
+            gr.HTML(LEGEND, elem_id="story-legend")
             document = gr.HTML(story_html(svc.EMPTY), elem_id="story-document")
             notice = gr.Markdown(elem_id="story-notice")
             your_text = gr.Textbox(
@@ -52,8 +53,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 redo = gr.Button("↷ Redo", scale=1, elem_id="story-redo")
             with gr.Row():
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="story-prev")
-                alt_label = gr.Markdown("", elem_id="story-alternatives")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="story-next")
+                alt_label = gr.Markdown("", elem_id="story-alternatives")
             with gr.Accordion("Edit a passage", open=False):
                 passage = gr.Dropdown([], label="Passage", elem_id="story-passage")
                 passage_text = gr.Textbox(label="Text", lines=4, max_lines=20, info="empty removes the passage")
@@ -73,7 +74,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                     interactive=True, elem_id="story-world-info",
                 )  # fmt: skip
                 scan_depth = gr.Slider(1, MAX_DEPTH, value=10, step=1, label="Scan depth", info="recent paragraphs searched")
-            sampler = build_sampler(max_new_tokens=120)
+            sampler = build_sampler(workspace_defaults.STORY)
             with gr.Accordion("Context inspector: what was sent to the model last time", open=False):
                 inspector = gr.Markdown(inspector_markdown(None), elem_id="story-inspector")
                 sent = gr.Textbox(label="Exactly as sent", lines=8, max_lines=30, interactive=False)
@@ -159,7 +160,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             settings = svc.settings_from_json(ctx, svc.get_story(ctx, who, sid).settings)
             run = svc.continue_story if kind == "continue" else svc.retry
             last_sent, pending = 0.0, None
-            for view in run(ctx, who, sid, settings, cancel=cancel, progress=gr.Info):
+            for view in run(ctx, who, sid, settings, cancel=cancel):
                 pending = view
                 if view.passages and view.passages[-1].status == "streaming" and time.monotonic() - last_sent < STREAM_EVERY_S:
                     continue
@@ -194,6 +195,14 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     def stop_generation(request: gr.Request) -> None:
         ctx.cancels.cancel(request.session_hash or "")
 
+    @ui_errors
+    def save_levers(values: dict[Any, Any], request: gr.Request) -> str:
+        """Memory, author's note and world info are saved when you leave the field, and say so."""
+        if not values[story_id]:
+            return "Memory, author's note and world info are kept with the story once you press Continue."
+        svc.save_settings(ctx, owner(request), values[story_id], settings_from(values))
+        return "✓ Saved — memory, author's note and world info apply from the next Continue."
+
     # ------------------------------------------------------------ wiring
     view_outputs = [document, story_id, notice, alt_label, passage, inspector, sent]
     full_outputs = view_outputs + [title, passage_text, *settings_fields]
@@ -212,6 +221,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         streamer("retry"), story_id, view_outputs, **generate, api_name="retry"
     ).then(after, [side.search, story_id], side.stories, **FAST, **private)
     stop.click(stop_generation, None, None, **FAST, api_name="story_stop")
+    for lever in (memory.blur, authors_note.blur, world_info.input):
+        lever(save_levers, inputs, notice, **FAST, **private)
     undo.click(step(svc.undo), story_id, view_outputs + [passage_text], **FAST, api_name="undo")
     redo.click(step(svc.redo), story_id, view_outputs + [passage_text], **FAST, api_name="redo")
     prev_alt.click(flip(-1), story_id, view_outputs + [passage_text], **FAST, api_name="story_previous_version")

@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+
+from storage.files import private_dir, write_private
 
 from ..errors import ui_errors
 from ..services import story as svc
 from ..services.context import AppContext
-from . import FAST
+from . import FAST, list_label
+from .downloads import download_slot, wire_export
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Sidebar:
     export_md: gr.Button
     export_txt: gr.Button
     export_json: gr.Button
-    download: gr.File
+    download: gr.DownloadButton
     upload: gr.UploadButton
     open_id: gr.Textbox  # hidden: lets API clients open a story by id
 
@@ -59,10 +63,10 @@ def build_layout() -> Sidebar:
             confirm = gr.Button("Delete for good", size="sm", variant="stop", elem_id="story-delete-confirm")
             cancel = gr.Button("Keep it", size="sm")
         with gr.Row():
-            export_md = gr.Button(".md", size="sm", min_width=50)
-            export_txt = gr.Button(".txt", size="sm", min_width=50)
-            export_json = gr.Button(".json", size="sm", min_width=50)
-        download = gr.File(label="Download", visible=False, interactive=False)
+            export_md = gr.Button("⬇ .md", size="sm", min_width=50, elem_id="story-export-md")
+            export_txt = gr.Button("⬇ .txt", size="sm", min_width=50, elem_id="story-export-txt")
+            export_json = gr.Button("⬇ .json", size="sm", min_width=50, elem_id="story-export-json")
+        download = download_slot("story-download")
         upload = gr.UploadButton("Import .json", file_types=[".json"], size="sm")
     with gr.Accordion("Snapshots", open=False):
         snap_name = gr.Textbox(label="Name this version", placeholder="e.g. before the twist", elem_id="story-snap-name")
@@ -86,8 +90,8 @@ def build_layout() -> Sidebar:
 
 def _export_path(title: str, suffix: str, content: str) -> str:
     stem = re.sub(r"[^\w-]+", "-", title or "story").strip("-")[:40] or "story"
-    path = Path(tempfile.mkdtemp(prefix="aigc-export-")) / f"{stem}{suffix}"
-    path.write_text(content, encoding="utf-8")
+    path = Path(tempfile.mkdtemp(prefix="export-", dir=private_dir(get_upload_folder()))) / f"{stem}{suffix}"  # 0700, swept
+    write_private(path, content.encode("utf-8"))
     return str(path)
 
 
@@ -111,7 +115,9 @@ def wire(
     @ui_errors
     def refresh_list(query: str, sid: str | None, request: gr.Request) -> Any:
         stories = svc.list_stories(ctx, owner(request), query or "")
-        return gr.Radio(choices=[(c.title, c.id) for c in stories], value=sid if any(c.id == sid for c in stories) else None)
+        return gr.Radio(choices=[(c.title, c.id) for c in stories],
+                        value=sid if any(c.id == sid for c in stories) else None,
+                        label=list_label("stories", query, len(stories)))
 
     def snapshot_choices(sid: str | None, request: gr.Request, keep: str | None = None) -> Any:
         snaps = svc.list_snapshots(ctx, owner(request), sid) if sid else []
@@ -200,7 +206,7 @@ def wire(
                 content = svc.export_markdown(ctx, owner(request), view.id)
             else:
                 content = svc.export_text(ctx, owner(request), view.id)
-            return gr.File(value=_export_path(view.title, f".{fmt}", content), visible=True)
+            return _export_path(view.title, f".{fmt}", content)
 
         return export
 
@@ -239,6 +245,6 @@ def wire(
     )  # fmt: skip
     side.snap_restore.click(restore, [story_id, side.snapshots], view_outputs, **FAST, api_name="restore_snapshot")
     for fmt, button in (("md", side.export_md), ("txt", side.export_txt), ("json", side.export_json)):
-        button.click(exporter(fmt), story_id, side.download, **FAST, api_name=f"story_export_{fmt}")
+        wire_export(button, exporter(fmt), story_id, side.download, **FAST, api_name=f"story_export_{fmt}")
     side.upload.upload(import_story, [side.upload, side.search], opened_outputs, **FAST, api_name="import_story")
     return refresh_list

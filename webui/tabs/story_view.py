@@ -13,18 +13,33 @@ PLACEHOLDER = (
 )
 
 
+LEGEND = (
+    '<div class="story-legend"><span class="story-user">your text</span> · '
+    '<span class="story-model story-model-a">the model\'s passages</span>, each shaded in turn '
+    "(small numbers mark the passages; hover one for who wrote it)</div>"
+)
+
+
 def story_html(view: StoryView) -> str:
-    """The story as one document: the writer's text and the model's text told apart by colour."""
+    """The story as one document: the writer's text and the model's told apart by colour, the
+    model's consecutive passages by alternating shades, each passage numbered (as ◀ ▶ and the
+    passage editor name them)."""
+    loading = (f'<div class="story-loading" id="story-loading">Waiting for the model — {html.escape(view.loading)}</div>'
+               if view.loading else "")
     if not view.passages:
-        return PLACEHOLDER
-    spans = []
+        return PLACEHOLDER.replace("</div>", loading + "</div>", 1) if loading else PLACEHOLDER
+    spans, model_count = [], 0
     for i, p in enumerate(view.passages, start=1):
         who = "you" if p.author == "user" else f"model{f' ({p.model})' if p.model else ''}"
+        shade = ""
+        if p.author == "model":
+            model_count += 1
+            shade = " story-model-a" if model_count % 2 else " story-model-b"
         version = f" · version {p.version} of {p.versions}" if p.versions > 1 else ""
         note = f'<span class="story-status">({STATUS_NOTE[p.status]})</span>' if p.status in STATUS_NOTE else ""
-        title = html.escape(f"#{i} · {who}{version}", quote=True)
-        spans.append(f'<span class="story-{p.author}" title="{title}">{html.escape(p.text)}</span>{note}')
-    return f'<div class="story-doc" id="story-doc">{"".join(spans)}</div>'
+        title = html.escape(f"passage {i} · {who}{version}", quote=True)
+        spans.append(f'<span class="story-{p.author}{shade}" data-n="{i}" title="{title}">{html.escape(p.text)}</span>{note}')
+    return f'<div class="story-doc" id="story-doc">{"".join(spans)}{loading}</div>'
 
 
 def passage_choices(view: StoryView) -> list[tuple[str, str]]:
@@ -39,9 +54,10 @@ def passage_choices(view: StoryView) -> list[tuple[str, str]]:
 def alternatives_label(view: StoryView) -> str:
     for p in reversed(view.passages):
         if p.versions > 1:
-            return f"Passage {view.passages.index(p) + 1}: version **{p.version} of {p.versions}**"
+            n = view.passages.index(p) + 1
+            return f"Passage {n} (numbered {n} in the text) · version **{p.version} of {p.versions}**"
     if view.passages and view.passages[-1].author == "model":
-        return "No alternatives yet (Retry makes one)"
+        return "The last passage has one version (↻ Retry writes another)"
     return ""
 
 

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from generators.text.engine.quantizers import DEFAULT_QUANTIZATION, QUANTIZATION_CHOICES, quantization_help
+from generators.text.engine.quantizers import QUANTIZATION_CHOICES, STUDIO_QUANTIZATION, quantization_help
 
 log = logging.getLogger("aigc_studio")
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="TOML or YAML file with these settings and a `models` list")
     p.add_argument("--model", help="default model: a configured name, a Hugging Face id, a folder or a .gguf file")
     p.add_argument("--quantization", choices=QUANTIZATION_CHOICES,
-                   help=f"language model weights (default {DEFAULT_QUANTIZATION}): {quantization_help()}")
+                   help=f"language model weights (default {STUDIO_QUANTIZATION}): {quantization_help()}".replace("%", "%%"))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="language models' compute type (default auto: float32 on a CPU, bfloat16 on CUDA; with int4, "
@@ -59,9 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                    help="a user who may log in (repeatable; kept in memory). Permanent users: `launch.py users add`")
     p.add_argument("--users-file", type=Path, help="users with hashed passwords and API keys (default DATA_DIR/users.json)")
-    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default 1)")
+    p.add_argument("--concurrency", type=int, help="simultaneous generations per model (default: each model's own; "
+                   "a language model decodes up to 16 requests together)")
     p.add_argument("--queue-size", type=int, help="requests that may wait before new ones get 'busy, try again' (default 64)")
-    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (default 60; 0 = no limit)")
+    p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (0 = no limit; "
+                   "default: 60 with accounts, none while auth is off)")
     p.add_argument("--memory-budget-gb", type=float, help="unload least recently used models beyond this much memory")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default INFO)")
     return p.parse_args(argv)
@@ -98,7 +100,7 @@ def exposure_problem(settings: "Any", auth_enabled: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("users", "backup", "restore", "evaluate"):
+    if argv and argv[0] in ("users", "backup", "restore", "evaluate", "prepare"):
         from webui.admin import main as admin_main
 
         return admin_main(argv)

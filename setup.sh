@@ -30,6 +30,11 @@ $PIP install -q -r requirements.txt -r requirements-dev.txt
 $PIP install -q --no-deps -r requirements-nodeps.txt
 echo "==> Installing AIGC Studio itself (registers the built-in generator plugins)"
 $PIP install -q --no-deps -e .
+echo "==> Preparing the default language models (assembling and converting their GGUF files once, building the"
+echo "    C++ decoding loop), so the first message answers in seconds; set AIGC_SKIP_PREPARE=1 to skip"
+if [ -z "${AIGC_SKIP_PREPARE:-}" ]; then
+  HF_HUB_OFFLINE=1 .venv/bin/python launch.py prepare
+fi
 echo
 echo "Done. Start the studio:   .venv/bin/python launch.py"
 echo "Run the tests:            ./test.sh"

@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "models"), help="model cache folder")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--only", choices=("chat", "story"), help="measure one workspace")
+    parser.add_argument("--rows", default="", help="only the settings whose label contains one of these (comma-separated)")
     parser.add_argument("--show", action="store_true", help="print every output")
     args = parser.parse_args()
 
@@ -146,6 +147,8 @@ def main() -> None:
     rows = []
     for v in variants():
         if args.only and v.workspace != args.only:
+            continue
+        if args.rows and not any(r.strip() and r.strip() in v.label for r in args.rows.split(",")):
             continue
         limit = 256 if v.workspace == "chat" else 120
         jobs = []

@@ -37,6 +37,7 @@ CAP_COMPLETION = "completion"  # continues raw text
 CAP_CANCEL = "cancel"
 CAP_QUANTIZATION = "quantization"
 CAP_SEED = "seed"
+CAP_LOGPROBS = "logprobs"  # text: log-probabilities of the chosen tokens (and the likeliest alternatives)
 CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
 CAP_RECONSTRUCT = "reconstruct"  # image: encode a given image, decode it (as any class)
 CAP_CLASS_CONDITIONAL = "class-conditional"  # image: `sample` draws (class, seed) ends
@@ -45,6 +46,7 @@ CAP_IMAGE_TO_IMAGE = "image-to-image"  # image: `paint` from a prompt and an ini
 CAP_INPAINT = "inpaint"  # image: `paint` repaints the masked part of an init image
 CAP_LORA = "lora"  # image: LoRA files applied with a weight (`PromptParams.loras`)
 CAP_STEPS = "steps"  # image: reports each denoising step to a `StepControl` and stops between steps
+CAP_TRAJECTORY = "trajectory"  # image: `trajectory` returns x_t at chosen denoising steps (diffusion)
 
 PROMPTED_CAPABILITIES = frozenset({CAP_TEXT_TO_IMAGE, CAP_IMAGE_TO_IMAGE, CAP_INPAINT})
 
@@ -82,6 +84,10 @@ class GenerationFailedError(StudioError):
 class BusyError(StudioError):
     code = "busy"
     http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when trying again makes sense (the HTTP API's Retry-After)
 
 
 class GenerationCancelledError(StudioError):
@@ -124,10 +130,14 @@ class SamplingParams(StrictModel):
     """Per-request sampling parameters shared by the text plugins."""
 
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 = greedy (deterministic)")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    top_p: float = Field(0.95, ge=0.0, le=1.0, description="nucleus sampling mass (0 = only the likeliest token)")
     top_k: int = Field(50, ge=0, le=1000, description="0 = off")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p × top probability")
     repetition_penalty: float = Field(1.0, ge=0.5, le=2.0, description="1 = off; above 1 makes repeating words less likely")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted once from the logit of every token "
+                                    "already generated (OpenAI's presence_penalty)")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once per time "
+                                     "it was generated (OpenAI's frequency_penalty)")
     max_new_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="empty = random")
     stop: tuple[str, ...] = Field((), max_length=8, description="strings that end the reply")
@@ -167,11 +177,15 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class TextRequest:
-    """A chat (messages) or a raw completion (prompt) request."""
+    """A chat (messages) or a raw completion (prompt) request.
+
+    `logprobs`: None = none; k >= 0 = each generated token's log-probability and the k likeliest
+    alternatives (plugins with CAP_LOGPROBS)."""
 
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.messages):
@@ -189,12 +203,26 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One token as the model scored it: its text, its log-probability (natural log, from the model's own
+    distribution before sampling settings), and the likeliest alternatives as (text, logprob), best first.
+    `logprob` is None for a prompt's first token, which nothing predicts."""
+
+    token: str
+    logprob: float | None
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextChunk:
-    """One streamed piece of text. The last chunk has `finish_reason` and `stats`."""
+    """One streamed piece of text. The last chunk has `finish_reason` and `stats`.
+
+    `logprobs`: the tokens decoded since the previous chunk, when the request asked for them."""
 
     text: str
     finish_reason: Literal["stop", "length", "cancelled"] | None = None
     stats: GenerationStats | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -400,6 +428,11 @@ class Generator(ABC):
         """Memory held now (0 when unloaded)."""
         return 0
 
+    @property
+    def default_concurrency(self) -> int:
+        """Generations that run at once when the configuration does not say (a batching plugin: its batch)."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         """Plain data for the Models view and /v1/models."""
         return {
@@ -442,6 +475,11 @@ class TextGenerator(Generator):
 
         For perplexity and bits per character; plugins that cannot score text say so."""
         raise InvalidOptionsError(f"{self.name} cannot score text (no log-likelihood).")
+
+    def prompt_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        """Every token of `text` as the model scores it (the first one's logprob is None); plugins with
+        CAP_LOGPROBS implement it (the completions API's echo with logprobs)."""
+        raise InvalidOptionsError(f"{self.name} cannot return log-probabilities.")
 
     def supports_chat(self) -> bool:
         """Whether role-tagged messages work well (an instruct model with a chat template);
@@ -507,6 +545,12 @@ class ImageGenerator(Generator):
 
     def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
         raise InvalidOptionsError(f"{self.name} cannot interpolate between images.")
+
+    def trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],
+                   control: StepControl | None = None) -> ImageOutput:
+        """One image's denoising path: x_t after each of `at_steps` steps, then the model's estimate of the
+        clean image at those steps (2 × len(at_steps) images; `details["steps"]` lists the steps)."""
+        raise InvalidOptionsError(f"{self.name} has no denoising trajectory; pick a diffusion model.")
 
     def reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
         """Encode `pixels` (H, W, C uint8, already at `image_size`) as class `label`, decode as each target."""

@@ -72,7 +72,7 @@ class Registry:
         *,
         memory_budget_bytes: int | None = None,
         cache_dir: str | None = None,
-        concurrency: int = 1,
+        concurrency: int | None = None,
         acquire_timeout_s: float = 600.0,
     ) -> None:
         self.plugins = dict(plugins)
@@ -102,7 +102,8 @@ class Registry:
                 known = ", ".join(sorted(self.plugins)) or "none"
                 raise UnknownGeneratorError(f"No generator plugin {spec.plugin!r} is installed (installed: {known}).")
             gen = plugin(spec.name, spec.options, cache_dir=self.cache_dir)
-            self._slots[spec.name] = _Slot(gen, FairSlots(spec.concurrency or self.concurrency))
+            # unset: the plugin's own (a batching LM decodes its batch together; others one at a time)
+            self._slots[spec.name] = _Slot(gen, FairSlots(spec.concurrency or self.concurrency or gen.default_concurrency))
             return gen
 
     def reconfigure(self, name: str, **option_updates: Any) -> Generator:

@@ -64,6 +64,8 @@ def make_fake_text_plugin() -> type:
     from generators.base import (
         CAP_CANCEL,
         CAP_CHAT,
+        CAP_COMPLETION,
+        CAP_LOGPROBS,
         CAP_STREAM,
         GenerationFailedError,
         GenerationStats,
@@ -72,6 +74,7 @@ def make_fake_text_plugin() -> type:
         StrictModel,
         TextChunk,
         TextGenerator,
+        TokenLogprob,
     )
 
     class FakeOptions(StrictModel):
@@ -88,7 +91,7 @@ def make_fake_text_plugin() -> type:
             modality="text",
             family="fake",
             description="scripted words for tests",
-            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_CANCEL}),
+            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_LOGPROBS}),
             params=SamplingParams,
             load_options=FakeOptions,
         )
@@ -128,9 +131,16 @@ def make_fake_text_plugin() -> type:
                     raise GenerationFailedError("the fake model broke on purpose")
                 time.sleep(self.options.delay_s)
                 done += 1
-                yield TextChunk(f"w{i}({prompt[:8]}) ")
+                word = f"w{i}({prompt[:8]}) "
+                scored = (TokenLogprob(word, -0.1 * (i + 1), tuple((f"alt{k}", -1.0 - k) for k in range(request.logprobs or 0))),)
+                yield TextChunk(word, logprobs=scored if request.logprobs is not None else ())
             stats = GenerationStats(len(request.messages), done, request.params.seed or 0, 0.01, 100.0)
             yield TextChunk("", finish_reason=finish, stats=stats)
+
+        def prompt_logprobs(self, text: str, top: int = 0) -> list[Any]:
+            words = text.split(" ")
+            return [TokenLogprob(w if i == 0 else " " + w, None if i == 0 else -0.5, () if i == 0 else
+                                 tuple((f"alt{k}", -1.0 - k) for k in range(top))) for i, w in enumerate(words)]
 
     return FakeText
 
@@ -151,16 +161,18 @@ def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
     made: list[Any] = []
 
     def build(models: dict[str, dict[str, Any]] | None = None, *, images: bool = False, **settings: Any) -> Any:
-        """Fake text models by name (options per model); `images` adds the shipped GAN and VAE."""
+        """Fake text models by name (options per model); `images` adds the shipped GAN, VAE and digit diffusion."""
+        from generators.image.diffusion_plugin import DigitDiffusionPlugin
         from generators.image.plugin import GANPlugin, VAEPlugin
         from webui.settings import default_models
 
         entries = [ModelEntry(name=n, plugin="fake-text", options=o) for n, o in (models or {"fake": {}}).items()]
         if images:
-            entries += [m for m in default_models() if m.plugin in ("gan", "vae")]
+            entries += [m for m in default_models() if m.plugin in ("gan", "vae", "digit-diffusion")]
         s = Settings(data_dir=tmp_path / "data", models=entries, **settings)
         store = Store(s.database_url, s.data_dir)
-        reg = Registry({"fake-text": fake_plugin, "gan": GANPlugin, "vae": VAEPlugin}, cache_dir=str(tmp_path / "cache"))
+        reg = Registry({"fake-text": fake_plugin, "gan": GANPlugin, "vae": VAEPlugin,
+                        "digit-diffusion": DigitDiffusionPlugin}, cache_dir=str(tmp_path / "cache"))
         for e in entries:
             reg.add(ModelSpec(e.name, e.plugin, e.options))
         ctx = AppContext(settings=s, registry=reg, store=store)

@@ -68,9 +68,9 @@ def test_max_tokens_gives_length_finish(server) -> None:
     [
         ({"model": "nope"}, 404, "Unknown model"),
         ({"temperature": 5}, 400, "temperature"),
-        ({"max_tokens": -1}, 400, "max_new_tokens"),
+        ({"max_tokens": -1}, 400, "max_tokens"),
         ({"messages": []}, 400, "messages"),
-        ({"n": 3}, 400, "n"),
+        ({"n": 0}, 400, "'n'"),
     ],
 )
 def test_bad_requests_get_openai_shaped_errors(server, kwargs, status, words) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS
+from webui.tabs.chat_view import WAITING
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -66,7 +67,10 @@ def test_chat_in_a_real_browser(running_app, page, tmp_path: Path) -> None:
     # the user's message shows at once, then the reply streams in
     page.get_by_text("What is the capital of France?").first.wait_for()
     # the first reply includes the one-time GGUF → safetensors conversion of a fresh clone (slow on a busy CPU)
-    first = wait_for(lambda: [t for t in bot_texts(page) if len(t) > 5], timeout=400)
+    # (while the model loads, the reply's place shows the load stage: wait for the reply's own text)
+    first = wait_for(lambda: [t for t in bot_texts(page) if len(t) > 5 and "Loading" not in t and WAITING not in t],
+                     timeout=400)
+    wait_for(lambda: not generating(page), timeout=180)
     page.locator("#chat-list label").first.wait_for()  # the reply is done and the chat is listed
     page.screenshot(path=str(ARTIFACTS / "chat-reply.png"), full_page=True)
     assert first

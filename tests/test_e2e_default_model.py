@@ -16,7 +16,7 @@ from gradio_client import Client
 from generators.base import ChatMessage, SamplingParams, TextRequest
 from generators.text.transformers_lm import TransformersLM
 from tests.conftest import MODEL_CACHE
-from webui.settings import DEFAULT_MODEL, default_models
+from webui.settings import DEFAULT_MODEL, GEMMA_MODEL, default_models
 
 pytestmark = pytest.mark.e2e
 
@@ -141,10 +141,13 @@ def test_kill_mid_stream_keeps_the_partial_reply(running_app, tmp_path: Path) ->
 def test_openai_client_against_the_studio(running_app) -> None:
     app = running_app()
     oa = openai.OpenAI(base_url=f"{app.url}/v1", api_key="none", max_retries=0)
-    assert [m.id for m in oa.models.list().data] == [DEFAULT_MODEL, "lstm-fortunes"]  # text models only
+    assert [m.id for m in oa.models.list().data] == [DEFAULT_MODEL, GEMMA_MODEL, "lstm-fortunes"]  # text models only
     r = oa.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
                                    temperature=0, max_tokens=30)
-    assert "Paris" in r.choices[0].message.content and r.usage.completion_tokens > 0
+    # the default precision is int4 on a CPU: its greedy answer depends on the CPU's kernel (on an AVX2-only
+    # CPU it does not name Paris), so this checks the API's shape; greedy equality with transformers is tested
+    # on float weights in test_default_model_greedy_matches_plain_generate
+    assert r.choices[0].message.content.strip() and r.usage.completion_tokens > 0
     parts = [c.choices[0].delta.content or "" for c in oa.chat.completions.create(
         model=DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
         temperature=0, max_tokens=30, stream=True) if c.choices]

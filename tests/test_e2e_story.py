@@ -25,7 +25,9 @@ def page(text: str, title: str) -> tuple:
 
 
 def doc_text(html: str) -> str:
-    return unescape(re.sub(r"<span class=\"story-status\">.*?</span>|<[^>]+>", "", html))
+    # the story's own text: not its status marks nor the "Waiting for the model — …" banner shown while it loads
+    html = re.sub(r'<span class="story-status">.*?</span>|<div class="story-loading"[^>]*>.*?</div>', "", html)
+    return unescape(re.sub(r"<[^>]+>", "", html))
 
 
 def test_story_continue_retry_undo_restart_everything_is_there(running_app, tmp_path: Path) -> None:

@@ -125,6 +125,19 @@ def test_removing_a_user_ends_their_sessions_and_keys_at_once(studio) -> None:
     assert bob.get("/gradio_api/info").status_code == 200  # others are untouched
 
 
+def test_a_login_as_the_browser_sends_it_stays_logged_in(studio) -> None:
+    """The login page posts a multipart form (FormData): the login must be recorded, not ended at the next request."""
+    _, url, _ = studio
+    client = httpx.Client(base_url=url, timeout=30)
+    r = client.post("/login", files={"username": (None, "ann"), "password": (None, "ann-password")})
+    assert r.status_code == 200, r.text
+    assert r.request.headers["content-type"].startswith("multipart/form-data")
+    assert client.get("/gradio_api/info").status_code == 200
+    assert client.get("/gradio_api/info").status_code == 200  # and still at the next request
+    wrong = httpx.post(f"{url}/login", files={"username": (None, "bob"), "password": (None, "nope")})
+    assert wrong.status_code == 400
+
+
 def test_changing_a_password_ends_sessions_and_revokes_keys(studio) -> None:
     ctx, url, keys = studio
     ann = login(url, "ann", "ann-password")

@@ -76,7 +76,8 @@ def test_model_flag_adds_a_source_and_makes_it_default() -> None:
     assert s.default_model_name() == "my-llama" and s.model_list()[0].options["source"] == "/models/my-llama/"
     s = load_settings({"model": "smollm2-135m-instruct"})
     assert s.default_model_name() == "smollm2-135m-instruct"
-    assert [e.name for e in s.model_list()] == ["smollm2-135m-instruct", "lstm-fortunes", "gan-mnist32", "vae-mnist32"]
+    assert [e.name for e in s.model_list()] == ["smollm2-135m-instruct", "gemma3-270m", "lstm-fortunes", "gan-mnist32",
+                                               "vae-mnist32", "diffusion-mnist32"]
 
 
 def test_unwritable_database_is_a_clear_startup_error(tmp_path: Path) -> None:

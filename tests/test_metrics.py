@@ -45,6 +45,7 @@ def test_log_likelihood_in_windows_equals_one_pass(tiny_model_dir) -> None:
 def test_run_stores_values_with_versions_and_history(make_ctx) -> None:
     ctx = make_ctx({"quick": {"words": 3}}, images=True)
     ctx.registry.remove("vae-mnist32")
+    ctx.registry.remove("diffusion-mnist32")
     seen: list[float] = []
     found = metrics.run(ctx, None, lambda f, _m: seen.append(f))
     by = {(m.generator, m.metric): m.value for m in found}

@@ -105,12 +105,12 @@ def test_length_and_stop_strings(remote: OpenAIRemote) -> None:
     assert cut == full[: full.index(stop)] and last.finish_reason == "stop"
 
 
-def test_a_prompt_falls_back_to_chat_on_a_studio(remote: OpenAIRemote) -> None:
+def test_a_prompt_goes_to_the_studios_completions_endpoint(remote: OpenAIRemote) -> None:
     prompt = TextRequest(prompt="Once upon a time", params=SamplingParams(temperature=0, max_new_tokens=12))
     text, last = collect(remote, prompt)
-    assert remote._has_completions is False  # the studio serves only /chat/completions
-    assert text == collect(remote, chat("Once upon a time", temperature=0, max_new_tokens=12))[0]
-    assert last.stats.completion_tokens > 0
+    assert remote._has_completions is True  # the studio serves /v1/completions too
+    assert text and last.stats.completion_tokens > 0
+    assert collect(remote, prompt)[0] == text  # greedy: the same continuation again
 
 
 def generation_outcomes(studio: RunningApp) -> list[str]:

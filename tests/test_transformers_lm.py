@@ -244,6 +244,35 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     _assert_close_to_float32_and_decodes_batched(full, gen, tiny_model_dir, "int4", "float16")
 
 
+def test_auto_quantization_resolves_per_device_and_the_models_view_says_what_runs(tiny_model_dir: Path) -> None:
+    """quantization=auto (the studio's default) is one entry of the quantizer table: on a CPU with the int4
+    kernel it loads int4 (the layers are really 4-bit), on CUDA or with float16 the weights as they are;
+    it refuses only what the quantizer it picks refuses. The Models view's precision names what runs."""
+    from generators.text.engine.int4 import Int4Linear, int4_supported
+    from generators.text.engine.quantizers import QUANTIZERS
+
+    auto = QUANTIZERS["auto"]
+    assert auto.resolve("cuda", "auto").name == "none" and auto.refusal("cuda", "auto") is None
+    assert auto.resolve("cpu", "float16").name == "none"
+    assert auto.resolve("cpu", "auto").name == ("int4" if int4_supported() else "none")
+    assert QUANTIZERS["int4"].resolve("cpu", "auto").name == "int4"  # a named choice is itself
+    gen = TransformersLM("a", {"source": str(tiny_model_dir), "quantization": "auto", "max_batch": 2})
+    assert gen.precision() == "auto (decided at load)"
+    assert gen.estimated_memory_bytes() == int(TransformersLM("n", {"source": str(tiny_model_dir)}).estimated_memory_bytes()
+                                               * QUANTIZERS["auto"].memory_factor)
+    gen.load()
+    try:
+        if int4_supported():
+            assert isinstance(gen.model.model.layers[0].mlp.up_proj, Int4Linear)
+            assert gen.precision().startswith("int4 weights, bfloat16 between the kernels — auto")
+        else:
+            assert gen.precision().startswith("float32 — auto")
+        assert gen.describe()["precision"] == gen.precision()
+        assert "".join(c.text for c in gen.stream(chat("hi", temperature=0.0, max_new_tokens=4)))
+    finally:
+        gen.unload()
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "transformers-forward"])
 def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path, lean: bool) -> None:
     """Greedy rows of a continuous batch give the tokens each request gives alone, with the lean

@@ -9,6 +9,7 @@
     python launch.py backup studio-backup.tar.gz
     python launch.py restore studio-backup.tar.gz
     python launch.py evaluate [--models a,b]  # automatic metrics of the configured generators, stored
+    python launch.py prepare [--models a,b]   # one-time model work (GGUF conversion, C++ loop), as setup does
 
 A backup is one .tar.gz: the SQLite database copied with SQLite's online backup API (safe while
 the studio runs and writes), the image files and the users file. Restore checks the archive
@@ -208,6 +209,27 @@ def evaluate(settings: Any, models: str | None) -> int:
     return 0
 
 
+def prepare(settings: Any, models: str | None) -> int:
+    """Load each language model once and unload it: the one-time work (assembling and converting its GGUF
+    into the cache, building the C++ decoding loop) happens here, so the first message after setup does
+    not wait for it."""
+    from .server import create_context
+
+    ctx = create_context(settings)
+    try:
+        names = [m.strip() for m in models.split(",")] if models else [
+            d["name"] for d in ctx.registry.describe() if d["modality"] == "text" and d["plugin"] == "transformers"]
+        for name in names:
+            print(f"Preparing {name}…", flush=True)
+            ctx.registry.load(name, lambda message: print(f"  {message}", flush=True))
+            described = ctx.registry.get(name).describe()
+            print(f"  ready: {described.get('precision')}, {described.get('decode_loop')}", flush=True)
+            ctx.registry.unload(name)
+    finally:
+        ctx.store.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description="AIGC Studio admin commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +248,10 @@ def main(argv: list[str]) -> int:
     e = sub.add_parser("evaluate", help="automatic metrics (perplexity, bits/char, BLEU, ROUGE-L, image accuracy/FD)")
     e.add_argument("--models", help="comma-separated model names (default: every configured model)")
     _common(e)
+    p = sub.add_parser("prepare", help="do the default language models' one-time work now (GGUF conversion, "
+                       "the C++ decoding loop), as ./setup.sh does")
+    p.add_argument("--models", help="comma-separated model names (default: every configured language model)")
+    _common(p)
     args = parser.parse_args(argv)
     from generators.base import StudioError
 
@@ -239,6 +265,8 @@ def main(argv: list[str]) -> int:
         settings = _settings(args)
         if args.command == "evaluate":
             return evaluate(settings, args.models)
+        if args.command == "prepare":
+            return prepare(settings, args.models)
         if args.command == "backup":
             manifest = backup(settings, args.file)
             print(f"Backed up the database and {manifest['images']} image file(s) to {args.file}")

@@ -2,6 +2,7 @@
 
     GET  /v1/models
     POST /v1/chat/completions      (stream: true → server-sent events)
+    POST /v1/completions           the legacy text endpoint: prompt string or list, echo, logprobs, best_of
     GET  /api/chats?q=TEXT         list chats
     GET  /api/chats/{id}           one chat: every message of every branch, and the visible one
     GET  /api/stories?q=TEXT       list stories
@@ -15,35 +16,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-import uuid
-from collections.abc import AsyncIterator, Iterator
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 
-from generators.base import ChatMessage, StudioError, TextRequest, describe_validation_error
+from generators.base import StudioError, describe_validation_error
 from storage.db import StorageError
 from storage.repository import NotFoundError
 
+from . import openai_routes
 from .api_images import build_image_router
-from .protocol import ChatCompletionRequest, chunk_body, completion_body, error_body, usage
+from .protocol import error_body, studio_error_body
 from .services import chat as chat_service
 from .services import images as image_service
 from .services import story as story_service
 from .services.context import AppContext
-from .services.generation import RunResult, sampling_params, stream_text
 
 log = logging.getLogger(__name__)
-
-FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", None: "stop"}
-
 
 class ImageGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,9 +51,11 @@ class ImageGenerationRequest(BaseModel):
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    """The one place API errors become OpenAI-shaped JSON."""
+    """The one place API errors become OpenAI-shaped JSON (a 429 says when to come back: Retry-After)."""
     if isinstance(exc, StudioError):
-        return JSONResponse(error_body(str(exc), exc.code, exc.code), status_code=exc.http_status)
+        retry = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
+        return JSONResponse(studio_error_body(exc), status_code=exc.http_status, headers=headers)
     if isinstance(exc, NotFoundError):
         return JSONResponse(error_body(str(exc), "not_found_error", "not_found"), status_code=404)
     if isinstance(exc, StorageError):
@@ -71,7 +68,7 @@ async def _on_studio_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-async def _on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:  # routes with typed bodies
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -106,35 +103,11 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Any:
-        owner = owner_of(request)
-        try:
-            raw = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return JSONResponse(error_body("The request body is not valid JSON."), status_code=400)
-        try:
-            body = ChatCompletionRequest.model_validate(raw)
-        except Exception as exc:  # pydantic ValidationError
-            msg = describe_validation_error(exc, "field") if hasattr(exc, "errors") else str(exc)
-            return JSONResponse(error_body(msg), status_code=400)
-        try:
-            model = body.model or ctx.default_model
-            ctx.registry.get(model)
-            params = sampling_params(body.sampling(), ctx)
-            messages = tuple(
-                ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages  # type: ignore[arg-type]
-            )
-            ctx.check_text("".join(m.content for m in messages), "conversation")
-            ctx.check_rate(owner, consume=False)
-            text_request = TextRequest(messages=messages, params=params)
-        except StudioError as exc:
-            return error_response(exc)
-        cid = "chatcmpl-" + uuid.uuid4().hex
-        cancel = threading.Event()
-        runs = stream_text(ctx, owner, model, text_request, cancel=cancel, source="api")
-        if not body.stream:
-            return await _complete(runs, cid, model)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _CancellingStream(runs, cancel, _sse(runs, cid, model, include_usage), media_type="text/event-stream")
+        return await openai_routes.chat_completions(ctx, owner_of(request), request)
+
+    @router.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> Any:
+        return await openai_routes.completions(ctx, owner_of(request), request)
 
     @router.get("/api/chats")
     def api_list_chats(request: Request, q: str = "") -> Any:
@@ -226,59 +199,3 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     router.include_router(build_image_router(ctx))  # OpenAI images and A1111 /sdapi/v1 routes
     return router
-
-
-async def _complete(runs: Iterator[tuple[str, RunResult]], cid: str, model: str) -> JSONResponse:
-    def drain() -> RunResult:
-        result = RunResult()
-        for _delta, result in runs:  # noqa: B007 (the last one is the answer)
-            pass
-        return result
-
-    try:
-        result = await run_in_threadpool(drain)
-    except StudioError as exc:
-        return error_response(exc)
-    body = completion_body(cid, model, result.text, FINISH[result.finish_reason], result.prompt_tokens, result.completion_tokens)
-    return JSONResponse(body)
-
-
-class _CancellingStream(StreamingResponse):
-    """A streamed reply that stops its generation when the client goes away.
-
-    Starlette stops iterating on disconnect without closing the iterator, so the
-    generation is cancelled (within one token) and closed here, which records it.
-    """
-
-    def __init__(self, runs: Iterator[Any], cancel: threading.Event, content: AsyncIterator[str], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._runs = runs
-        self._cancel = cancel
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._cancel.set()
-            try:
-                await run_in_threadpool(self._runs.close)  # type: ignore[attr-defined]
-            except ValueError:  # still executing in a worker: it ends by itself within one token
-                pass
-
-
-async def _sse(runs: Iterator[tuple[str, RunResult]], cid: str, model: str, include_usage: bool) -> AsyncIterator[str]:
-    def event(payload: dict[str, Any]) -> str:
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-    yield event(chunk_body(cid, model, {"role": "assistant", "content": ""}))
-    try:
-        async for delta, result in iterate_in_threadpool(runs):
-            if delta:
-                yield event(chunk_body(cid, model, {"content": delta}))
-            if result.outcome != "running":
-                yield event(chunk_body(cid, model, {}, FINISH[result.finish_reason]))
-                if include_usage:
-                    yield event(chunk_body(cid, model, {}, use=usage(result.prompt_tokens, result.completion_tokens)))
-    except StudioError as exc:  # headers are sent already: report the error in the stream
-        yield event(error_body(str(exc), exc.code, exc.code))
-    yield "data: [DONE]\n\n"

@@ -108,14 +108,16 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        login = self.sessions is not None and scope.get("method") == "POST" and path in LOGIN_PATHS
         try:
-            body, receive = await self._body(scope, receive)
+            # a login form is read whole whatever its encoding (the browser's login page sends multipart)
+            body, receive = await self._body(scope, receive, whole=login)
         except BodyError as exc:
             await send_error(send, exc.status, str(exc), "invalid_request_error",
                              "request_too_large" if exc.status == 413 else "invalid_json")
             return
-        path = scope.get("path", "")
-        if self.sessions is not None and scope.get("method") == "POST" and path in LOGIN_PATHS:
+        if login:
             await self._login(scope, receive, send, body or b"")
             return
         if self.sessions is not None:
@@ -126,13 +128,13 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
     # ------------------------------------------------------------ bodies
-    async def _body(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Receive]:
+    async def _body(self, scope: Scope, receive: Receive, *, whole: bool = False) -> tuple[bytes | None, Receive]:
         """Read a JSON or form body whole (within the limit) and check its depth; stream an upload
-        through while counting. Returns the body (None when streamed) and the receive to pass on."""
+        through while counting (unless `whole`). Returns the body (None when streamed) and the receive to pass on."""
         if scope.get("method") not in BODY_METHODS:
             return None, receive
         ctype = _header(scope, b"content-type").lower()
-        upload = ctype.startswith("multipart/")
+        upload = ctype.startswith("multipart/") and not whole
         limit = self.max_upload_bytes if upload else self.max_body_bytes
         length = _header(scope, b"content-length")
         if length.isdigit() and int(length) > limit:
@@ -169,8 +171,7 @@ class RequestGuard:
     # ------------------------------------------------------------ logins
     async def _login(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         assert self.sessions is not None and self.throttle is not None
-        form = parse_qs(body.decode("utf-8", "replace"))
-        account = (form.get("username") or [""])[0].strip()
+        account = await _form_username(scope, body)
         address = client_address(scope)
         try:
             self.throttle.check(address, account)
@@ -194,8 +195,10 @@ class RequestGuard:
 
         await self.app(scope, receive, watch)
         if status == 200 and token:
-            self.throttle.succeeded(account)
-            self.sessions.logged_in(token, account)
+            # the user is whom the server logged in (its token table), not what the form was parsed as
+            user = getattr(scope.get("app"), "tokens", {}).get(token) or account
+            self.throttle.succeeded(user)
+            self.sessions.logged_in(token, user)
         elif status == 400:
             self.throttle.failed(address, account)
             log.info("Failed login for %r from %s", account[:64], address)
@@ -221,6 +224,22 @@ class RequestGuard:
                             scope.get("method"), path, sid[:6], user)
                 return 403, "This browser session belongs to another login; reload the page to start your own."
         return None
+
+
+async def _form_username(scope: Scope, body: bytes) -> str:
+    """The `username` field of a login form, URL-encoded or multipart ("" when there is none)."""
+    from starlette.requests import Request  # the server's own form parser (python-multipart)
+
+    async def once() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = Request({**scope, "type": "http"}, once)
+    try:
+        async with request.form(max_files=0, max_fields=16) as form:
+            value = form.get("username")
+    except Exception:  # noqa: BLE001 - a malformed form names no account; the server refuses it itself
+        return ""
+    return value.strip()[:256] if isinstance(value, str) else ""
 
 
 def _login_token(scope: Scope, cookie_id: str) -> str:

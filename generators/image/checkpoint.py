@@ -21,6 +21,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .classifier import Classifier, ClassifierConfig
+from .diffusion import DiffusionConfig, DigitDiffusion
 from .gan import GANConfig, Generator
 from .vae import VAE, VAEConfig
 
@@ -35,6 +36,7 @@ MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
     "gan": (Generator, GANConfig),
     "vae": (VAE, VAEConfig),
     "classifier": (Classifier, ClassifierConfig),
+    "diffusion": (DigitDiffusion, DiffusionConfig),
 }
 
 

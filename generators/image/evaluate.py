@@ -1,12 +1,14 @@
 """Evaluate the image models on the held-out MNIST digits and print a table.
 
-    python -m generators.image.evaluate --gan DIR --vae DIR --classifier DIR [--n 1000] [--seed 0] [--markdown]
+    python -m generators.image.evaluate --gan DIR --vae DIR --diffusion DIR --classifier DIR [--n 1000] [--seed 0] [--markdown]
 
 - classifier: accuracy on the 1,000 held-out real digits;
 - GAN / VAE: accuracy of generated digits for the requested class (equal numbers per class),
   as judged by that classifier, and the Fréchet distance between held-out real digits and
   generated ones in the classifier's penultimate feature space ("FD"); the real-vs-real
   floor compares a class-balanced subset of the train split with the held-out split;
+- diffusion: the same two metrics for each guidance scale asked for (``--guidance``), sampled with
+  ``--steps`` steps of ``--scheduler``;
 - VAE: -ELBO and the IWAE bound (k importance samples) on the held-out digits, in nats per image.
 """
 from __future__ import annotations
@@ -76,12 +78,18 @@ def accuracy_and_features(classifier: Classifier, images: torch.Tensor,
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, labels: torch.Tensor, seed: int, truncation: float | None = None,
-             temperature: float = 1.0, batch_size: int = 500) -> torch.Tensor:
-    """Images in [0, 1] for ``labels`` from a GAN or a VAE, deterministic for a seed."""
+             temperature: float = 1.0, batch_size: int = 500, guidance: float = 2.0, steps: int = 25,
+             scheduler: str = "DPM++ 2M") -> torch.Tensor:
+    """Images in [0, 1] for ``labels`` from a GAN, a VAE or a diffusion model, deterministic for a seed."""
     noise = torch.Generator().manual_seed(seed)
     out = []
     for batch in labels.split(batch_size):
-        if loaded.model_type == "gan":
+        if loaded.model_type == "diffusion":
+            config = loaded.model.config
+            start = torch.randn(len(batch), config.channels, config.size, config.size, generator=noise)
+            out.append(loaded.model.sample(batch, start, steps=steps, guidance=guidance, scheduler=scheduler,
+                                           step_generators=[noise] * len(batch)).cpu())
+        elif loaded.model_type == "gan":
             out.append(loaded.model.sample(batch, truncation=truncation, generator=noise).cpu())
         else:
             out.append(loaded.model.sample(batch, temperature=temperature, generator=noise).cpu())
@@ -104,8 +112,9 @@ def vae_bounds(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, 
 # ---------------------------------------------------------------------------- the table
 
 def evaluate(gan_dir: Path | None, vae_dir: Path | None, classifier_dir: Path, n: int = 1000, seed: int = 0,
-             truncations: list[float | None] | None = None, iwae_k: int = 100) -> list[Row]:
-    """All metrics as rows; GAN/VAE rows only for the folders given."""
+             truncations: list[float | None] | None = None, iwae_k: int = 100, diffusion_dir: Path | None = None,
+             guidances: list[float] | None = None, steps: int = 25, scheduler: str = "DPM++ 2M") -> list[Row]:
+    """All metrics as rows; GAN/VAE/diffusion rows only for the folders given."""
     loaded_classifier = load_model(classifier_dir)
     if loaded_classifier.model_type != "classifier":
         raise ValueError(f"{classifier_dir} holds a {loaded_classifier.model_type}, not a classifier")
@@ -135,6 +144,16 @@ def evaluate(gan_dir: Path | None, vae_dir: Path | None, classifier_dir: Path, n
             targets = (">= 0.97", "<= 30") if truncation is None else ("", "")
             rows.append(Row(name, "accuracy of requested class", accuracy, targets[0]))
             rows.append(Row(name, "FD vs held-out", frechet_distance(features, real_features), targets[1]))
+    if diffusion_dir is not None:
+        diffusion = load_model(diffusion_dir)
+        _check_generator(diffusion, "diffusion", size)
+        for guidance in guidances or [2.0]:
+            name = f"Diffusion (guidance {guidance:g}, {steps} {scheduler} steps)"
+            images = generate(diffusion, labels, seed, batch_size=250, guidance=guidance, steps=steps, scheduler=scheduler)
+            accuracy, features = accuracy_and_features(classifier, images, labels)
+            rows.append(Row(name, "accuracy of requested class", accuracy, ">= 0.98"))
+            rows.append(Row(name, "FD vs held-out", frechet_distance(features, real_features), "< GAN's"))
+            log.info("%s: accuracy %.4f, FD %.2f", name, rows[-2].value, rows[-1].value)
     if vae_dir is not None:
         vae = load_model(vae_dir)
         _check_generator(vae, "vae", size)
@@ -183,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m generators.image.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--gan", type=Path, help="exported GAN folder")
     parser.add_argument("--vae", type=Path, help="exported VAE folder")
+    parser.add_argument("--diffusion", type=Path, help="exported diffusion model folder")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="diffusion guidance scale(s)")
+    parser.add_argument("--steps", type=int, default=25, help="diffusion sampling steps")
+    parser.add_argument("--scheduler", default="DPM++ 2M", help="diffusion scheduler (DPM++ 2M, DDIM, Euler, …)")
     parser.add_argument("--classifier", type=Path, required=True, help="exported classifier folder")
     parser.add_argument("--n", type=int, default=1000, help="generated images per model (multiple of 10)")
     parser.add_argument("--seed", type=int, default=0)
@@ -195,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        rows = evaluate(args.gan, args.vae, args.classifier, args.n, args.seed, args.truncation, args.iwae_k)
+        rows = evaluate(args.gan, args.vae, args.classifier, args.n, args.seed, args.truncation, args.iwae_k,
+                        args.diffusion, args.guidance, args.steps, args.scheduler)
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         raise SystemExit(2) from error

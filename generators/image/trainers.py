@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .classifier import Classifier, ClassifierConfig
 from .data import ImageDataset
+from .diffusion import DEFAULT_SCHEDULER, DiffusionConfig, DigitDiffusion, min_snr_weight
 from .gan import EMA, Discriminator, GANConfig, Generator, discriminator_hinge_loss, generator_hinge_loss
 from .plots import save_grid
 from .vae import VAE, VAEConfig
@@ -45,6 +46,19 @@ class ClassifierTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     max_shift: int = 2              # random translation augmentation, pixels
+
+
+@dataclass
+class DiffusionTrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200         # linear learning-rate warm-up
+    grad_clip: float = 1.0          # max gradient norm (0: none)
+    p_uncond: float = 0.1           # label dropout to the null class: trains the unconditional model for guidance
+    min_snr_gamma: float = 5.0      # Min-SNR-γ loss weighting (0: plain MSE)
+    ema_max_decay: float = 0.999    # the exported model is an EMA of the weights
+    sample_steps: int = 20          # per-epoch sample grid: steps, guidance
+    sample_guidance: float = 2.0
 
 
 class Trainer(Protocol):
@@ -247,9 +261,102 @@ class ClassifierTrainer:
         self.opt.load_state_dict(state["opt"])
 
 
+class DiffusionTrainer:
+    """Denoising score matching with label dropout (classifier-free guidance), Min-SNR weights, EMA."""
+
+    model_type = "diffusion"
+    value_range = (-1.0, 1.0)
+    curve_keys = ["loss", "eval_loss", "lr"]
+
+    def __init__(self, config: DiffusionConfig, train: DiffusionTrainConfig, device: torch.device, seed: int,
+                 data: ImageDataset, eval_data: ImageDataset | None = None) -> None:
+        self.config, self.train_config, self.device, self.seed = config, train, device, seed
+        self.model = DigitDiffusion(config).to(device)
+        self.ema = EMA(self.model, train.ema_max_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.alphas_cumprod = self.model.make_scheduler("DDPM").alphas_cumprod.to(device)
+        self.eval_data = eval_data
+        self.step = 0
+        self.grid_labels = _grid_labels(config.num_classes, per_row=8)
+        self.grid_noise = torch.randn(len(self.grid_labels), config.channels, config.size, config.size,
+                                      generator=torch.Generator().manual_seed(seed + 1))
+
+    def _lr(self) -> float:
+        warmup = self.train_config.warmup_steps
+        return self.train_config.lr * (min(1.0, (self.step + 1) / warmup) if warmup > 0 else 1.0)
+
+    def _loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+              noise: torch.Tensor) -> torch.Tensor:
+        """Per-image weighted MSE of the model's prediction at timesteps t."""
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if self.config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        mse = (model(xt, t, y) - target).square().mean(dim=(1, 2, 3))
+        if self.train_config.min_snr_gamma > 0:
+            mse = mse * min_snr_weight(self.alphas_cumprod, t, self.train_config.min_snr_gamma,
+                                       self.config.prediction_type)
+        return mse
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.model.train()
+        b = x.shape[0]
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=self.device)
+        noise = torch.randn_like(x)
+        drop = torch.rand(b, device=self.device) < self.train_config.p_uncond
+        y = torch.where(drop, torch.full_like(y, self.config.null_class), y)
+        loss = self._loss(self.model, x, y, t, noise).mean()
+        lr = self._lr()
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.train_config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.grad_clip)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {"loss": loss.item(), "lr": lr}
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict[str, float]:
+        """The EMA model's weighted loss on the held-out digits at fixed timesteps and noise."""
+        if self.eval_data is None:
+            return {}
+        noise_rng = torch.Generator().manual_seed(self.seed + 3)
+        x0 = self.eval_data.to_range(-1, 1)
+        t = torch.randint(0, self.config.num_train_timesteps, (len(x0),), generator=noise_rng)
+        noise = torch.randn(x0.shape, generator=noise_rng)
+        total = 0.0
+        for xs, ys, ts, ns in zip(x0.split(250), self.eval_data.labels.split(250), t.split(250), noise.split(250),
+                                  strict=True):
+            total += self._loss(self.ema.model, xs.to(self.device), ys.to(self.device), ts.to(self.device),
+                                ns.to(self.device)).sum().item()
+        return {"eval_loss": total / len(x0)}
+
+    @torch.no_grad()
+    def save_samples(self, path: Path) -> None:
+        images = self.ema.model.sample(self.grid_labels, self.grid_noise, steps=self.train_config.sample_steps,
+                                       guidance=self.train_config.sample_guidance, scheduler=DEFAULT_SCHEDULER)
+        save_grid(images, 8, path)
+
+    def export_model(self) -> nn.Module:
+        return copy.deepcopy(self.ema.model).cpu().eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+
+
 # model type -> (trainer, model config, training config)
 TRAINERS: dict[str, tuple[type, type, type]] = {
     "gan": (GANTrainer, GANConfig, GANTrainConfig),
     "vae": (VAETrainer, VAEConfig, VAETrainConfig),
     "classifier": (ClassifierTrainer, ClassifierConfig, ClassifierTrainConfig),
+    "diffusion": (DiffusionTrainer, DiffusionConfig, DiffusionTrainConfig),
 }

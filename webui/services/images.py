@@ -28,6 +28,7 @@ from generators.base import (
     CAP_INPAINT,
     CAP_STEPS,
     CAP_TEXT_TO_IMAGE,
+    CAP_TRAJECTORY,
     GenerationCancelledError,
     GenerationFailedError,
     ImageEnd,
@@ -79,6 +80,9 @@ class SavedImage:
             return f"{start['class_name']}→{end['class_name']} · seeds {start['seed']}→{end['seed']}"
         if self.kind == "reconstruction":
             return f"{self.class_name} re-rendered as every class"
+        if self.kind == "trajectory":
+            steps = ", ".join(map(str, self.params.get("at_steps", [])))
+            return f"{self.class_name} · seed {self.seed} · denoising steps {steps}"
         if self.kind == "paint":
             prompt = str(self.params.get("params", {}).get("prompt", ""))
             return f"{prompt[:40] + '…' if len(prompt) > 40 else prompt or '(no prompt)'} · seed {self.seed}"
@@ -205,7 +209,7 @@ def _saved(ctx: AppContext, row: ImageRecord) -> SavedImage:
     gif = path.with_suffix(".gif")
     return SavedImage(row.id, row.kind, row.model, row.label, row.class_name, row.seed, dict(row.params), path,
                       row.content_hash, row.width, row.height, row.created_at.isoformat(timespec="seconds"),
-                      gif if row.kind == "interpolation" and gif.is_file() else None)
+                      gif if row.kind in ("interpolation", "trajectory") and gif.is_file() else None)
 
 
 def _meta(gen: ImageGenerator, kind: str, weights_hash: str, params: BaseModel, **fields: Any) -> dict[str, Any]:
@@ -360,6 +364,107 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
                         start.seed, source, work)
     return ImageResult(saved, _enlarged(strip, 2), notice=f"{frames} frames from {names[start.label]} (seed {start.seed}) "
                                             f"to {names[end.label]} (seed {end.seed})")
+
+
+# ------------------------------------------------------------------ denoising trajectory
+
+
+def trajectory_steps(total: int, frames: int) -> list[int]:
+    """`frames` steps spread evenly from 0 (the starting noise) to `total` (the image), both included."""
+    frames = max(2, min(frames, total + 1))
+    return sorted({round(i * total / (frames - 1)) for i in range(frames)})
+
+
+def parse_steps(value: Any, total: int) -> list[int]:
+    """'0, 5, 10' or [0, 5, 10] -> sorted distinct steps within 0..total, or a clear error."""
+    items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value or [])
+    steps = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        steps.append(_count(item.strip() if isinstance(item, str) else item, "trajectory step", 0, total))
+    if not steps:
+        raise InvalidOptionsError(f"Name at least one step from 0 to {total} to show (0 = the starting noise).")
+    return sorted(set(steps))
+
+
+def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed: Any = None,
+               params: dict[str, Any] | None = None, frames: Any = 8, at_steps: Any = None, source: str = "ui",
+               control: StepControl | None = None) -> ImageResult:
+    """One image's denoising path, saved as a strip PNG (top row x_t, bottom row the model's estimate of the
+    clean image at each shown step) and an animated GIF of the same frames.
+
+    `at_steps` (a list or '0, 5, 25') picks the steps; otherwise `frames` steps evenly from noise to image."""
+    gen = _image_generator(ctx, model)
+    if CAP_TRAJECTORY not in gen.info.capabilities:
+        raise InvalidOptionsError(f"{model} has no denoising trajectory; pick a diffusion model.")
+    checked = _params(gen, params)
+    total = int(checked.steps)
+    if at_steps is None or (isinstance(at_steps, str) and not at_steps.strip()):
+        steps = trajectory_steps(total, _count(frames, "number of frames", 2, ctx.settings.max_interpolation_frames))
+    else:
+        steps = parse_steps(at_steps, total)
+        if len(steps) > ctx.settings.max_interpolation_frames:
+            raise InvalidOptionsError(f"Show at most {ctx.settings.max_interpolation_frames} steps; got {len(steps)}.")
+    names = gen.class_names
+    base_seed = parse_seed(seed)
+    base_seed = random_seed() if base_seed is None else base_seed
+    label_index = parse_label(gen, label)
+    label_index = random.Random(base_seed).randrange(len(names)) if label_index is None else label_index
+    end = ImageEnd(label_index, base_seed)
+
+    def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
+        out = g.trajectory(end, checked, steps, control)
+        n = len(steps)
+        strip = png.tile(out.pixels, cols=n)
+        meta = _meta(g, "trajectory", out.weights_hash, checked, at_steps=steps,
+                     **{"class": end.label, "class_name": names[end.label], "seed": end.seed})
+        gif = _trajectory_gif(out.pixels, steps, total)
+        return _store(ctx, owner, g, [(meta, strip, gif)], generation_id), out.pixels
+
+    saved, pixels = _run(ctx, owner, model, {"kind": "trajectory", "label": end.label, "at_steps": steps,
+                                             **checked.model_dump(mode="json")}, end.seed, source, work)
+    return ImageResult(saved, _labelled_strip(pixels, steps, total),
+                       notice=f"Class {names[end.label]} from seed {end.seed}: x_t after steps "
+                              f"{', '.join(map(str, steps))} of {total} (top) and the model's guess of the finished "
+                              f"image at each (bottom).")
+
+
+def _labelled_strip(pixels: Any, steps: list[int], total: int, scale: int = 3) -> Any:
+    """The trajectory strip enlarged for the page, with each column's step written under it."""
+    from PIL import Image, ImageDraw
+
+    strip = _enlarged(png.tile(pixels, cols=len(steps)), scale).convert("RGB")
+    band = 16
+    canvas = Image.new("RGB", (strip.width, strip.height + band), "white")
+    canvas.paste(strip, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    tile = (pixels.shape[2] + png.PAD) * scale
+    for k, step in enumerate(steps):
+        text = "noise" if step == 0 else f"step {step}" if step < total else f"{step}: image"
+        draw.text((png.PAD * scale + k * tile + 2, strip.height + 2), text, fill=(60, 60, 60))
+    return canvas
+
+
+def _trajectory_gif(pixels: Any, steps: list[int], total: int, scale: int = 4) -> bytes:
+    """x_t beside the estimate of the finished image, one frame per shown step, forward, holding the image."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    n = len(steps)
+    frames = []
+    for k, step in enumerate(steps):
+        pair = _enlarged(png.tile(np.stack([pixels[k], pixels[n + k]]), cols=2), scale).convert("L")
+        frame = Image.new("L", (pair.width, pair.height + 14), 255)
+        frame.paste(pair, (0, 14))
+        ImageDraw.Draw(frame).text((4, 1), f"step {step} of {total}", fill=0)
+        frames.append(frame)
+    durations = [GIF_MS * 3] * (n - 1) + [GIF_MS * 12]  # hold the finished image before starting again
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return out.getvalue()
 
 
 # ------------------------------------------------------------------ reconstruct
@@ -603,6 +708,9 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
         start, end = meta.get("start") or {}, meta.get("end") or {}
         result = interpolate(ctx, owner, model, start.get("class"), start.get("seed"), end.get("class"),
                              end.get("seed"), meta.get("frames", 10), params, source)
+    elif kind == "trajectory":
+        result = trajectory(ctx, owner, model, meta.get("class"), meta.get("seed"), params,
+                            at_steps=meta.get("at_steps") or None, source=source)
     else:
         raise InvalidOptionsError("A reconstruction cannot be made again from its PNG: it needs the original upload.")
     notice = ""

@@ -16,8 +16,8 @@ _CLICK = """() => {{
   const deadline = Date.now() + 5000;
   const tryClick = () => {{
     const slot = document.querySelector("#{slot}");
-    const target = slot && (slot.querySelector("a[href]") || slot.querySelector("button"));
-    if (target && (target.tagName !== "A" || target.getAttribute("href"))) {{ target.click(); return; }}
+    const target = slot && (slot.matches("button, a") ? slot : slot.querySelector("a[href], button"));
+    if (target) {{ target.click(); return; }}
     if (Date.now() < deadline) setTimeout(tryClick, 100);
   }};
   setTimeout(tryClick, 50);

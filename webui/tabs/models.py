@@ -13,7 +13,7 @@ from ..services.context import AppContext
 from ..services.model_options import apply_options
 from . import FAST
 
-COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Quantization", "Decoding", "Source"]
+COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Precision", "Decoding", "Source"]
 
 
 def model_rows(ctx: AppContext) -> list[list[Any]]:
@@ -27,7 +27,7 @@ def model_rows(ctx: AppContext) -> list[list[Any]]:
             "loaded" if d["loaded"] else "not loaded",
             round(d["memory_bytes"] / 2**20, 1),
             d.get("device") or opts.get("device", "-"),
-            opts.get("quantization", "-"),
+            d.get("precision") or opts.get("quantization", "-"),  # what runs, and why when chosen automatically
             d.get("decode_loop") or "-",  # C++ / Python layer loop, or transformers' own (while loaded)
             opts.get("source", "-"),
         ])

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from ...base import GenerationFailedError, GenerationStats, SamplingParams, TextChunk
+from ...base import GenerationFailedError, GenerationStats, SamplingParams, TextChunk, TokenLogprob
 from ...compute import lane
 from ..decoding import IncrementalDetokenizer, Sampler, StopStringFilter
 
@@ -43,8 +43,9 @@ class Decoder:
             self.batcher = None
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, seed: int, cancel: threading.Event | None,
-               started: float, dropped: int) -> Iterator[TextChunk]:
-        sampler = Sampler(params, seed, self.model.device)
+               started: float, dropped: int, logprobs: int | None = None) -> Iterator[TextChunk]:
+        """`logprobs`: None, or each chunk carries its tokens' log-probabilities and that many alternatives."""
+        sampler = Sampler(params, seed, self.model.device, prompt_len=len(prompt_ids), logprobs=logprobs)
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         if self.batcher is not None:
@@ -68,7 +69,7 @@ class Decoder:
                 if error is not None:
                     raise GenerationFailedError(f"Generation failed: {error}") from error
                 if finish is None:
-                    yield TextChunk(text)
+                    yield TextChunk(text, logprobs=self._relay_scored(sampler))
                     continue
                 ended = time.perf_counter()
                 decode_s = ended - seq.first_token_at if seq.first_token_at else 0.0
@@ -77,10 +78,20 @@ class Decoder:
                     time_to_first_token_s=(seq.first_token_at - started) if seq.first_token_at else None,
                     tokens_per_s=(seq.generated / decode_s) if decode_s > 0 and seq.generated else None,
                     dropped_messages=dropped)  # fmt: skip
-                yield TextChunk(text, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+                yield TextChunk(text, finish_reason=finish, stats=stats,  # type: ignore[arg-type]
+                                logprobs=self._relay_scored(sampler))
                 return
         finally:
             seq.abandoned = True  # a consumer that stops reading frees its row at the next step
+
+    def _relay_scored(self, sampler: Sampler) -> tuple[TokenLogprob, ...]:
+        """The log-probabilities of the tokens sampled since the last chunk (the end-of-text token is no part
+        of the reply, so none of its own)."""
+        if sampler.logprobs is None:
+            return ()
+        decode = self.tokenizer.decode
+        return tuple(TokenLogprob(decode([t.token_id]), t.logprob, tuple((decode([i]), lp) for i, lp in t.top))
+                     for t in sampler.take_scored() if t.token_id not in self.eos)
 
     def _stream_alone(self, prompt_ids: list[int], params: SamplingParams, seed: int, sampler: Any, detok: Any,
                       stops: Any, cancel: threading.Event | None, started: float,
@@ -117,7 +128,7 @@ class Decoder:
                 all_ids = torch.cat([all_ids, next_input], dim=1)
             text = stops.push(detok.push(token))
             if text:
-                yield TextChunk(text)
+                yield TextChunk(text, logprobs=self._relay_scored(sampler))
             if stops.stopped:
                 finish = "stop"
                 break
@@ -132,7 +143,7 @@ class Decoder:
             tokens_per_s=(generated / decode_s) if decode_s > 0 and generated else None,
             dropped_messages=dropped,
         )
-        yield TextChunk(tail, finish_reason=finish, stats=stats)
+        yield TextChunk(tail, finish_reason=finish, stats=stats, logprobs=self._relay_scored(sampler))
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:

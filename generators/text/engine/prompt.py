@@ -38,6 +38,8 @@ def fit_prompt(tokenizer: Any, request: TextRequest, context_window: int) -> tup
     messages = list(request.messages)
     system = [m for m in messages if m.role == "system"]
     turns = [m for m in messages if m.role != "system"]
+    if not turns and system:  # only instructions (OpenAI answers those): the last one is what is answered
+        system, turns = system[:-1], [ChatMessage("user", system[-1].content)]
     if not turns:
         raise InvalidOptionsError("There is no user message to reply to.")
 

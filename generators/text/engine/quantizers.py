@@ -17,7 +17,8 @@ from typing import Any
 
 ProgressFn = Callable[[str], None]
 
-DEFAULT_QUANTIZATION = "none"  # the one place the default precision of language models is decided
+DEFAULT_QUANTIZATION = "none"  # a plugin built without options runs the weights as they are
+STUDIO_QUANTIZATION = "auto"  # what the studio configures for its language models unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Quantizer:
     help: str  # one line for the CLI, the settings and the Models view
     memory_factor: float = 1.0  # bytes kept per byte of float32 weights (before loading: a memory estimate)
     float_weights: bool = True  # Linear layers stay plain float (so oneDNN packing may apply)
+
+    def resolve(self, device: str, dtype: str) -> Quantizer:
+        """The quantizer that runs on `device` with `dtype`: itself, but for `auto`, which picks one."""
+        return self
 
     def refusal(self, device: str, dtype: str) -> str | None:
         """Why this quantizer cannot run on `device` ("cpu"/"cuda") with `dtype`, or None."""
@@ -139,7 +144,25 @@ class DynamicInt8(Quantizer):
             return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+@dataclass(frozen=True)
+class Auto(Quantizer):
+    """The fastest precision whose held-out perplexity stays within +5 % of float32 on the device
+    (bench_precision): int4 on a CPU whose torch has the int4 kernel and a dtype it computes in, else
+    the weights as they are (on CUDA: bfloat16). Never itself loads: `resolve` names the one that does."""
+
+    def resolve(self, device: str, dtype: str) -> Quantizer:
+        int4 = QUANTIZERS["int4"]
+        if device == "cpu" and dtype in ("auto", "bfloat16", "float32") and int4.refusal(device, dtype) is None:
+            return int4
+        return QUANTIZERS["none"]
+
+    def refusal(self, device: str, dtype: str) -> str | None:
+        return self.resolve(device, dtype).refusal(device, dtype)
+
+
 QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
+    Auto("auto", "the fastest within +5 % perplexity of float32 on the device (a CPU: int4; CUDA: none, "
+         "computing in bfloat16)", memory_factor=0.2),
     Quantizer("none", "weights as loaded (dtype)"),
     BitsAndBytes("8bit", "bitsandbytes 8-bit", memory_factor=0.3, bits=8),
     BitsAndBytes("4bit", "bitsandbytes 4-bit NF4, bfloat16 compute", memory_factor=0.2, bits=4),

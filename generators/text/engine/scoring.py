@@ -6,8 +6,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ...base import GenerationFailedError, InvalidOptionsError
+from ...base import GenerationFailedError, InvalidOptionsError, TokenLogprob
 from ...compute import lane
+from ..logits_processing import score_prompt
 
 
 def scoring_windows(length: int, window: int) -> Iterator[tuple[int, int, int]]:
@@ -53,3 +54,30 @@ def log_likelihood(model: Any, tokenizer: Any, text: str, context_window: int,
         total += nll_sum
         scored += n
     return total, scored
+
+
+def prompt_logprobs(model: Any, tokenizer: Any, text: str, top: int, context_window: int,
+                    name: str) -> list[TokenLogprob]:
+    """Every token of `text` scored by one forward pass on the compute lane (after the start-of-text token
+    where the model has one, so the first token gets a log-probability too); special tokens are left out."""
+    import torch
+
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = tokenizer.bos_token_id
+    if bos is not None:  # as log_likelihood scores: the first token is predicted from the start of text
+        ids = [bos, *ids]
+    if len(ids) > context_window:
+        raise InvalidOptionsError(f"The prompt is {len(ids)} tokens long; {name} scores at most "
+                                  f"{context_window} at once.")
+
+    def forward() -> list[Any]:
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
+            return score_prompt(logits, ids, top)
+
+    scored = lane().call(forward)
+    decode = tokenizer.decode
+    special = set(tokenizer.all_special_ids)
+    return [TokenLogprob(decode([i]), None if st is None else st.logprob,
+                         () if st is None else tuple((decode([k]), lp) for k, lp in st.top))
+            for i, st in zip(ids, scored, strict=True) if i not in special]

@@ -1,4 +1,4 @@
-"""4-bit weight-only Linear layers (generators/text/int4.py) on PyTorch's CPU int4 kernel."""
+"""4-bit weight-only Linear layers (generators/text/engine/int4.py) on PyTorch's CPU int4 kernel."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bfloat16 Linear layers packed for oneDNN (generators/text/onednn.py)."""
+"""bfloat16 Linear layers packed for oneDNN (generators/text/engine/onednn.py)."""
 
 from __future__ import annotations
 

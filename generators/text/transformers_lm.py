@@ -23,6 +23,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_INSTRUCT_TEMPLATE,
     CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
@@ -30,6 +31,7 @@ from ..base import (
     GeneratorInfo,
     LoadFailedError,
     ProgressFn,
+    RenderedPrompt,
     SamplingParams,
     StrictModel,
     TextChunk,
@@ -99,7 +101,7 @@ class TransformersLM(TextGenerator):
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF); int4, int8, bitsandbytes",
         capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
-                                CAP_LOGPROBS}),
+                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -290,6 +292,10 @@ class TransformersLM(TextGenerator):
         """Token ids of the prompt and how many of the oldest messages were dropped to fit."""
         self._require_loaded()
         return fit_prompt(self.tokenizer, request, self.context_window)
+
+    def render_prompt(self, request: TextRequest) -> RenderedPrompt:
+        ids, dropped = self.encode(request)
+        return RenderedPrompt(self.tokenizer.decode(ids, skip_special_tokens=False), len(ids), dropped)
 
     def prompt_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
         self._require_loaded()

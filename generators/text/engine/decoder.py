@@ -45,7 +45,8 @@ class Decoder:
     def stream(self, prompt_ids: list[int], params: SamplingParams, seed: int, cancel: threading.Event | None,
                started: float, dropped: int, logprobs: int | None = None) -> Iterator[TextChunk]:
         """`logprobs`: None, or each chunk carries its tokens' log-probabilities and that many alternatives."""
-        sampler = Sampler(params, seed, self.model.device, prompt_len=len(prompt_ids), logprobs=logprobs)
+        sampler = Sampler(params, seed, self.model.device, prompt_len=len(prompt_ids), logprobs=logprobs,
+                          tokenizer=self.tokenizer, eos_ids=sorted(self.eos))
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         if self.batcher is not None:

@@ -11,11 +11,13 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(tokenizer is not None and getattr(tokenizer, "chat_template", None))
 
 
-def chat_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
-    """Messages through the tokenizer's chat template, or as a plain transcript for a base model."""
+def chat_ids(tokenizer: Any, messages: list[ChatMessage], template: str | None = None) -> list[int]:
+    """Messages through `template` (a Jinja chat template), else the tokenizer's own chat template, or as
+    a plain transcript for a base model."""
     dicts = [{"role": m.role, "content": m.content} for m in messages]
-    if has_chat_template(tokenizer):
-        text = tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+    if template or has_chat_template(tokenizer):
+        text = tokenizer.apply_chat_template(dicts, chat_template=template or None, tokenize=False,
+                                             add_generation_prompt=True)
         return tokenizer.encode(text, add_special_tokens=False)
     # A base model has no template: a plain transcript it can continue.
     text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts) + "Assistant:"
@@ -44,7 +46,7 @@ def fit_prompt(tokenizer: Any, request: TextRequest, context_window: int) -> tup
         raise InvalidOptionsError("There is no user message to reply to.")
 
     def ids_for(dropped: int) -> list[int]:
-        return chat_ids(tokenizer, system + turns[dropped:])
+        return chat_ids(tokenizer, system + turns[dropped:], request.template)
 
     ids = ids_for(0)
     if len(ids) <= budget:

@@ -78,6 +78,7 @@ def guard_middleware(ctx: AppContext) -> Middleware:
     s = ctx.settings
     sessions = SessionBook(ctx.accounts, ctx.cancels.cancel) if ctx.auth_enabled and ctx.accounts else None
     if sessions is not None:
+        ctx.sessions = sessions  # the API routes register their running requests with it
         _sweep_in_background(sessions)
     return Middleware(
         RequestGuard, max_body_bytes=int(s.max_body_mb * 2**20), max_upload_bytes=int(s.max_upload_mb * 2**20),

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from generators.text.int4 import Int4Linear, int4_is_fastest_here, int4_supported  # noqa: E402
+from generators.text.engine.int4 import Int4Linear, int4_is_fastest_here, int4_supported  # noqa: E402
 
 
 def per_call_ms(layer: torch.nn.Module, x: torch.Tensor, calls: int) -> float:

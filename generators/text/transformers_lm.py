@@ -289,7 +289,10 @@ class TransformersLM(TextGenerator):
             size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        return int(size * QUANTIZERS[self.options.quantization].memory_factor)
+        # auto: what it will pick on this device (int4 keeps 0.2 of float32; float32 on an AVX2 CPU keeps it all)
+        device = self.device if self.loaded else ("cuda" if self.options.device == "cuda" else "cpu")
+        quantizer = QUANTIZERS[self.options.quantization].resolve(device, self.options.dtype)
+        return int(size * quantizer.memory_factor)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -69,6 +69,7 @@ def test_flipping_one_pixel_byte_fails_validation_and_verify_says_so(image_ctx) 
     report = ctx.signer.verify(bytes(data))
     assert report.has_manifest and report.pixels_changed and report.status == "invalid"
     assert "Changed after signing" in report.summary
+    assert report.key_of_this_studio and not report.signed_by_this_studio  # our key, but no longer intact
     intact = ctx.signer.verify(item.path.read_bytes())
     assert intact.status == "trusted" and intact.signed_by_this_studio and intact.signature_valid
     assert intact.pixels_changed is False and intact.params_match is True
@@ -96,6 +97,7 @@ def test_another_key_is_valid_but_not_this_studio(image_ctx, tmp_path: Path) -> 
     assert read(data)[0] == "Valid"
     report = ctx.signer.verify(data)
     assert report.status == "valid" and report.signature_valid and not report.signed_by_this_studio
+    assert not report.key_of_this_studio
     assert report.signer["common_name"] == stranger.identity.subject != ctx.signer.identity.subject
     assert "a key this studio does not know" in report.summary
     assert stranger.verify(data).status == "trusted"

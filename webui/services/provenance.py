@@ -324,7 +324,8 @@ class Verification:
     format: str | None = None
     signature_valid: bool | None = None
     pixels_changed: bool | None = None
-    signed_by_this_studio: bool = False
+    signed_by_this_studio: bool = False  # this studio's key, and the file is intact
+    key_of_this_studio: bool = False  # the signing certificate is this studio's (intact or not)
     signer: dict[str, Any] = field(default_factory=dict)
     claim_generator: str = ""
     digital_source_type: str = ""
@@ -413,6 +414,8 @@ def verify(data: bytes, context: Any, identity: signing.SigningIdentity | None =
                            "signed": bool(i.get("active_manifest"))} for i in manifest.get("ingredients") or []]
     if result.generation and params is not None:
         result.params_match = params_hash(params) == result.generation.get("params_hash")
+    result.key_of_this_studio = identity is not None and bool(identity.serial) and (
+        str(info.get("cert_serial_number", "")) == identity.serial and info.get("common_name") == identity.subject)
     result.signed_by_this_studio = state == "Trusted" and identity is not None and not result.pixels_changed
     intact = result.signature_valid and not result.pixels_changed
     result.status = ("trusted" if state == "Trusted" else "valid") if intact else "invalid"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, chat, evaluate, gallery, image, models, story, verify
+from .tabs import FAST, chat, evaluate, gallery, image, models, story, train, verify
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -58,6 +60,43 @@ JS = """() => {
   });
 }"""
 
+# Gradio's login page says something only for a 400 ("Incorrect Credentials"): a login refused while the
+# address or account must wait (429 from the request guard) would leave the page silent. This script (the
+# request guard adds it to the page) shows the server's own message ("… wait N s before trying again") above the Login button.
+LOGIN_SCRIPT = """<script>
+(() => {
+  const fetchOriginal = window.fetch.bind(window);
+  const show = (text) => {
+    let box = document.getElementById("login-refused");
+    if (!text) { if (box) box.remove(); return; }
+    const button = [...document.querySelectorAll("button")].find((b) => b.textContent.trim() === "Login");
+    if (!box) {
+      box = document.createElement("p");
+      box.id = "login-refused";
+      box.setAttribute("role", "alert");
+      box.style.cssText = "color: var(--error-text-color, #b91c1c); margin: 0.5em 0; font-weight: 600;";
+      if (button && button.parentElement) button.parentElement.insertBefore(box, button);
+      else document.body.prepend(box);
+    }
+    box.textContent = text;
+  };
+  window.fetch = async (input, init) => {
+    const response = await fetchOriginal(input, init);
+    let path = "";
+    try { path = new URL(typeof input === "string" ? input : input.url, location.href).pathname; } catch (e) {}
+    if (/\\/login\\/?$/.test(path) && (init || {}).method === "POST") {
+      let text = "";
+      if (response.status === 429) {
+        text = "Too many failed logins; wait a little before trying again.";
+        try { text = (await response.clone().json()).error.message || text; } catch (e) {}
+      }
+      show(text);
+    }
+    return response;
+  };
+})();
+</script>"""
+
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
@@ -65,9 +104,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat_on_load = chat.build(ctx)
-            with gr.Tab("Story", id="story"):
+            with gr.Tab("Story", id="story") as story_tab:
                 story_on_load = story.build(ctx)
-            with gr.Tab("Image", id="image"):
+            with gr.Tab("Image", id="image") as image_tab:
                 image.build(ctx)
             with gr.Tab("Gallery", id="gallery") as gallery_tab:
                 show_gallery, gallery_inputs, gallery_outputs = gallery.build(ctx)
@@ -75,12 +114,35 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 refresh_evaluate, evaluate_outputs = evaluate.build(ctx)
             with gr.Tab("Verify", id="verify") as verify_tab:
                 load_label, label_box = verify.build(ctx)
+            with gr.Tab("Train", id="train") as train_tab:
+                train_on_load = train.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo, chat_tab.select)
+        train_on_load(demo, train_tab.select)
+        own_models(ctx, demo, [chat_tab, story_tab, image_tab])
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
         evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")
         verify_tab.select(load_label, None, label_box, **FAST, api_visibility="private")
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
     return demo
+
+
+OWN_MODEL_PICKERS = {"chat-model": "text", "story-model": "text", "image-model": "image"}
+
+
+def own_models(ctx: AppContext, demo: gr.Blocks, tabs: list[gr.Tab]) -> None:
+    """The model pickers of Chat, Story and Image list the shared models plus the person's own (trained in the
+    Train tab), refreshed when the page loads and when one of those tabs is shown."""
+    pickers = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id in OWN_MODEL_PICKERS]
+    if not pickers:
+        return
+
+    def choices(request: gr.Request) -> dict[gr.Dropdown, Any]:
+        owner = ctx.owner_for(getattr(request, "username", None))
+        return {p: gr.update(choices=ctx.registry.names(OWN_MODEL_PICKERS[p.elem_id], owner=owner)) for p in pickers}
+
+    demo.load(choices, None, pickers, **FAST, api_name="my_models")  # scripts call it to see their own models
+    for tab in tabs:
+        tab.select(choices, None, pickers, **FAST, api_visibility="private")

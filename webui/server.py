@@ -19,12 +19,13 @@ from generators.registry import ModelSpec, Registry
 from storage import Store
 
 from .api import EXCEPTION_HANDLERS, build_router
-from .app import CSS, JS, build_app
+from .app import CSS, JS, LOGIN_SCRIPT, build_app
 from .cache import ServedFiles
 from .guard import RequestGuard
 from .services.accounts import Accounts
 from .services.context import AppContext
 from .services.sessions import SessionBook
+from .services.training import start_jobs
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def create_context(settings: Settings) -> AppContext:
         except StudioError as exc:  # one misconfigured model must not keep the others from serving
             log.error("Model %r is not available: %s", m.name, exc)
     ctx = AppContext(settings=settings, registry=registry, store=store)
+    start_jobs(ctx)  # the owners' trained models join the registry; queued jobs start
     if not settings.sign_images:
         log.warning("sign_images is off: images are written without content credentials")
         return ctx
@@ -76,10 +78,12 @@ def guard_middleware(ctx: AppContext) -> Middleware:
     s = ctx.settings
     sessions = SessionBook(ctx.accounts, ctx.cancels.cancel) if ctx.auth_enabled and ctx.accounts else None
     if sessions is not None:
+        ctx.sessions = sessions  # the API routes register their running requests with it
         _sweep_in_background(sessions)
     return Middleware(
         RequestGuard, max_body_bytes=int(s.max_body_mb * 2**20), max_upload_bytes=int(s.max_upload_mb * 2**20),
         max_json_depth=s.max_json_depth, sessions=sessions, throttle=ctx.logins if sessions else None,
+        login_script=LOGIN_SCRIPT if sessions else "",
     )
 
 

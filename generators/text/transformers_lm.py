@@ -24,6 +24,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_INSTRUCT_TEMPLATE,
     CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
@@ -35,6 +36,7 @@ from ..base import (
     InvalidOptionsError,
     LoadFailedError,
     ProgressFn,
+    RenderedPrompt,
     SamplingParams,
     StrictModel,
     TextChunk,
@@ -110,6 +112,8 @@ class TransformersLoadOptions(StrictModel):
     pack_weights: bool = Field(True, description="bfloat16 on a CPU: store the Linear weights reordered for oneDNN "
                                "where that measures faster at load (16-row steps ~25 % faster; the same results at "
                                "decoding sizes)")
+    adapter: str | None = Field(None, description="a PEFT adapter folder (LoRA, e.g. from the Train tab or made "
+                                "elsewhere for this base) merged into the base weights at load, before any quantization")
     native_step: bool = Field(True, description="decode Llama models through the C++ layer loop (built once with g++ "
                               "and ninja; same results, ~15 % faster on small models); off, or without a compiler: "
                               "the Python loop")
@@ -122,7 +126,7 @@ class TransformersLM(TextGenerator):
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF), bitsandbytes 8/4-bit",
         capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
-                                CAP_LOGPROBS}),
+                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -177,6 +181,8 @@ class TransformersLM(TextGenerator):
                     "Download it yourself, point `source` at the folder, or set allow_download=true."
                 ) from exc
             raise
+        if opts.adapter:
+            self.model = self._with_adapter(self.model, progress)
         if quant_config is None:
             self.model.to(self.device)
         self.model.eval()
@@ -202,6 +208,21 @@ class TransformersLM(TextGenerator):
             self.decode_loop = "transformers generate"
         self.load_seconds = time.perf_counter() - started
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
+
+    def _with_adapter(self, model: Any, progress: ProgressFn) -> Any:
+        """The base with a PEFT adapter merged in: one plain model, so every decoding path and quantizer works."""
+        from peft import PeftModel
+
+        path = Path(self.options.adapter or "").expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise LoadFailedError(f"The adapter {str(path)!r} is not a PEFT adapter folder (no adapter_config.json).")
+        progress(f"Applying the adapter {path.name}…")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return PeftModel.from_pretrained(model, str(path), is_trainable=False).merge_and_unload()
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise LoadFailedError(f"The adapter {path.name!r} does not fit this base model: {exc}") from exc
 
     def _pack_weights(self) -> int:
         """bfloat16 Linear layers on a CPU → oneDNN-packed (onednn.py), where the model's layers measure faster so."""
@@ -416,7 +437,7 @@ class TransformersLM(TextGenerator):
             raise InvalidOptionsError("There is no user message to reply to.")
 
         def ids_for(dropped: int) -> list[int]:
-            return self._chat_ids(system + turns[dropped:])
+            return self._chat_ids(system + turns[dropped:], request.template)
 
         ids = ids_for(0)
         if len(ids) <= budget:
@@ -438,14 +459,20 @@ class TransformersLM(TextGenerator):
                 lo = mid + 1
         return ids_for(lo), lo
 
-    def _chat_ids(self, messages: list[Any]) -> list[int]:
+    def _chat_ids(self, messages: list[Any], template: str | None = None) -> list[int]:
+        """Messages through `template` (a Jinja chat template), else the model's own chat template."""
         dicts = [{"role": m.role, "content": m.content} for m in messages]
-        if self.has_chat_template:
-            text = self.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+        if template or self.has_chat_template:
+            text = self.tokenizer.apply_chat_template(dicts, chat_template=template or None, tokenize=False,
+                                                      add_generation_prompt=True)
             return self.tokenizer.encode(text, add_special_tokens=False)
         # A base model has no template: a plain transcript it can continue.
         text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts) + "Assistant:"
         return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def render_prompt(self, request: TextRequest) -> RenderedPrompt:
+        ids, dropped = self.encode(request)
+        return RenderedPrompt(self.tokenizer.decode(ids, skip_special_tokens=False), len(ids), dropped)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -562,10 +589,11 @@ class TransformersLM(TextGenerator):
         params = request.params
         prompt_ids, dropped = self.encode(request)
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs)
+        eos = self._eos_ids()
+        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs,
+                          tokenizer=self.tokenizer, eos_ids=sorted(eos))
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
-        eos = self._eos_ids()
         if self._batcher is not None:
             yield from self._stream_batched(prompt_ids, params, seed, sampler, detok, stops, eos, cancel, started, dropped)
         else:

@@ -19,6 +19,7 @@ from ..services import story as svc
 from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
 from . import FAST, story_sidebar
+from . import presets as presets_ui
 from .sampler import build_sampler
 from .story_view import LEGEND, alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
 
@@ -37,7 +38,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             with gr.Row():
                 title = gr.Textbox(label="Title", placeholder="Untitled story", scale=2, elem_id="story-title-input")
                 premise = gr.Textbox(label="Premise / genre", placeholder="e.g. a cosy mystery in 1920s Lisbon", scale=4)
-                model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=2)
+                model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=2, elem_id="story-model")
             gr.HTML(LEGEND, elem_id="story-legend")
             document = gr.HTML(story_html(svc.EMPTY), elem_id="story-document")
             notice = gr.Markdown(elem_id="story-notice")
@@ -74,7 +75,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                     interactive=True, elem_id="story-world-info",
                 )  # fmt: skip
                 scan_depth = gr.Slider(1, MAX_DEPTH, value=10, step=1, label="Scan depth", info="recent paragraphs searched")
-            sampler = build_sampler(workspace_defaults.STORY)
+            sampler = build_sampler(workspace_defaults.STORY, presets="story")
             with gr.Accordion("Context inspector: what was sent to the model last time", open=False):
                 inspector = gr.Markdown(inspector_markdown(None), elem_id="story-inspector")
                 sent = gr.Textbox(label="Exactly as sent", lines=8, max_lines=30, interactive=False)
@@ -221,6 +222,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         streamer("retry"), story_id, view_outputs, **generate, api_name="retry"
     ).then(after, [side.search, story_id], side.stories, **FAST, **private)
     stop.click(stop_generation, None, None, **FAST, api_name="story_stop")
+    # A new story is listed as soon as its opening is saved, not when the first continuation is done.
+    story_id.change(after, [side.search, story_id], side.stories, **FAST, **private)
     for lever in (memory.blur, authors_note.blur, world_info.input):
         lever(save_levers, inputs, notice, **FAST, **private)
     undo.click(step(svc.undo), story_id, view_outputs + [passage_text], **FAST, api_name="undo")
@@ -242,8 +245,12 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
 
     rate_up.click(rater(1), passage, None, **FAST, **private)
     rate_down.click(rater(-1), passage, None, **FAST, **private)
+    assert sampler.presets is not None
+    load_presets = presets_ui.wire(ctx, sampler.presets, sampler.components, sampler.values_of, sampler.params, model,
+                                   "story")
 
     def on_page_load(demo: gr.Blocks) -> None:
         demo.load(after, [side.search, story_id], side.stories, **FAST, **private)
+        load_presets(demo)
 
     return on_page_load

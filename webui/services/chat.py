@@ -20,6 +20,7 @@ from generators.base import ChatMessage, InvalidOptionsError, SamplingParams, Te
 from storage import repository as repo
 from storage.db import StorageError
 
+from . import characters
 from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
 from .loading import wait_until_loaded
@@ -61,6 +62,7 @@ class ChatSummary:
     id: str
     title: str
     updated_at: datetime
+    character: str = ""  # the name of the character the chat is with, if any
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ def get_chat(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
 def list_chats(ctx: AppContext, owner: str, query: str = "") -> list[ChatSummary]:
     query = clean_title(query, "search")
     with ctx.store.begin() as s:
-        return [ChatSummary(c.id, c.title or "Untitled chat", c.updated_at) for c in repo.list_sessions(s, owner, KIND, query)]
+        return [ChatSummary(c.id, c.title or "Untitled chat", c.updated_at,
+                            (characters.chat_character(c.settings) or {}).get("name", ""))
+                for c in repo.list_sessions(s, owner, KIND, query)]
 
 
 # ------------------------------------------------------------------ writing
@@ -130,7 +134,7 @@ def add_user_message(ctx: AppContext, owner: str, chat_id: str | None, text: str
             title = " ".join(text.split())[:TITLE_CHARS]
             chat = repo.create_session(s, owner, KIND, title)
         _refuse_while_streaming(s, chat)
-        chat.settings = settings.as_json()
+        chat.settings = {**chat.settings, **settings.as_json()}  # keeps what else the chat records (its character)
         repo.add_message(s, chat, chat.active_leaf_id, "user", text)
         return _view(s, chat)
 
@@ -200,7 +204,8 @@ def stream_reply(
         history = [ChatMessage(m.role, m.content) for m, _ in path if m.content or m.role == "user"]  # type: ignore[arg-type]
         if settings.system_prompt:
             history.insert(0, ChatMessage("system", settings.system_prompt))
-        chat.settings = settings.as_json()
+        history = characters.context_for_chat(s, owner, chat.settings, history)
+        chat.settings = {**chat.settings, **settings.as_json()}
         parent_id = path[-1][0].id
         reply = repo.add_message(s, chat, parent_id, "assistant", "", status="streaming", model=settings.model)
         base = _view(s, chat)

@@ -32,6 +32,7 @@ from generators.base import (
 )
 
 from . import protocol as wire
+from .services import characters
 from .services.context import AppContext
 from .services.generation import RunResult, sampling_params, stream_text
 
@@ -74,7 +75,7 @@ def check_logprobs(model: str, gen: TextGenerator, wanted: bool, param: str) -> 
 # ---------------------------------------------------------------- chat
 
 
-def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest) -> tuple[str, list[Choice]]:
+def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str | None = None) -> tuple[str, list[Choice]]:
     model, gen = text_model(ctx, body.model)
     for param, kind in body.media_parts():
         raise wire.RequestError(f"Invalid content type. {kind} is only supported by certain models; {model} reads "
@@ -84,13 +85,19 @@ def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest) -> tuple[str
     messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, m.text())  # type: ignore[arg-type]
                      for m in body.messages)
     ctx.check_text("".join(m.content for m in messages), "conversation")
+    if body.character is not None:  # the same context a chat with that character gets on the page
+        try:
+            messages = tuple(characters.context_for_request(ctx, owner or ctx.default_owner, body.character,
+                                                            body.persona, messages))
+        except characters.UnknownAssetError as exc:
+            raise wire.RequestError(str(exc), exc.field) from None
     return model, [Choice(i, TextRequest(messages=messages, params=seeded(params, i), logprobs=body.top_logprob_count))
                    for i in range(body.choices)]
 
 
 async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any:
     body = wire.parse(wire.ChatCompletionRequest, await request.body())
-    model, choices = chat_choices(ctx, body)
+    model, choices = chat_choices(ctx, body, owner)
     ctx.check_rate(owner, consume=False)
     cid = "chatcmpl-" + uuid.uuid4().hex
     cancel = threading.Event()

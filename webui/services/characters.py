@@ -44,6 +44,14 @@ MACRO = re.compile(r"\{\{\s*(char|user|original|description|personality|scenario
 CHAT_KEY = "character"  # where a chat's settings name its character
 
 
+class UnknownAssetError(InvalidOptionsError):
+    """A character or persona named in a request that the owner does not have; `field` names which."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class CharacterSummary:
     id: str
@@ -341,7 +349,7 @@ def _by_id_or_name(s: Any, model: type[Any], owner: str, key: str, what: str) ->
             pass
     rows = list(s.scalars(select(model).where(model.owner == owner, model.name == key).limit(2)))
     if not rows:
-        raise InvalidOptionsError(f"You have no {what} named {key[:80]!r} (give its exact name or id).")
+        raise UnknownAssetError(f"You have no {what} named {key[:80]!r} (give its exact name or id).", what)
     if len(rows) > 1:
-        raise InvalidOptionsError(f"You have several {what}s named {key[:80]!r}; name it by its id instead.")
+        raise UnknownAssetError(f"You have several {what}s named {key[:80]!r}; name it by its id instead.", what)
     return rows[0]

@@ -262,7 +262,10 @@ def test_alternative_greetings_and_a_chosen_persona(make_ctx) -> None:
     pid = chars.save_persona(ctx, ALICE, None, "Kim")
     chars.save_persona(ctx, ALICE, None, "Lee", make_default=True)
     chat_id = chars.start_chat(ctx, ALICE, cid, persona_id=pid, greeting=1)
-    assert chat_svc.get_chat(ctx, ALICE, chat_id).messages[0].content == "Oh! Kim, you're awake."
+    first = chat_svc.get_chat(ctx, ALICE, chat_id).messages[0]
+    assert first.content == "Oh! Kim, you're awake." and (first.branch, first.branches) == (2, 2)
+    flipped = chat_svc.switch_branch(ctx, ALICE, chat_id, first.id, -1)
+    assert flipped.messages[0].content == "*Seraphina smiles at Kim.* Welcome, Kim."
     default_chat = chars.start_chat(ctx, ALICE, cid)
     assert chat_svc.get_chat(ctx, ALICE, default_chat).messages[0].content.endswith("Welcome, Lee.")
     with pytest.raises(InvalidOptionsError, match="pick 1 to 2"):

@@ -283,8 +283,9 @@ def _persona_for(s: Any, owner: str, persona_id: str | None) -> tuple[str, str]:
 
 def start_chat(ctx: AppContext, owner: str, character_id: str, persona_id: str | None = None,
                greeting: int = 0) -> str:
-    """A new chat whose first reply is the character's greeting (number `greeting`: 0 the first message,
-    1… the alternatives), macros filled in. Returns the chat's id."""
+    """A new chat whose first reply is the character's greeting, macros filled in; the alternative greetings
+    are the other versions of that reply, and `greeting` (0: the first message) picks the one shown.
+    Returns the chat's id."""
     with ctx.store.begin() as s:
         row = assets.get_owned(s, Character, owner, character_id)
         if persona_id:
@@ -296,8 +297,10 @@ def start_chat(ctx: AppContext, owner: str, character_id: str, persona_id: str |
             raise InvalidOptionsError(f"{card.name} has {len(options)} greeting(s); pick 1 to {len(options)}.")
         link = {"id": row.id, "name": card.name, "persona_id": persona_id}
         chat = repo.create_session(s, owner, "chat", f"Chat with {card.name}"[:200], {CHAT_KEY: link})
-        if options:
-            repo.add_message(s, chat, None, "assistant", fill_macros(options[greeting], card.name, user))
+        # every greeting is a version of the first reply (ST's swipes): ◀ ▶ flip between them
+        first = [repo.add_message(s, chat, None, "assistant", fill_macros(g, card.name, user)) for g in options]
+        if first:
+            chat.active_leaf_id = first[greeting].id
         return chat.id
 
 

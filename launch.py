@@ -137,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         log.warning("NO AUTH: %s, and anyone who reaches it can use this studio and see everything in it.", problem)
 
+    from generators.base import InvalidOptionsError
     from storage.db import StorageError
     from webui.server import create_context, launch
 
     try:
         ctx = create_context(settings)
-    except StorageError as exc:
+    except (StorageError, InvalidOptionsError) as exc:  # a broken database, or a signing certificate that cannot sign
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -214,6 +214,16 @@ class ArenaBattle(Base):
     voted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class OwnerSetting(Base):
+    """One preference of one owner (e.g. `ai_label`: mark new images with a visible label)."""
+
+    __tablename__ = "owner_settings"
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[Updated]
+
+
 class MetricResult(Base):
     """One automatic metric of one generator, with when and with what it was measured."""
 

@@ -15,7 +15,18 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
 from .db import StorageError
-from .models import Generation, ImageRecord, Message, Session, StoryEdit, StoryPassage, StorySnapshot, new_id, utcnow
+from .models import (
+    Generation,
+    ImageRecord,
+    Message,
+    OwnerSetting,
+    Session,
+    StoryEdit,
+    StoryPassage,
+    StorySnapshot,
+    new_id,
+    utcnow,
+)
 
 EXPORT_FORMAT = "aigc-studio.session.v1"
 
@@ -516,3 +527,19 @@ def delete_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
     s.delete(image)
     s.flush()
     return image
+
+
+# ------------------------------------------------------------------ owner settings
+
+
+def get_owner_setting(s: OrmSession, owner: str, key: str, default: Any = None) -> Any:
+    row = s.get(OwnerSetting, (owner, key))
+    return default if row is None else row.value
+
+
+def set_owner_setting(s: OrmSession, owner: str, key: str, value: Any) -> None:
+    row = s.get(OwnerSetting, (owner, key))
+    if row is None:
+        s.add(OwnerSetting(owner=owner, key=key, value=value))
+    else:
+        row.value = value

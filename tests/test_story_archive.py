@@ -58,7 +58,7 @@ def shown(view: svc.StoryView) -> list[tuple[Any, ...]]:
 def normalized(data: dict[str, Any]) -> dict[str, Any]:
     """An export with its ids replaced by positions (an import gives every row a new id)."""
     pos = {p["id"]: i for i, p in enumerate(data["passages"])}
-    out = {k: v for k, v in data.items() if k not in ("created_at", "title")}
+    out = {k: v for k, v in data.items() if k not in ("created_at", "title", "provenance")}  # provenance: dates
     out["passages"] = [{**p, "id": pos[p["id"]], "group_id": pos[p["group_id"]]} for p in data["passages"]]
     out["history"] = {
         "cursor": data["history"]["cursor"],
@@ -215,5 +215,9 @@ def test_snapshots_rename_delete_restore(ctx) -> None:
 def test_export_text_and_markdown(ctx) -> None:
     sid = rich_story(ctx)
     text = svc.get_story(ctx, OWNER, sid).text
-    assert svc.export_text(ctx, OWNER, sid) == text.strip() + "\n"
-    assert svc.export_markdown(ctx, OWNER, sid) == f"# Heist\n\n*A heist.*\n\n{text.strip()}\n"
+    exported = svc.export_text(ctx, OWNER, sid)
+    assert exported.startswith("AI-GENERATED CONTENT: THIS STORY CONTAINS TEXT WRITTEN BY A LANGUAGE MODEL")
+    assert f"\n\n{text.strip()}\n\n----" in exported and "PROVENANCE" in exported
+    md = svc.export_markdown(ctx, OWNER, sid)
+    assert md.startswith("# Heist\n\n> **AI-generated content: this story contains text written by a language model")
+    assert f"\n\n*A heist.*\n\n{text.strip()}\n\n---\n\n## Provenance" in md

@@ -98,7 +98,7 @@ def _sqlite_path(settings: Any) -> Path:
 
 
 def backup(settings: Any, out: Path) -> dict[str, Any]:
-    """Write a .tar.gz with the database (online backup), images and users file; returns its manifest."""
+    """Write a .tar.gz with the database (online backup), images, users file and signing identity; returns its manifest."""
     db_path = _sqlite_path(settings)
     if not db_path.is_file():
         raise SystemExit(f"error: no database at {db_path}; nothing to back up.")
@@ -116,8 +116,10 @@ def backup(settings: Any, out: Path) -> dict[str, Any]:
         if ok != "ok":
             raise SystemExit(f"error: the database copy failed its integrity check: {ok}")
         files = sorted(p for p in images.glob("*") if p.is_file() and not p.name.endswith(".tmp")) if images.is_dir() else []
+        signing_dir = settings.data_dir / "signing"
         manifest = {"format": BACKUP_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "images": len(files), "users_file": settings.users_path.is_file()}
+                    "images": len(files), "users_file": settings.users_path.is_file(),
+                    "signing_identity": signing_dir.is_dir()}
         (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
@@ -130,6 +132,8 @@ def backup(settings: Any, out: Path) -> dict[str, Any]:
                 tar.add(f, f"images/{f.name}")
             if settings.users_path.is_file():
                 tar.add(settings.users_path, "users.json")
+            if signing_dir.is_dir():  # the studio's C2PA signing identity: restored images keep verifying as ours
+                tar.add(signing_dir, "signing")
         os.replace(partial, out)
     return manifest
 
@@ -181,6 +185,14 @@ def restore(settings: Any, archive: Path) -> dict[str, Any]:
                 os.replace(users_path, users_path.with_name(f"{users_path.name}.before-restore-{stamp}"))
             shutil.copy2(root / "users.json", settings.users_path)
             private_files.narrow(settings.users_path)
+        if (root / "signing").is_dir():
+            signing_dir = settings.data_dir / "signing"
+            if signing_dir.exists():
+                os.replace(signing_dir, signing_dir.with_name(f"signing.before-restore-{stamp}"))
+            shutil.copytree(root / "signing", signing_dir)
+            os.chmod(signing_dir, 0o700)
+            for f in signing_dir.iterdir():
+                os.chmod(f, 0o600)
     return manifest
 
 

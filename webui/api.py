@@ -12,6 +12,9 @@
     GET  /api/images?model=&label=&page=   the gallery, newest first
     GET  /api/images/{id}          one image's record;  /api/images/{id}.png  (and .gif) its file
     DELETE /api/images/{id}
+    GET|PUT /api/settings/images   {"ai_label": bool}: your default for the visible AI label
+    POST /api/verify               an image's C2PA content credentials (raw body or multipart file):
+                                   manifest present? signature valid? signer, claims, pixels changed?
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class ImageGenerationRequest(BaseModel):
     seed: int | None = None
     count: int = 1
     params: dict[str, Any] = Field(default_factory=dict)
+    ai_label: bool | None = Field(None, description="a visible 'AI-generated' mark on each image; null = your setting")
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -161,10 +165,47 @@ def build_router(ctx: AppContext) -> APIRouter:
             return JSONResponse(error_body(msg), status_code=400)
         try:
             result = await run_in_threadpool(image_service.generate, ctx, owner, body.model, body.label, body.seed,
-                                             body.count, body.params, "api")
+                                             body.count, body.params, "api", ai_label=body.ai_label)
         except (StudioError, StorageError) as exc:
             return error_response(exc)
         return {"data": [i.public() for i in result.images], "notice": result.notice}
+
+    @router.get("/api/settings/images")
+    def api_image_settings(request: Request) -> Any:
+        return {"ai_label": image_service.label_default(ctx, owner_of(request))}
+
+    @router.put("/api/settings/images")
+    async def api_set_image_settings(request: Request) -> Any:
+        owner = owner_of(request)
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return JSONResponse(error_body("The request body is not valid JSON."), status_code=400)
+        if not isinstance(body, dict) or set(body) != {"ai_label"}:
+            return JSONResponse(error_body('Send {"ai_label": true} or {"ai_label": false}.'), status_code=400)
+        try:
+            return {"ai_label": image_service.set_label_default(ctx, owner, body["ai_label"])}
+        except StudioError as exc:
+            return error_response(exc)
+
+    @router.post("/api/verify")
+    async def api_verify(request: Request) -> Any:
+        """An image's content credentials: the raw file as the body, or a multipart form field."""
+        owner_of(request)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            upload = next((v for v in form.values() if hasattr(v, "read")), None)
+            if upload is None:
+                return JSONResponse(error_body("Send the image as a file field of the form (e.g. curl -F file=@image.png) "
+                                               "or as the raw request body."), status_code=400)
+            data = await upload.read()
+        else:
+            data = await request.body()
+        try:
+            report = await run_in_threadpool(image_service.verify_image, ctx, data)
+        except StudioError as exc:
+            return error_response(exc)
+        return report.public()
 
     @router.get("/api/images")
     def api_list_images(request: Request, model: str | None = None, label: str | None = None, page: str = "1") -> Any:

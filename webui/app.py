@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, characters, chat, evaluate, gallery, image, models, prompts, story
+from .tabs import FAST, characters, chat, evaluate, gallery, image, models, prompts, story, verify
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -81,12 +81,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 refresh_evaluate, evaluate_outputs = evaluate.build(ctx)
             with gr.Tab("Prompts", id="prompts") as prompts_tab:
                 show_prompts = prompts.build(ctx)
+            with gr.Tab("Verify", id="verify") as verify_tab:
+                load_label, label_box = verify.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo, chat_tab.select)
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
         evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")
+        verify_tab.select(load_label, None, label_box, **FAST, api_visibility="private")
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
         for tab, (show, inputs, output) in ((characters_tab, show_characters), (prompts_tab, show_prompts)):
             tab.select(show, inputs, output, **FAST, api_visibility="private")

@@ -49,7 +49,15 @@ def create_context(settings: Settings) -> AppContext:
             registry.add(ModelSpec(m.name, m.plugin, dict(m.options), m.concurrency))
         except StudioError as exc:  # one misconfigured model must not keep the others from serving
             log.error("Model %r is not available: %s", m.name, exc)
-    return AppContext(settings=settings, registry=registry, store=store)
+    ctx = AppContext(settings=settings, registry=registry, store=store)
+    if not settings.sign_images:
+        log.warning("sign_images is off: images are written without content credentials")
+        return ctx
+    identity = ctx.signer.identity  # made at first start; a broken operator certificate stops the start here
+    ctx.signer.check()
+    log.info("Images are signed (C2PA) as %r, %s, %s key, certificate sha256 %s…", identity.subject,
+             identity.alg.upper(), identity.source, identity.fingerprint[:16])
+    return ctx
 
 
 def password_check(accounts: Accounts) -> Callable[[str, str], Awaitable[bool]]:

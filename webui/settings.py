@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(64.0, gt=0, le=10_240, description="largest upload (multipart) in MB")
     max_json_depth: int = Field(64, ge=4, le=10_000, description="deepest nesting of a JSON request body")
     max_image_side: int = Field(2048, ge=64, le=4096, description="largest width or height of a prompted image (px)")
+    sign_images: bool = Field(True, description="embed a signed C2PA manifest in every image the studio writes")
+    signing_cert: Path | None = Field(None, description="your own PEM certificate chain (leaf first) to sign with; "
+                                      "default: the studio's own, made at first start in DATA_DIR/signing")
+    signing_key: Path | None = Field(None, description="the PEM private key of signing_cert")
+    signing_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        "es256", description="the algorithm of signing_key (the studio's own identity is always es256)")
     log_level: str = "INFO"
 
     @property

@@ -177,6 +177,10 @@ def test_service_saves_pngs_with_both_metadata_and_remakes_them(paint_ctx: Any) 
     again = svc.rerun(ctx, "local", result.images[1].id)
     assert again.images[0].content_hash == result.images[1].content_hash
     assert svc.gallery(ctx, "local", model="tiny-sd").total == 3
+    assert svc.gallery(ctx, "local", model="gan-mnist32").total == 0
+    from webui.services import ratings
+
+    ratings.rate(ctx, "local", "image", result.images[0].id, 1, "nice cat")  # ratings take the family too
 
 
 def test_service_reads_an_a1111_png_and_remakes_it_with_a_model_of_that_name(paint_ctx: Any) -> None:

@@ -39,7 +39,8 @@ def test_generate_read_png_info_and_make_it_again(app) -> None:
     text, meta = client.predict(handle_file(str(first)), api_name="/png_info")
     assert meta["seed"] == 77 and meta["class"] == 3 and "gan-mnist32" in text
     image, note = client.predict(handle_file(str(first)), api_name="/png_regenerate")
-    assert path_of(image).read_bytes() == first.read_bytes() and "byte-for-byte identical" in note
+    assert "the same image as the uploaded one: identical pixels, parameters and signed claims" in note
+    assert path_of(image).read_bytes() != first.read_bytes()  # a fresh signature (time, instance id)
 
 
 def test_interpolate_and_reconstruct(app, tmp_path) -> None:
@@ -70,7 +71,7 @@ def test_gallery_pages_opens_reruns_and_deletes(app) -> None:
     preview, details, _ = client.predict(first.id, api_name="/gallery_open")
     assert details["id"] == first.id and details["params"]["params"] == {"temperature": 0.7}
     new_id, _, details, note = client.predict(first.id, api_name="/gallery_rerun")
-    assert new_id != first.id and "byte-for-byte identical" in note
+    assert new_id != first.id and "the same image as the original: identical pixels, parameters and signed claims" in note
     client.predict(new_id, api_name="/gallery_delete")
     assert svc.gallery(ctx, "local").total == 3 and newest.exists()
 
@@ -110,3 +111,35 @@ def test_http_api_generates_lists_downloads_and_deletes(app) -> None:
     assert httpx.get(f"{base}/api/images/{first['id']}.gif").status_code == 404
     assert httpx.delete(f"{base}/api/images/{first['id']}").status_code == 200
     assert httpx.get(f"{base}/api/images/{first['id']}").status_code == 404
+
+
+def test_verify_through_the_http_api_and_the_page(app, tmp_path) -> None:
+    import httpx
+
+    ctx, client = app
+    base = client.src.rstrip("/")
+    made = httpx.post(f"{base}/api/images", json={"model": "gan-mnist32", "label": 4, "seed": 8, "ai_label": True},
+                      timeout=60).json()["data"][0]
+    data = httpx.get(f"{base}/api/images/{made['id']}.png").content
+    report = httpx.post(f"{base}/api/verify", content=data, headers={"content-type": "image/png"}, timeout=60).json()
+    assert report["has_manifest"] and report["status"] == "trusted" and report["signature_valid"]
+    assert report["pixels_changed"] is False and report["generation"]["model"] == "gan-mnist32"
+    assert report["generation"]["visible_label"] is True and report["signer"]["common_name"]
+    tampered = bytearray(data)
+    tampered[tampered.index(b"IDAT") + 9] ^= 1
+    form = httpx.post(f"{base}/api/verify", files={"file": ("x.png", bytes(tampered), "image/png")}, timeout=60).json()
+    assert form["status"] == "invalid" and form["pixels_changed"] is True
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(plain)
+    none = httpx.post(f"{base}/api/verify", content=plain.read_bytes(), timeout=60)
+    assert none.status_code == 200 and none.json()["has_manifest"] is False and none.json()["status"] == "none"
+    bad = httpx.post(f"{base}/api/verify", content=b"not an image", timeout=60)
+    assert bad.status_code == 400 and "not a PNG" in bad.json()["error"]["message"]
+    assert httpx.get(f"{base}/api/settings/images").json() == {"ai_label": False}
+    assert httpx.put(f"{base}/api/settings/images", json={"ai_label": True}).json() == {"ai_label": True}
+    assert httpx.put(f"{base}/api/settings/images", json={"ai_label": "yes"}).status_code == 400
+    markdown, full = client.predict(handle_file(str(plain)), api_name="/verify_image")
+    assert "No content credentials" in markdown and full["status"] == "none"
+    saved = ctx.store.data_dir / "images" / f"{made['id']}.png"
+    markdown, full = client.predict(handle_file(str(saved)), api_name="/verify_image")
+    assert "Signed with this studio" in markdown and "| Pixels changed after signing | no |" in markdown

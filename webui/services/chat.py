@@ -20,7 +20,7 @@ from generators.base import ChatMessage, InvalidOptionsError, SamplingParams, Te
 from storage import repository as repo
 from storage.db import StorageError
 
-from . import characters
+from . import characters, disclosure
 from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
 from .loading import wait_until_loaded
@@ -266,14 +266,31 @@ def delete_chat(ctx: AppContext, owner: str, chat_id: str) -> None:
 
 
 def export_json(ctx: AppContext, owner: str, chat_id: str) -> dict[str, Any]:
+    """Every branch, plus the provenance block of the visible one (`provenance`)."""
     with ctx.store.begin() as s:
-        return repo.export_session(s, repo.get_session(s, owner, chat_id, KIND))
+        session = repo.get_session(s, owner, chat_id, KIND)
+        data = repo.export_session(s, session)
+    view = get_chat(ctx, owner, chat_id)
+    data["provenance"] = _provenance(ctx, owner, view)[0]
+    return data
+
+
+def _provenance(ctx: AppContext, owner: str, view: ChatView) -> tuple[dict[str, Any], list[disclosure.Part]]:
+    """The provenance block of the visible branch: who wrote each message, with which model, when."""
+    with ctx.store.begin() as s:
+        session = repo.get_session(s, owner, view.id, KIND)
+        when = {m.id: m.created_at for m in repo.messages_of(s, session.id)}
+        created = session.created_at
+    parts = [disclosure.Part("model" if m.role == "assistant" else "person", m.content, m.model, when.get(m.id), m.id)
+             for m in view.messages if m.role in ("user", "assistant")]
+    return disclosure.block("chat", view.title, parts, created), parts
 
 
 def export_markdown(ctx: AppContext, owner: str, chat_id: str) -> str:
-    """The visible branch as Markdown (the JSON export keeps every branch)."""
+    """The visible branch as Markdown under its AI-generated label, with its provenance block (the JSON
+    export keeps every branch)."""
     view = get_chat(ctx, owner, chat_id)
-    lines = [f"# {view.title or 'Untitled chat'}", ""]
+    lines = []
     system = view.settings.get("system_prompt")
     if system:
         lines += [f"> **System:** {system}", ""]
@@ -281,7 +298,8 @@ def export_markdown(ctx: AppContext, owner: str, chat_id: str) -> str:
         who = "You" if m.role == "user" else f"Assistant ({m.model})" if m.model else "Assistant"
         note = f" _({STATUS_NOTE[m.status]})_" if m.status in STATUS_NOTE else ""
         lines += [f"### {who}{note}", "", m.content, ""]
-    return "\n".join(lines)
+    info, parts = _provenance(ctx, owner, view)
+    return disclosure.markdown(info, view.title or "Untitled chat", "\n".join(lines), parts)
 
 
 IMPORT_STATUSES = ("ok", "cancelled", "error", "interrupted")  # a reply still "streaming" is imported as interrupted

@@ -19,6 +19,7 @@ from ..settings import Settings
 from .accounts import Accounts, AuthError, NotAdminError
 from .loading import LoadTracker
 from .login_throttle import LoginThrottle
+from .provenance import ImageSigner
 from .story_context import TokenCountCache
 
 
@@ -120,8 +121,12 @@ class AppContext:
     logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins slow the next try
     # called with a file about to be deleted, so every cache the server serves from drops its copies
     served_copies: list[Callable[[Path], None]] = field(default_factory=list)
+    signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
 
     def __post_init__(self) -> None:
+        if self.signer is None:
+            s = self.settings
+            self.signer = ImageSigner(self.store.data_dir, s.signing_cert, s.signing_key, s.signing_alg, s.sign_images)
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:

@@ -4,7 +4,9 @@ Gallery tabs and the HTTP API.
 Every output is saved before it is shown: a PNG under DATA_DIR/images named by its id (an
 interpolation also gets a GIF), and an `images` row with the parameters, seed, weights hash,
 content hash and owner. A PNG carries its parameters, so it can be made again from the file
-alone; on CPU the same generator, parameters and seed give the same bytes.
+alone, and a signed C2PA manifest (see provenance). On CPU the same generator, parameters and
+seed give *the same image*: identical pixels and parameters (the same content hash: the PNG
+without its signature) and identical signed claims; only the signature and its time differ.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -46,9 +48,11 @@ from storage import repository as repo
 from storage.files import private_dir, write_private
 from storage.models import ImageRecord, new_id
 
-from . import png
+from . import png, provenance
+from .ai_label import stamp as stamp_label
 from .context import AppContext, clean_title
 from .generation import is_out_of_memory, out_of_memory_message
+from .provenance import Ingredient, Sameness
 
 log = logging.getLogger(__name__)
 
@@ -217,31 +221,99 @@ def _meta(gen: ImageGenerator, kind: str, weights_hash: str, params: BaseModel, 
             "params": params.model_dump(mode="json"), **fields}
 
 
-def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[tuple[dict[str, Any], Any, bytes | None]],
-           generation_id: str) -> list[SavedImage]:
-    """Write files (PNG [+ GIF]) then rows, in one transaction; files are removed if the rows fail."""
+class Output(NamedTuple):
+    """One image to save: its studio parameters, the picture, an optional animation, and the images it
+    was made from (an init image, an upload: they become the C2PA manifest's ingredients)."""
+
+    meta: dict[str, Any]
+    image: Any
+    gif: bytes | None = None
+    ingredients: tuple[Ingredient, ...] = ()
+
+
+def _title(meta: dict[str, Any]) -> str:
+    """The manifest's title: from the parameters, so a re-run's claims equal the original's."""
+    return f"{meta.get('kind', 'image')} by {meta.get('generator')}"
+
+
+def _encode(ctx: AppContext, meta: dict[str, Any], image: Any, ingredients: tuple[Ingredient, ...]) -> tuple[bytes, str]:
+    """The one place a studio PNG is made: deterministic encoding, then the signed C2PA manifest.
+
+    Returns the file and its content hash — the hash of the unsigned encoding, which is what makes
+    two files "the same image" (see provenance)."""
+    data = png.encode_png(image, meta)
+    signed = ctx.signer.sign(data, "image/png", {"format": png.META_FORMAT, **meta}, _title(meta), ingredients)
+    return signed, png.sha256(data)
+
+
+AI_LABEL = "ai_label"  # the owner setting: mark new images with a visible "AI-generated" label
+
+
+def label_default(ctx: AppContext, owner: str) -> bool:
+    """Whether `owner`'s new images get the visible label when a request does not say (off unless set)."""
+    with ctx.store.begin() as s:
+        return bool(repo.get_owner_setting(s, owner, AI_LABEL, False))
+
+
+def set_label_default(ctx: AppContext, owner: str, on: Any) -> bool:
+    if not isinstance(on, bool):
+        raise InvalidOptionsError(f"ai_label must be true or false; got {_show(on)}.")
+    with ctx.store.begin() as s:
+        repo.set_owner_setting(s, owner, AI_LABEL, on)
+    return on
+
+
+def wants_label(ctx: AppContext, owner: str, ai_label: Any) -> bool:
+    """A request's choice (True / False), or the owner's setting when it makes none (None)."""
+    if ai_label is None:
+        return label_default(ctx, owner)
+    if not isinstance(ai_label, bool):
+        raise InvalidOptionsError(f"ai_label must be true, false or empty (your setting); got {_show(ai_label)}.")
+    return ai_label
+
+
+def _shown(pixels: Any, mark: bool) -> Any:
+    """Display pixels (N, H, W, C) as the saved files show them: labelled when `mark`."""
+    if not mark:
+        return pixels
+    import numpy as np
+
+    stamped = [np.asarray(stamp_label(png.to_pil(p))) for p in pixels]
+    return np.stack([a[..., None] if a.ndim == 2 else a for a in stamped])
+
+
+def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[Output | tuple[Any, ...]],
+           generation_id: str, mark: bool | None = None) -> list[SavedImage]:
+    """Write files (signed PNG [+ signed GIF]) then rows, in one transaction; files are removed if the rows fail.
+
+    `mark` (None: the owner's setting) stamps the visible AI label on each image and records it
+    in its parameters (`visible_label`), so a re-run makes it again."""
+    mark = wants_label(ctx, owner, mark)
     folder, written, rows = _images_dir(ctx), [], []
     batch_id = new_id() if len(outputs) > 1 else None
     try:
         planned = []
-        for meta, image, gif in outputs:
+        for meta, image, gif, ingredients in (Output(*o) for o in outputs):
             image_id = new_id()
-            data = png.encode_png(image, meta)
+            if mark:
+                image, meta = stamp_label(image), {**meta, "visible_label": True}
+            data, content_hash = _encode(ctx, meta, image, tuple(ingredients))
             path = folder / f"{image_id}.png"
             _write_atomic(path, data)
             written.append(path)
             if gif is not None:
+                gif = ctx.signer.sign(gif, "image/gif", {"format": png.META_FORMAT, **meta}, _title(meta) + " (animation)")
                 _write_atomic(path.with_suffix(".gif"), gif)
                 written.append(path.with_suffix(".gif"))
-            planned.append((image_id, meta, image, data))
+            planned.append((image_id, meta, image, content_hash))
         with ctx.store.begin() as s:
-            for image_id, meta, image, data in planned:
+            for image_id, meta, image, content_hash in planned:
                 stored_params = {k: v for k, v in meta.items() if k not in ("generator", "plugin", "weights_hash")}
                 rows.append(repo.add_image(
                     s, owner, id=image_id, kind=meta["kind"], model=gen.name, plugin=gen.info.plugin,
                     weights_hash=meta["weights_hash"], label=meta.get("class"), class_name=meta.get("class_name", ""),
                     seed=meta.get("seed"), params=stored_params, batch_id=batch_id,
-                    file=f"{IMAGES_DIR}/{image_id}.png", content_hash=png.sha256(data),
+                    file=f"{IMAGES_DIR}/{image_id}.png", content_hash=content_hash,
                     width=image.width, height=image.height, generation_id=generation_id))
             return [_saved(ctx, row) for row in rows]
     except BaseException:
@@ -286,8 +358,11 @@ def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], s
 
 
 def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: Any = None, count: Any = 1,
-             params: dict[str, Any] | None = None, source: str = "ui", control: StepControl | None = None) -> ImageResult:
+             params: dict[str, Any] | None = None, source: str = "ui", control: StepControl | None = None,
+             ai_label: Any = None) -> ImageResult:
     """`count` images of class `label` (None: a random class each) from seeds seed, seed+1, …
+
+    `ai_label` True / False: a visible "AI-generated" mark on each image or not; None: the owner's setting.
 
     `control` (progress, preview, cancel) reaches plugins that declare `steps`; a cancel between two
     steps records the generation as `cancelled` and saves nothing."""
@@ -296,6 +371,7 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
         raise InvalidOptionsError(f"{model} makes images from a prompt, not from a class; write a prompt instead.")
     count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
     label_index = parse_label(gen, label)
+    mark = wants_label(ctx, owner, ai_label)
     base_seed = parse_seed(seed)
     base_seed = random_seed() if base_seed is None else base_seed
     checked = _params(gen, params)
@@ -310,12 +386,12 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
         outputs = [(_meta(g, "sample", out.weights_hash, checked, **{"class": e.label, "class_name": names[e.label],
                                                                       "seed": e.seed}),
                     png.to_pil(pixels), None) for e, pixels in zip(ends, out.pixels, strict=True)]
-        return _store(ctx, owner, g, outputs, generation_id), out.pixels
+        return _store(ctx, owner, g, outputs, generation_id, mark), out.pixels
 
     saved, pixels = _run(ctx, owner, model, {"kind": "sample", "count": count, "label": label_index,
                                              **checked.model_dump(mode="json")}, base_seed, source, work)
     notice = f"{count} image(s), seeds {seeds[0]}–{seeds[-1]}" if count > 1 else f"seed {seeds[0]}"
-    return ImageResult(saved, _grid_of(pixels), notice=notice)
+    return ImageResult(saved, _grid_of(_shown(pixels, mark)), notice=notice)
 
 
 def _grid_of(pixels: Any) -> Any:
@@ -335,9 +411,11 @@ def _enlarged(image: Any, scale: int) -> Any:
 
 
 def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start_seed: Any, end_label: Any,
-                end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui") -> ImageResult:
+                end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui",
+                ai_label: Any = None) -> ImageResult:
     """A latent walk from (class, seed) to (class, seed): one strip PNG and an animated GIF, saved together."""
     gen = _image_generator(ctx, model)
+    mark = wants_label(ctx, owner, ai_label)
     frames = _count(frames, "number of frames", 2, ctx.settings.max_interpolation_frames)
     names = gen.class_names
     seeds = [parse_seed(start_seed), parse_seed(end_seed)]
@@ -349,7 +427,7 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
 
     def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
         out = g.interpolate(start, end, frames, checked)
-        tiles = [png.to_pil(p) for p in out.pixels]
+        tiles = [png.to_pil(p) for p in _shown(out.pixels, mark)]
         strip = png.tile(out.pixels, cols=frames)
         ends = {"start": {"class": start.label, "class_name": names[start.label], "seed": start.seed},
                 "end": {"class": end.label, "class_name": names[end.label], "seed": end.seed}}
@@ -357,7 +435,8 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
         meta = _meta(g, "interpolation", out.weights_hash, checked, frames=frames, **ends,
                      **{"class": start.label if same else None, "class_name": names[start.label] if same
                         else f"{names[start.label]}→{names[end.label]}", "seed": start.seed})
-        return _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id), strip
+        saved = _store(ctx, owner, g, [(meta, strip, png.encode_gif(tiles, GIF_MS))], generation_id, mark)
+        return saved, stamp_label(strip) if mark else strip
 
     saved, strip = _run(ctx, owner, model, {"kind": "interpolation", "frames": frames, "start": [start.label, start.seed],
                                             "end": [end.label, end.seed], **checked.model_dump(mode="json")},
@@ -390,7 +469,7 @@ def parse_steps(value: Any, total: int) -> list[int]:
 
 def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed: Any = None,
                params: dict[str, Any] | None = None, frames: Any = 8, at_steps: Any = None, source: str = "ui",
-               control: StepControl | None = None) -> ImageResult:
+               control: StepControl | None = None, ai_label: Any = None) -> ImageResult:
     """One image's denoising path, saved as a strip PNG (top row x_t, bottom row the model's estimate of the
     clean image at each shown step) and an animated GIF of the same frames.
 
@@ -420,7 +499,7 @@ def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed:
         meta = _meta(g, "trajectory", out.weights_hash, checked, at_steps=steps,
                      **{"class": end.label, "class_name": names[end.label], "seed": end.seed})
         gif = _trajectory_gif(out.pixels, steps, total)
-        return _store(ctx, owner, g, [(meta, strip, gif)], generation_id), out.pixels
+        return _store(ctx, owner, g, [(meta, strip, gif)], generation_id, ai_label), out.pixels
 
     saved, pixels = _run(ctx, owner, model, {"kind": "trajectory", "label": end.label, "at_steps": steps,
                                              **checked.model_dump(mode="json")}, end.seed, source, work)
@@ -470,7 +549,8 @@ def _trajectory_gif(pixels: Any, steps: list[int], total: int, scale: int = 4) -
 # ------------------------------------------------------------------ reconstruct
 
 
-def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any = None, source: str = "ui") -> ImageResult:
+def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any = None, source: str = "ui",
+                ai_label: Any = None) -> ImageResult:
     """Encode an uploaded or drawn image and decode it as its own class and as every other class.
 
     The strip shows: the prepared input, its reconstruction, then the same latent decoded as
@@ -485,6 +565,7 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
     pixels = prepare_image(image, h, c)
     names = gen.class_names
     asked = parse_label(gen, label)
+    mark = wants_label(ctx, owner, ai_label)
 
     def work(g: Any, generation_id: str) -> tuple[list[SavedImage], Any, int, bool]:
         guessed = asked is None
@@ -498,7 +579,9 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
         meta = _meta(g, "reconstruction", out.weights_hash, g.info.params(), **{"class": lab, "class_name": names[lab],
                                                                         "seed": None, "guessed_class": guessed,
                                                                         "input_hash": png.sha256(pixels.tobytes())})
-        return _store(ctx, owner, g, [(meta, strip, None)], generation_id), strip, lab, guessed
+        upload = Ingredient.from_pixels("uploaded image", pixels)  # the strip holds it and what was made of it
+        saved = _store(ctx, owner, g, [Output(meta, strip, None, (upload,))], generation_id, mark)
+        return saved, stamp_label(strip) if mark else strip, lab, guessed
 
     saved, strip, lab, guessed = _run(ctx, owner, model, {"kind": "reconstruction", "label": asked}, None, source, work)
     strip = _enlarged(strip, 3)
@@ -614,7 +697,7 @@ def paint_request(ctx: AppContext, gen: ImageGenerator, params: dict[str, Any] |
 
 def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None = None, seed: Any = None,
           count: Any = 1, init_image: Any = None, mask: Any = None, source: str = "ui",
-          control: StepControl | None = None) -> ImageResult:
+          control: StepControl | None = None, ai_label: Any = None) -> ImageResult:
     """`count` images from a prompt (and an init image / mask) from seeds seed, seed+1, …
 
     Each PNG carries the studio's JSON and A1111's `parameters`; `control` gets every step (progress,
@@ -625,6 +708,9 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
         raise InvalidOptionsError(f"{model} does not make images from a prompt; pick one of: "
                                   f"{', '.join(paint_models(ctx)) or 'none configured'}.")
     request = paint_request(ctx, gen, params, seed, count, init_image, mask)
+    mark = wants_label(ctx, owner, ai_label)
+    # the C2PA ingredient of an img2img / inpainting output: the init image it was made from (as resized)
+    init = (Ingredient.from_pixels("init image", request.init_image),) if request.init_image is not None else ()
     init_hash = png.sha256(request.init_image.tobytes()) if request.init_image is not None else None
     mask_hash = png.sha256(request.mask.tobytes()) if request.mask is not None else None
 
@@ -638,15 +724,15 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
                 meta["init_hash"] = init_hash
             if mask_hash:
                 meta["mask_hash"] = mask_hash
-            outputs.append((meta, png.to_pil(pixels), None))
-        return _store(ctx, owner, g, outputs, generation_id), out.pixels
+            outputs.append(Output(meta, png.to_pil(pixels), None, init))
+        return _store(ctx, owner, g, outputs, generation_id, mark), out.pixels
 
     saved, pixels = _run(ctx, owner, model, {"kind": "paint", "mode": request.mode, "count": request.count,
                                              **request.params.model_dump(mode="json")}, request.seed, source, work)
     seeds = request.seeds
     notice = f"{request.count} image(s), seeds {seeds[0]}–{seeds[-1]}" if request.count > 1 else f"seed {seeds[0]}"
     cols = min(4, len(pixels))
-    return ImageResult(saved, png.tile(pixels, cols), notice=notice, extra={"request": request})
+    return ImageResult(saved, png.tile(_shown(pixels, mark), cols), notice=notice, extra={"request": request})
 
 
 def paint_with_progress(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None = None,
@@ -697,20 +783,21 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
     params = meta.get("params") or {}
     if not isinstance(params, dict):
         raise InvalidOptionsError("The image's settings are damaged.")
+    again_label = bool(meta.get("visible_label"))  # a labelled image is made again labelled, an unlabelled one not
     if kind == "paint":
         if meta.get("mode", "text-to-image") != "text-to-image":
             raise InvalidOptionsError(f"This image was made by {meta.get('mode')} from an init image the PNG does not "
                                       f"carry; load that image in the Image tab with these settings instead.")
-        result = paint(ctx, owner, model, params, meta.get("seed"), 1, source=source)
+        result = paint(ctx, owner, model, params, meta.get("seed"), 1, source=source, ai_label=again_label)
     elif kind == "sample":
-        result = generate(ctx, owner, model, meta.get("class"), meta.get("seed"), 1, params, source)
+        result = generate(ctx, owner, model, meta.get("class"), meta.get("seed"), 1, params, source, ai_label=again_label)
     elif kind == "interpolation":
         start, end = meta.get("start") or {}, meta.get("end") or {}
         result = interpolate(ctx, owner, model, start.get("class"), start.get("seed"), end.get("class"),
-                             end.get("seed"), meta.get("frames", 10), params, source)
+                             end.get("seed"), meta.get("frames", 10), params, source, ai_label=again_label)
     elif kind == "trajectory":
         result = trajectory(ctx, owner, model, meta.get("class"), meta.get("seed"), params,
-                            at_steps=meta.get("at_steps") or None, source=source)
+                            at_steps=meta.get("at_steps") or None, source=source, ai_label=again_label)
     else:
         raise InvalidOptionsError("A reconstruction cannot be made again from its PNG: it needs the original upload.")
     notice = ""
@@ -718,6 +805,26 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
         notice = "Note: this generator's weights differ from the ones that made the image, so the result differs."
     result.notice = " ".join(x for x in (result.notice, notice) if x)
     return result
+
+
+def compare(original: Any, made: SavedImage) -> Sameness:
+    """Whether a re-run `made` is the same image as `original` (a path or the uploaded bytes)."""
+    data = original if isinstance(original, bytes) else Path(original).read_bytes()
+    return provenance.compare(data, made.path.read_bytes())
+
+
+def verify_image(ctx: AppContext, data: bytes) -> provenance.Verification:
+    """The content credentials of any image file (a file without them is reported, not refused)."""
+    return ctx.signer.verify(data)
+
+
+def signing_identity(ctx: AppContext) -> dict[str, str] | None:
+    """Who this studio signs as (None while signing is off)."""
+    if not ctx.signer.enabled:
+        return None
+    who = ctx.signer.identity
+    return {"subject": who.subject, "issuer": who.issuer, "alg": who.alg, "source": who.source,
+            "fingerprint": who.fingerprint, "not_after": who.not_after}
 
 
 # ------------------------------------------------------------------ gallery

@@ -19,6 +19,7 @@ from typing import Any
 from generators.base import InvalidOptionsError
 from storage import repository as repo
 
+from . import disclosure
 from .context import AppContext, clean_title
 from .story_values import (
     KIND,
@@ -108,24 +109,41 @@ def _snapshots(s: Any, story: Any) -> list[SnapshotSummary]:
 
 
 def export_json(ctx: AppContext, owner: str, story_id: str) -> dict[str, Any]:
-    """Everything about the story as plain JSON-able data (see the module docstring)."""
+    """Everything about the story as plain JSON-able data (see the module docstring), with its
+    provenance block (`provenance`: the label, models, dates, who wrote each visible passage)."""
     with ctx.store.begin() as s:
-        return _export(s, story_row(s, owner, story_id))
+        story = story_row(s, owner, story_id)
+        data = _export(s, story)
+        parts = _parts(s, story)
+        data["provenance"] = disclosure.block("story", story.title, parts, story.created_at)
+        return data
+
+
+def _parts(s: Any, story: Any) -> list[disclosure.Part]:
+    """The visible passages in reading order, each with who wrote it."""
+    return [disclosure.Part("model" if p.author == "model" else "person", p.text, p.model, p.created_at, p.id)
+            for p in repo.story_passages(s, story)]
 
 
 def export_text(ctx: AppContext, owner: str, story_id: str) -> str:
+    """The story as plain text between its AI-generated label and its provenance block."""
     with ctx.store.begin() as s:
-        return view_of(s, story_row(s, owner, story_id)).text.strip() + "\n"
+        story = story_row(s, owner, story_id)
+        view, parts = view_of(s, story), _parts(s, story)
+        info = disclosure.block("story", story.title, parts, story.created_at)
+    return disclosure.text(info, view.text.strip(), parts)
 
 
 def export_markdown(ctx: AppContext, owner: str, story_id: str) -> str:
     with ctx.store.begin() as s:
-        view = view_of(s, story_row(s, owner, story_id))
-    lines = [f"# {view.title or 'Untitled story'}", ""]
+        story = story_row(s, owner, story_id)
+        view, parts = view_of(s, story), _parts(s, story)
+        info = disclosure.block("story", story.title, parts, story.created_at)
+    lines = []
     if view.settings.get("premise"):
         lines += [f"*{view.settings['premise']}*", ""]
     lines.append(view.text.strip())
-    return "\n".join(lines) + "\n"
+    return disclosure.markdown(info, view.title or "Untitled story", "\n".join(lines), parts)
 
 
 def _export(s: Any, story: Any) -> dict[str, Any]:

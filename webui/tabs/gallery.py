@@ -87,8 +87,8 @@ def build(ctx: AppContext) -> Any:
         original = svc.get_image(ctx, owner(request), chosen)
         result = svc.rerun(ctx, owner(request), chosen)
         made = result.images[0]
-        same = "byte-for-byte identical to" if made.content_hash == original.content_hash else "different from"
-        note = (f"Re-run done: the new PNG is **{same}** the original. It is saved as a new image (selected now); "
+        same = svc.compare(original.path, made).sentence()
+        note = (f"Re-run done: the new PNG is {same}. It is saved as a new image (selected now); "
                 "the original stays in the gallery too — delete either one if you want a single copy.")
         return made.id, served(made.gif_path or made.path), made.public(), " ".join(x for x in (note, result.notice) if x)
 

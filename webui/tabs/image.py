@@ -82,6 +82,10 @@ def params_from(ctx: AppContext, model: str, truncation: float, temperature: flo
     return params
 
 
+MY_SETTING = "my setting"
+LABEL_CHOICES = {MY_SETTING: None, "on": True, "off": False}
+
+
 def step_control(ctx: AppContext, request: gr.Request, progress: gr.Progress, what: str) -> StepControl:
     """Step i of N on the page's progress bar; the Stop button of this browser session ends between two steps."""
     cancel = ctx.cancels.fresh(cancel_key(request))
@@ -127,6 +131,8 @@ def build(ctx: AppContext) -> None:
                                 value=(scheduler_choices(ctx, first) or all_schedulers(ctx, models) or [None])[0],
                                 allow_custom_value=True, label="Scheduler", visible=shown["scheduler"], scale=1,
                                 elem_id="image-scheduler")
+        mark = gr.Radio(list(LABEL_CHOICES), value=MY_SETTING, label="Visible “AI-generated” label", scale=1,
+                        elem_id="image-ai-label", info="A corner mark on the image; the default is in Verify")
     with gr.Tabs() as tabs:
         with gr.Tab("Generate", id="image-generate"):
             with gr.Row():
@@ -210,7 +216,8 @@ def build(ctx: AppContext) -> None:
                                    elem_id="image-reconstruction")
         with gr.Tab("PNG info", id="image-pnginfo"):
             with gr.Row():
-                upload = gr.File(label="A PNG made by the studio", file_types=["image"], type="filepath",
+                upload = gr.File(label="A PNG made by the studio (or by the Stable Diffusion web UI)", file_types=["image"],
+                                 type="filepath",
                                  elem_id="image-pnginfo-file")
                 with gr.Column():
                     info_text = gr.Markdown(elem_id="image-pnginfo-text")
@@ -236,12 +243,14 @@ def build(ctx: AppContext) -> None:
 
     @ui_errors
     def do_generate(name: str, cls: str, seed_text: str, n: float, trunc: float, temp: float, n_steps: float | None = None,
-                    cfg: float | None = None, sched: str | None = None, request: gr.Request = None,
+                    cfg: float | None = None, sched: str | None = None, marked: str | None = None,
+                    request: gr.Request = None,
                     progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         gen = ctx.registry.get(name)
         control = step_control(ctx, request, progress, "Denoising") if CAP_STEPS in gen.info.capabilities else None
         result = svc.generate(ctx, owner(request), name, cls, seed_text, int(n),
-                              params_from(ctx, name, trunc, temp, n_steps, cfg, sched), control=control)
+                              params_from(ctx, name, trunc, temp, n_steps, cfg, sched), control=control,
+                              ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         first_seed = result.images[0].seed
         return gallery_items(result), result.grid, result.notice, first_seed
 
@@ -270,19 +279,22 @@ def build(ctx: AppContext) -> None:
     @ui_errors
     def do_interpolate(name: str, a_cls: str, a_seed: str, b_cls: str, b_seed: str, n: float, trunc: float,
                        temp: float, n_steps: float | None = None, cfg: float | None = None, sched: str | None = None,
-                       request: gr.Request = None) -> tuple[Any, ...]:
+                       marked: str | None = None, request: gr.Request = None) -> tuple[Any, ...]:
         result = svc.interpolate(ctx, owner(request), name, a_cls, a_seed, b_cls, b_seed, int(n),
-                                 params_from(ctx, name, trunc, temp, n_steps, cfg, sched))
+                                 params_from(ctx, name, trunc, temp, n_steps, cfg, sched),
+                                 ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         item = result.images[0]
         start, end = item.params["start"], item.params["end"]
         return (served(item.path), served(item.gif_path), result.notice, str(start["seed"]), str(end["seed"]))
 
     @ui_errors
-    def do_reconstruct(editor: Any, name: str, cls: str, request: gr.Request) -> tuple[Any, ...]:
+    def do_reconstruct(editor: Any, name: str, cls: str, marked: str | None,
+                       request: gr.Request) -> tuple[Any, ...]:
         image = editor.get("composite") if isinstance(editor, dict) else editor
         if image is None or (hasattr(image, "size") and image.size == 0):
             raise gr.Error("Upload or draw a digit first.")
-        result = svc.reconstruct(ctx, owner(request), name, image, None if cls == "guess" else cls)
+        result = svc.reconstruct(ctx, owner(request), name, image, None if cls == "guess" else cls,
+                                 ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         return served(result.images[0].path), result.notice
 
     @ui_errors
@@ -297,10 +309,8 @@ def build(ctx: AppContext) -> None:
         if not path:
             raise gr.Error("Upload a PNG made by the studio first.")
         result = svc.regenerate(ctx, owner(request), svc.png_info(path))
-        with open(path, "rb") as f:
-            uploaded = pngmeta.sha256(f.read())
-        same = "identical to" if result.images[0].content_hash == uploaded else "different from"
-        note = f"The new PNG is byte-for-byte {same} the uploaded one; it is saved in the Gallery as a new image."
+        note = (f"The new PNG is {svc.compare(path, result.images[0]).sentence().replace('original', 'uploaded one')}; "
+                "it is saved in the Gallery as a new image.")
         return served(result.images[0].path), " ".join(x for x in (result.notice, note) if x)
 
     # ------------------------------------------------------------ wiring
@@ -313,18 +323,18 @@ def build(ctx: AppContext) -> None:
                  **FAST, api_visibility="private")
     dice.click(lambda: str(svc.random_seed()), None, seed, **FAST, api_visibility="private")
     reuse.click(lambda s: "" if s is None else str(s), last_seed, seed, **FAST, api_visibility="private")
-    generate.click(do_generate, [model, label, seed, count, truncation, temperature, steps, guidance, scheduler],
+    generate.click(do_generate, [model, label, seed, count, truncation, temperature, steps, guidance, scheduler, mark],
                    [images, grid, notice, last_seed], **generate_kwargs, api_name="generate_images")
     traj_model.change(pick_diffusion_model, traj_model, [traj_label, traj_scheduler, traj_steps, traj_guidance], **FAST,
                       api_visibility="private")
     stop.click(stop_generation, None, None, **FAST, api_name="stop_images")
     interp.click(do_interpolate, [model, start_label, start_seed, end_label, end_seed, frames, truncation, temperature,
-                                  steps, guidance, scheduler],
+                                  steps, guidance, scheduler, mark],
                  [strip, gif, interp_notice, start_seed, end_seed], **generate_kwargs, api_name="interpolate_images")
     traj_button.click(do_trajectory, [traj_model, traj_label, traj_seed, traj_frames, traj_at, traj_steps, traj_guidance,
                                       traj_scheduler],
                       [traj_strip, traj_gif, traj_notice, traj_seed], **generate_kwargs, api_name="trajectory_images")
-    recon.click(do_reconstruct, [drawing, vae_model, recon_label], [recon_strip, recon_notice], **generate_kwargs,
+    recon.click(do_reconstruct, [drawing, vae_model, recon_label, mark], [recon_strip, recon_notice], **generate_kwargs,
                 api_name="reconstruct_image")
     upload.change(do_read_info, upload, [info_text, info_json], **FAST, api_name="png_info")
     again.click(do_again, upload, [again_image, again_notice], **generate_kwargs, api_name="png_regenerate")

@@ -83,7 +83,7 @@ def build(ctx: AppContext, open_chat: gr.Textbox | None = None, tabs: gr.Tabs | 
             notice = gr.Markdown(elem_id="characters-notice")
             with gr.Row():
                 save = gr.Button("Save", variant="primary", elem_id="character-save")
-                chat_with = gr.Button("💬 Chat with this character", elem_id="character-chat")
+                chat_with = gr.Button("Chat with this character", elem_id="character-chat")
                 export_kind = gr.Dropdown([(v, k) for k, v in chars.EXPORT_KINDS.items()], value="png",
                                           show_label=False, container=False, min_width=200, elem_id="character-export-kind")
                 export = gr.Button("⬇ Export card", elem_id="character-export")

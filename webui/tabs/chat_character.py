@@ -44,7 +44,7 @@ def build_header() -> gr.Markdown:
 
 def header_text(view: svc.ChatView | None) -> str:
     link = chars.chat_character(view.settings) if view else None
-    return f"🎭 Chat with **{link['name']}**" if link else ""
+    return f"Chat with **{link['name']}**" if link else ""
 
 
 def choices(ctx: AppContext, owner: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str | None]:

@@ -73,7 +73,7 @@ def _export_path(title: str, suffix: str, content: str) -> str:
 
 def _listed(chat: svc.ChatSummary) -> str:
     """A chat's line in the list: its title, and the character it is with when the title does not say so."""
-    return f"{chat.title} · 🎭 {chat.character}" if chat.character and chat.character not in chat.title else chat.title
+    return f"{chat.title} · with {chat.character}" if chat.character and chat.character not in chat.title else chat.title
 
 
 def wire(

@@ -25,16 +25,17 @@ class CharacterPicker:
     persona: gr.Dropdown
     start: gr.Button
     opened: gr.Textbox
+    accordion: gr.Accordion
 
 
 def build_layout() -> CharacterPicker:
-    with gr.Accordion("Chat with a character", open=False, elem_id="chat-character-picker"):
+    with gr.Accordion("Chat with a character", open=False, elem_id="chat-character-picker") as accordion:
         character = gr.Dropdown([], value=None, label="Character", elem_id="chat-character",
                                 info="import or make one in the Characters tab")
         persona = gr.Dropdown([], value=None, label="You are", elem_id="chat-persona")
         start = gr.Button("Start chat", size="sm", variant="primary", elem_id="chat-character-start")
     opened = gr.Textbox(visible=False, elem_id="chat-opened")
-    return CharacterPicker(character, persona, start, opened)
+    return CharacterPicker(character, persona, start, opened, accordion)
 
 
 def build_header() -> gr.Markdown:
@@ -88,8 +89,8 @@ def wire(ctx: AppContext, picker: CharacterPicker, render: Callable[[svc.ChatVie
 
     private = {"api_visibility": "private"}
     chat_id.change(show_header, chat_id, header, **FAST, **private)
-    for box in (picker.character, picker.persona):
-        box.focus(refresh, [picker.character, picker.persona], [picker.character, picker.persona], **FAST, **private)
+    for trigger in (picker.accordion.expand, picker.character.focus, picker.persona.focus):
+        trigger(refresh, [picker.character, picker.persona], [picker.character, picker.persona], **FAST, **private)
     picker.start.click(start, [picker.character, picker.persona], picker.opened, **FAST,
                        api_name="start_character_chat")
     picker.opened.change(open_started, [picker.opened, search], view_outputs + [chats], **FAST, **private)

@@ -17,7 +17,7 @@ from . import FAST
 
 def build(ctx: AppContext, target: gr.Textbox, prefix: str) -> None:
     """Lay out the picker (inside the current layout) and wire it to `target`."""
-    with gr.Accordion("Prompt library", open=False, elem_id=f"{prefix}-prompt-library"):
+    with gr.Accordion("Prompt library", open=False, elem_id=f"{prefix}-prompt-library") as accordion:
         with gr.Row():
             choice = gr.Dropdown([], value=None, label="Saved prompt", scale=4, elem_id=f"{prefix}-prompt-choice",
                                  info="kept in the Prompts tab")
@@ -50,6 +50,8 @@ def build(ctx: AppContext, target: gr.Textbox, prefix: str) -> None:
         return f"{current.rstrip()}\n\n{text}" if (current or "").strip() else text
 
     private = {"api_visibility": "private"}
+    # the list is read afresh when the picker opens (prompts are edited in another tab) and on focus
+    accordion.expand(refresh, choice, choice, **FAST, **private)
     choice.focus(refresh, choice, choice, **FAST, **private)
     choice.change(show_fields, choice, fields, **FAST, **private)
     insert.click(do_insert, [choice, target, *fields], target, **FAST, **private)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ARTIFACTS
 from tests.test_browser import ARGS, CHROMIUM, bot_texts, wait_for
+from webui.tabs.chat_view import WAITING
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -56,7 +57,9 @@ def check_ann_and_bob(browser, ann, url: str) -> None:  # type: ignore[no-untype
         # chat: a reply streams in; a long one is stopped
         ann.fill("#chat-input textarea", "Write a very long story about a lighthouse keeper.")
         ann.click("#chat-send")
-        wait_for(lambda: bot_texts(ann) and len(bot_texts(ann)[-1]) > 30, timeout=400)  # first load converts the GGUF
+        # the reply's own text, not the load stage shown in its place first (the first load converts the GGUF)
+        wait_for(lambda: bot_texts(ann) and len(bot_texts(ann)[-1]) > 30 and "Loading" not in bot_texts(ann)[-1]
+                 and WAITING not in bot_texts(ann)[-1] and "Converting" not in bot_texts(ann)[-1], timeout=400)
         ann.click("#chat-stop")
         wait_for(lambda: "(stopped)" in bot_texts(ann)[-1])
         ann.locator("#chat-list label").first.wait_for()
@@ -92,3 +95,31 @@ def check_ann_and_bob(browser, ann, url: str) -> None:  # type: ignore[no-untype
         bob.screenshot(path=str(ARTIFACTS / "accounts-bob-gallery.png"), full_page=True)
         content = bob.content()
         assert "lighthouse" not in content.lower()
+
+
+def test_the_login_page_says_when_logins_must_wait(running_app, tmp_path: Path) -> None:
+    """Past a few wrong passwords the guard answers 429 before checking anything; Gradio's own login page
+    shows nothing for that status, so the studio's page script shows the server's message."""
+    from playwright.sync_api import sync_playwright
+
+    app = running_app(tmp_path / "data", ["--auth", "ann:ann-password"])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(app.url)
+            refused = page.locator("#login-refused")
+            for attempt in range(12):  # 3 free failures, then waits of 1, 2, 4 … s: a quick try is refused
+                page.get_by_label("username").fill("ann")
+                page.get_by_label("password").fill(f"wrong-{attempt}")
+                with page.expect_response(lambda r: r.url.endswith("/login")) as answer:
+                    page.get_by_role("button", name="Login").click()
+                if answer.value.status == 429:
+                    break
+            assert answer.value.status == 429
+            refused.wait_for()
+            assert "Too many failed logins" in refused.inner_text() and "wait" in refused.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "accounts-login-refused.png"))
+        finally:
+            browser.close()

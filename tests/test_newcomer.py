@@ -119,6 +119,25 @@ def test_stop_while_loading_leaves_the_load_to_finish(make_ctx) -> None:
     assert ctx.registry.get("fake").loaded
 
 
+def test_the_stop_button_while_loading_ends_the_reply_at_once(make_ctx) -> None:
+    """Stop sets the session's cancel event; the reply must end then, not after the whole load."""
+    ctx = make_ctx({"fake": {}})
+    view = chat_svc.add_user_message(ctx, OWNER, None, "hello", settings())
+    cancel = threading.Event()
+    stream = chat_svc.stream_reply(ctx, OWNER, view.id, settings(), cancel=cancel)
+    next(stream), next(stream)  # the reply exists and the load has started
+    cancel.set()
+    rest = list(stream)
+    assert not ctx.registry.get("fake").loaded  # ended before the load did (it takes 0.9 s)
+    assert rest[-1].messages[-1].status == "cancelled" and "keeps loading" in rest[-1].notice
+    assert chat_svc.get_chat(ctx, OWNER, view.id).messages[-1].status == "cancelled"
+    assert chatbot_messages(rest[-1])[-1]["content"] == "*(stopped)*"
+    deadline = time.monotonic() + 10
+    while not ctx.registry.get("fake").loaded and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ctx.registry.get("fake").loaded  # and the load went on for the next message
+
+
 # ------------------------------------------------------------------ item 7: chat counters
 
 

@@ -61,6 +61,43 @@ JS = """() => {
   });
 }"""
 
+# Gradio's login page says something only for a 400 ("Incorrect Credentials"): a login refused while the
+# address or account must wait (429 from the request guard) would leave the page silent. This script (the
+# request guard adds it to the page) shows the server's own message ("… wait N s before trying again") above the Login button.
+LOGIN_SCRIPT = """<script>
+(() => {
+  const fetchOriginal = window.fetch.bind(window);
+  const show = (text) => {
+    let box = document.getElementById("login-refused");
+    if (!text) { if (box) box.remove(); return; }
+    const button = [...document.querySelectorAll("button")].find((b) => b.textContent.trim() === "Login");
+    if (!box) {
+      box = document.createElement("p");
+      box.id = "login-refused";
+      box.setAttribute("role", "alert");
+      box.style.cssText = "color: var(--error-text-color, #b91c1c); margin: 0.5em 0; font-weight: 600;";
+      if (button && button.parentElement) button.parentElement.insertBefore(box, button);
+      else document.body.prepend(box);
+    }
+    box.textContent = text;
+  };
+  window.fetch = async (input, init) => {
+    const response = await fetchOriginal(input, init);
+    let path = "";
+    try { path = new URL(typeof input === "string" ? input : input.url, location.href).pathname; } catch (e) {}
+    if (/\\/login\\/?$/.test(path) && (init || {}).method === "POST") {
+      let text = "";
+      if (response.status === 429) {
+        text = "Too many failed logins; wait a little before trying again.";
+        try { text = (await response.clone().json()).error.message || text; } catch (e) {}
+      }
+      show(text);
+    }
+    return response;
+  };
+})();
+</script>"""
+
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:

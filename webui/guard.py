@@ -96,8 +96,12 @@ class RequestGuard:
     """ASGI middleware; made by Starlette with the settings, the accounts' session book and the throttle."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, max_body_bytes: int, max_upload_bytes: int,
-                 max_json_depth: int, sessions: SessionBook | None, throttle: LoginThrottle | None) -> None:
+                 max_json_depth: int, sessions: SessionBook | None, throttle: LoginThrottle | None,
+                 login_script: str = "") -> None:
         self.app = app
+        # added to the page's HTML while auth is on: the login page is served before Gradio sends any
+        # configuration (its `head` included), so this is the one way to make it show a 429's message
+        self.login_script = login_script.encode()
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
         self.max_json_depth = max_json_depth
@@ -124,6 +128,9 @@ class RequestGuard:
             refusal = self._session_refusal(scope, path, body)
             if refusal is not None:
                 await send_error(send, refusal[0], refusal[1], "permission_error", "session_not_yours")
+                return
+            if scope.get("method") == "GET" and path in ("", "/") and self.login_script:
+                await self.app(scope, receive, _with_script(send, self.login_script))
                 return
         await self.app(scope, receive, send)
 
@@ -273,6 +280,36 @@ def _session_ids(scope: Scope, path: str, body: bytes | None) -> set[str]:
         if isinstance(data, dict) and isinstance(data.get("session_hash"), str) and data["session_hash"]:
             found.add(data["session_hash"])
     return found
+
+
+def _with_script(send: Send, script: bytes) -> Send:
+    """Pass an HTML page through with `script` added before its </head> (and its length fixed)."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def rewriting(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers") or ())
+            if b"text/html" not in headers.get(b"content-type", b""):
+                start = None
+                await send(message)
+                return
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        html = b"".join(chunks).replace(b"</head>", script + b"</head>", 1)
+        headers = [(k, v) for k, v in start.get("headers") or () if k != b"content-length"]
+        headers.append((b"content-length", str(len(html)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": html, "more_body": False})
+
+    return rewriting
 
 
 def _too_large(size: int, limit: int, upload: bool) -> str:

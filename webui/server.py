@@ -19,7 +19,7 @@ from generators.registry import ModelSpec, Registry
 from storage import Store
 
 from .api import EXCEPTION_HANDLERS, build_router
-from .app import CSS, JS, build_app
+from .app import CSS, JS, LOGIN_SCRIPT, build_app
 from .cache import ServedFiles
 from .guard import RequestGuard
 from .services.accounts import Accounts
@@ -80,6 +80,7 @@ def guard_middleware(ctx: AppContext) -> Middleware:
     return Middleware(
         RequestGuard, max_body_bytes=int(s.max_body_mb * 2**20), max_upload_bytes=int(s.max_upload_mb * 2**20),
         max_json_depth=s.max_json_depth, sessions=sessions, throttle=ctx.logins if sessions else None,
+        login_script=LOGIN_SCRIPT if sessions else "",
     )
 
 

@@ -227,6 +227,11 @@ def stream_reply(
     yield base
     try:  # a first reply may wait for the model to load: say what is happening in the reply's place
         for step in wait_until_loaded(ctx, settings.model):
+            if cancel is not None and cancel.is_set():  # Stop while loading: end the reply now, the load goes on
+                save("", "cancelled")
+                yield with_reply("", "cancelled", "Stopped before the model had loaded; it keeps loading, "
+                                                  "so the next message starts at once.")
+                return
             yield replace(base, loading=step.text)
     except BaseException as exc:
         save("", "cancelled" if isinstance(exc, GeneratorExit) else "error")

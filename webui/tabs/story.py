@@ -222,6 +222,8 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         streamer("retry"), story_id, view_outputs, **generate, api_name="retry"
     ).then(after, [side.search, story_id], side.stories, **FAST, **private)
     stop.click(stop_generation, None, None, **FAST, api_name="story_stop")
+    # A new story is listed as soon as its opening is saved, not when the first continuation is done.
+    story_id.change(after, [side.search, story_id], side.stories, **FAST, **private)
     for lever in (memory.blur, authors_note.blur, world_info.input):
         lever(save_levers, inputs, notice, **FAST, **private)
     undo.click(step(svc.undo), story_id, view_outputs + [passage_text], **FAST, api_name="undo")

@@ -55,7 +55,7 @@ def test_import_a_card_and_chat_with_it(running_app, page, tmp_path: Path) -> No
     page.locator("#prompts-list label", has_text="Ask").wait_for()
     page.get_by_role("tab", name="Chat", exact=True).click()
     page.click("#chat-prompt-library")
-    page.click("#chat-prompt-choice")
+    page.locator("#chat-prompt-choice input").click()
     page.get_by_role("option", name="Ask").click()
     page.locator("#chat-prompt-var-0 textarea, #chat-prompt-var-0 input").first.fill("the glade")
     page.locator("#chat-prompt-var-1 textarea, #chat-prompt-var-1 input").first.fill("20")

@@ -38,6 +38,7 @@ CAP_CANCEL = "cancel"
 CAP_QUANTIZATION = "quantization"
 CAP_SEED = "seed"
 CAP_LOGPROBS = "logprobs"  # text: log-probabilities of the chosen tokens (and the likeliest alternatives)
+CAP_INSTRUCT_TEMPLATE = "instruct-template"  # text: renders messages with a template the request brings
 CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
 CAP_RECONSTRUCT = "reconstruct"  # image: encode a given image, decode it (as any class)
 CAP_CLASS_CONDITIONAL = "class-conditional"  # image: `sample` draws (class, seed) ends
@@ -126,6 +127,9 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DRY_BREAKERS = ("\n", ":", '"', "*")  # text-generation-webui's and koboldcpp's defaults
+
+
 class SamplingParams(StrictModel):
     """Per-request sampling parameters shared by the text plugins."""
 
@@ -138,6 +142,20 @@ class SamplingParams(StrictModel):
                                     "already generated (OpenAI's presence_penalty)")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once per time "
                                      "it was generated (OpenAI's frequency_penalty)")
+    typical_p: float = Field(1.0, ge=0.01, le=1.0, description="locally typical sampling: keep the tokens whose "
+                             "surprise is closest to the average, up to this mass (1 = off)")
+    dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise a token that would extend a "
+                                  "sequence already in the context (0 = off; 0.8 is usual)")
+    dry_base: float = Field(1.75, ge=1.0, le=4.0, description="DRY: how fast the penalty grows with the length "
+                            "of the repeated sequence")
+    dry_allowed_length: int = Field(2, ge=1, le=20, description="DRY: repeats up to this many tokens go "
+                                    "unpenalised")
+    dry_sequence_breakers: tuple[str, ...] = Field(DRY_BREAKERS, max_length=16, description="DRY: text that "
+                                                   "ends a sequence (a repeat never reaches across it)")
+    xtc_threshold: float = Field(0.1, ge=0.0, le=0.5, description="XTC: tokens at least this likely count as "
+                                 "top choices")
+    xtc_probability: float = Field(0.0, ge=0.0, le=1.0, description="XTC: how often the top choices except "
+                                   "the least likely of them are excluded (0 = off)")
     max_new_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="empty = random")
     stop: tuple[str, ...] = Field((), max_length=8, description="strings that end the reply")
@@ -146,6 +164,8 @@ class SamplingParams(StrictModel):
     def _no_empty_stop(self) -> "SamplingParams":
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if any(not 1 <= len(b) <= 20 for b in self.dry_sequence_breakers):
+            raise ValueError("each DRY sequence breaker must be 1 to 20 characters long")
         return self
 
 
@@ -180,16 +200,27 @@ class TextRequest:
     """A chat (messages) or a raw completion (prompt) request.
 
     `logprobs`: None = none; k >= 0 = each generated token's log-probability and the k likeliest
-    alternatives (plugins with CAP_LOGPROBS)."""
+    alternatives (plugins with CAP_LOGPROBS). `template`: a Jinja chat template that replaces the model's
+    own for `messages` (plugins with CAP_INSTRUCT_TEMPLATE); None = the model's own."""
 
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     logprobs: int | None = None
+    template: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.messages):
             raise InvalidOptionsError("A text request needs either messages or a prompt, not both.")
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """What a text model reads for a request: the text after the template, its tokens, messages left out."""
+
+    text: str
+    tokens: int
+    dropped_messages: int = 0
 
 
 @dataclass(frozen=True)
@@ -480,6 +511,15 @@ class TextGenerator(Generator):
         """Every token of `text` as the model scores it (the first one's logprob is None); plugins with
         CAP_LOGPROBS implement it (the completions API's echo with logprobs)."""
         raise InvalidOptionsError(f"{self.name} cannot return log-probabilities.")
+
+    def render_prompt(self, request: TextRequest) -> RenderedPrompt:
+        """Exactly the text the model reads for `request` (after its template, with the oldest messages left
+        out where they do not fit) and its token count. Plugins with a tokenizer override it."""
+        if request.prompt is not None:
+            text = request.prompt
+        else:
+            text = "".join(f"{m.role.capitalize()}: {m.content}\n" for m in request.messages) + "Assistant:"
+        return RenderedPrompt(text, self.count_tokens(text))
 
     def supports_chat(self) -> bool:
         """Whether role-tagged messages work well (an instruct model with a chat template);

@@ -290,3 +290,45 @@ class SavedPrompt(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[Created]
     updated_at: Mapped[Updated]
+
+
+class SamplerPreset(Base):
+    """A person's named set of sampler settings (every SamplingParams field). Built-in presets are not rows."""
+
+    __tablename__ = "sampler_presets"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    name: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+    __table_args__ = (Index("ux_sampler_presets_owner_name", "owner", "name", unique=True),)
+
+
+class ModelPreset(Base):
+    """The preset a person's Chat, Story and Arena start from when a model is picked (by preset name:
+    a built-in or their own)."""
+
+    __tablename__ = "model_presets"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    model: Mapped[str] = mapped_column(String(200))
+    preset: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[Updated]
+
+    __table_args__ = (Index("ux_model_presets_owner_model", "owner", "model", unique=True),)
+
+
+class InstructTemplate(Base):
+    """A person's own instruct template: a Jinja chat template, checked in a sandbox before it is saved."""
+
+    __tablename__ = "instruct_templates"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    name: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+    __table_args__ = (Index("ux_instruct_templates_owner_name", "owner", "name", unique=True),)

@@ -64,7 +64,8 @@ def test_write_continue_retry_undo_through_the_page_api(app) -> None:
     html, notice, alt, passage, inspector, sent = updates[-1]
     text = doc_text(html)
     assert text.startswith("The lighthouse keeper woke. w0(")
-    assert "| Story (line 1) |" in inspector and "===== system =====" in sent
+    assert "| Story (line 1) |" in inspector and "As the model read it" in inspector
+    assert sent.startswith("System: You are a skilled fiction writer") and "The lighthouse keeper woke." in sent
     html, _, alt, *_ = client.predict(api_name="/retry")
     assert "2 of 2" in alt and doc_text(html) == text  # the fake model is deterministic for a fixed seed
     html, _, alt, *_ = client.predict(api_name="/story_previous_version")

@@ -24,6 +24,7 @@ from generators.base import (
     CAP_COMPLETION,
     CAP_LOGPROBS,
     ChatMessage,
+    InvalidOptionsError,
     SamplingParams,
     StudioError,
     TextGenerator,
@@ -32,7 +33,7 @@ from generators.base import (
 )
 
 from . import protocol as wire
-from .services import characters
+from .services import characters, presets
 from .services.context import AppContext
 from .services.generation import RunResult, sampling_params, stream_text
 
@@ -49,6 +50,7 @@ class Choice:
     request: TextRequest
     echo: str = ""
     echo_logprobs: tuple[TokenLogprob, ...] | None = None
+    preset: str | None = None  # the sampler preset its parameters started from
 
 
 def seeded(params: SamplingParams, offset: int) -> SamplingParams:
@@ -75,13 +77,25 @@ def check_logprobs(model: str, gen: TextGenerator, wanted: bool, param: str) -> 
 # ---------------------------------------------------------------- chat
 
 
+def request_params(ctx: AppContext, owner: str | None, body: wire.SamplingFields, model: str,
+                   max_new_tokens: int | None) -> tuple[SamplingParams, str | None]:
+    """The request's sampler fields on top of the preset it names (the `preset` extension), if any, and
+    that preset's name."""
+    try:
+        chosen = presets.named_preset(ctx, owner or ctx.default_owner, body.preset, model)
+    except InvalidOptionsError as exc:
+        raise wire.RequestError(str(exc), "preset") from None
+    given = {k: v for k, v in body.sampling(max_new_tokens).items() if v is not None}
+    return sampling_params({**(chosen.params if chosen else {}), **given}, ctx), chosen.name if chosen else None
+
+
 def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str | None = None) -> tuple[str, list[Choice]]:
     model, gen = text_model(ctx, body.model)
     for param, kind in body.media_parts():
         raise wire.RequestError(f"Invalid content type. {kind} is only supported by certain models; {model} reads "
                                 "text only.", param, None)
     check_logprobs(model, gen, body.logprobs is True, "logprobs")
-    params = sampling_params(body.sampling(body.max_new_tokens), ctx)
+    params, preset = request_params(ctx, owner, body, model, body.max_new_tokens)
     messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, m.text())  # type: ignore[arg-type]
                      for m in body.messages)
     ctx.check_text("".join(m.content for m in messages), "conversation")
@@ -91,8 +105,8 @@ def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str |
                                                             body.persona, messages))
         except characters.UnknownAssetError as exc:
             raise wire.RequestError(str(exc), exc.field) from None
-    return model, [Choice(i, TextRequest(messages=messages, params=seeded(params, i), logprobs=body.top_logprob_count))
-                   for i in range(body.choices)]
+    return model, [Choice(i, TextRequest(messages=messages, params=seeded(params, i), logprobs=body.top_logprob_count),
+                          preset=preset) for i in range(body.choices)]
 
 
 async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any:
@@ -128,7 +142,7 @@ async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any
 # ---------------------------------------------------------------- completions
 
 
-def completion_choices(ctx: AppContext, body: wire.CompletionRequest) -> tuple[str, list[Choice]]:
+def completion_choices(ctx: AppContext, body: wire.CompletionRequest, owner: str | None = None) -> tuple[str, list[Choice]]:
     """One choice per (prompt, candidate); with best_of > n the candidates are ranked afterwards."""
     model, gen = text_model(ctx, body.model)
     if CAP_COMPLETION not in gen.info.capabilities:
@@ -138,7 +152,7 @@ def completion_choices(ctx: AppContext, body: wire.CompletionRequest) -> tuple[s
     for p in prompts:
         ctx.check_text(p, "prompt")
     ctx.check_max_new_tokens(body.max_new_tokens)
-    params = sampling_params(body.sampling(max(1, body.max_new_tokens)), ctx)
+    params, preset = request_params(ctx, owner, body, model, max(1, body.max_new_tokens))
     wanted = body.logprobs if body.logprobs is not None else (0 if body.candidates > body.choices else None)
     choices = []
     for p_index, prompt in enumerate(prompts):
@@ -148,14 +162,14 @@ def completion_choices(ctx: AppContext, body: wire.CompletionRequest) -> tuple[s
                 echoed = tuple(loaded.prompt_logprobs(prompt, body.logprobs))  # type: ignore[attr-defined]
         for j in range(body.candidates):
             request = TextRequest(prompt=prompt, params=seeded(params, j), logprobs=wanted)
-            choices.append(Choice(p_index * body.candidates + j, request, prompt if body.echo else "", echoed))
+            choices.append(Choice(p_index * body.candidates + j, request, prompt if body.echo else "", echoed, preset))
     return model, choices
 
 
 async def completions(ctx: AppContext, owner: str, request: Request) -> Any:
     body = wire.parse(wire.CompletionRequest, await request.body())
     ctx.check_rate(owner, consume=False)
-    model, choices = await run_in_threadpool(completion_choices, ctx, body)
+    model, choices = await run_in_threadpool(completion_choices, ctx, body, owner)
     per_prompt = body.candidates
     cid = "cmpl-" + uuid.uuid4().hex
     cancel = threading.Event()
@@ -217,7 +231,8 @@ def best_of(scored: list[tuple[Choice, RunResult]], candidates: int, keep: int) 
 
 def start_runs(ctx: AppContext, owner: str, model: str, choices: list[Choice], cancel: threading.Event) -> list[Runs]:
     """One generation per choice; the request counts once against the rate limit."""
-    return [stream_text(ctx, owner, model, c.request, cancel=cancel, source="api", count_request=i == 0)
+    return [stream_text(ctx, owner, model, c.request, cancel=cancel, source="api", count_request=i == 0,
+                        preset=c.preset)
             for i, c in enumerate(choices)]
 
 

@@ -9,7 +9,10 @@ The OpenAI API reference (chat completions, completions) is the specification:
 
 Fields OpenAI knows but the studio cannot act on (`tools`, `response_format`, `user`, `metadata`, …)
 and unknown fields are accepted and ignored, as vLLM and llama.cpp's server do, so existing clients
-keep working; `top_k`, `min_p` and `repetition_penalty` are the usual local-server extensions.
+keep working; `top_k`, `min_p` and `repetition_penalty` are the usual local-server extensions, and
+`typical_p`, `dry_multiplier`/`dry_base`/`dry_allowed_length`/`dry_sequence_breakers` and
+`xtc_threshold`/`xtc_probability` those of text-generation-webui and koboldcpp (the OpenAI client sends them
+through `extra_body`).
 Numbers and booleans are strict: `"0.5"` where a number belongs is refused, as OpenAI does.
 """
 
@@ -40,7 +43,8 @@ class RequestError(InvalidOptionsError):
 
 JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal", list: "an array",
               dict: "an object", type(None): "null"}
-DECIMAL_FIELDS = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p", "repetition_penalty"}
+DECIMAL_FIELDS = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p", "repetition_penalty",
+                  "typical_p", "dry_multiplier", "dry_base", "xtc_threshold", "xtc_probability"}
 EXPECTED = {  # pydantic error type → what OpenAI says it expected
     "float_type": "a decimal", "int_type": "an integer", "int_from_float": "an integer", "string_type": "a string",
     "bool_type": "a boolean", "list_type": "an array", "dict_type": "an object", "model_type": "an object",
@@ -205,6 +209,17 @@ class SamplingFields(WireModel):
     top_k: int | None = Field(None, ge=0, le=1000)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, ge=0.5, le=2)
+    # Extensions (text-generation-webui, koboldcpp, llama.cpp server): typical-p, DRY, XTC
+    typical_p: float | None = Field(None, ge=0.01, le=1)
+    dry_multiplier: float | None = Field(None, ge=0, le=5)
+    dry_base: float | None = Field(None, ge=1, le=4)
+    dry_allowed_length: int | None = Field(None, ge=1, le=20)
+    dry_sequence_breakers: list[Annotated[str, Field(min_length=1, max_length=20)]] | None = Field(None, max_length=16)
+    xtc_threshold: float | None = Field(None, ge=0, le=0.5)
+    xtc_probability: float | None = Field(None, ge=0, le=1)
+    # Extension (the studio): a sampler preset by name ("default": the one chosen for the model); the
+    # sampler fields sent beside it override its values
+    preset: str | None = Field(None, min_length=1, max_length=100)
 
     @model_validator(mode="before")
     @classmethod
@@ -234,6 +249,13 @@ class SamplingFields(WireModel):
             "top_k": self.top_k,
             "min_p": self.min_p,
             "repetition_penalty": self.repetition_penalty,
+            "typical_p": self.typical_p,
+            "dry_multiplier": self.dry_multiplier,
+            "dry_base": self.dry_base,
+            "dry_allowed_length": self.dry_allowed_length,
+            "dry_sequence_breakers": None if self.dry_sequence_breakers is None else tuple(self.dry_sequence_breakers),
+            "xtc_threshold": self.xtc_threshold,
+            "xtc_probability": self.xtc_probability,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "max_new_tokens": max_new_tokens,

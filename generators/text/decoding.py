@@ -10,7 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..base import SamplingParams
-from .logits_processing import PresenceFrequencyPenalty, ScoredToken, score_token
+from .logits_processing import DryPenalty, ExcludeTopChoices, PresenceFrequencyPenalty, ScoredToken, score_token
+
+
+def last_token_ids(tokenizer: Any, texts: Sequence[str]) -> set[int]:
+    """The token each text ends with when it follows a letter (how text-generation-webui maps DRY's
+    sequence breakers to tokens)."""
+    if tokenizer is None:
+        return set()
+    ids = set()
+    for text in texts:
+        encoded = tokenizer.encode("a" + text, add_special_tokens=False)
+        if encoded:
+            ids.add(int(encoded[-1]))
+    return ids
 
 
 class Sampler:
@@ -21,10 +34,14 @@ class Sampler:
     """
 
     def __init__(self, params: SamplingParams, seed: int, device: Any, prompt_len: int = 0,
-                 logprobs: int | None = None) -> None:
+                 logprobs: int | None = None, tokenizer: Any = None, eos_ids: Sequence[int] = ()) -> None:
         """`prompt_len`: where generated tokens start in the ids it is given (the OpenAI penalties count
         those only); `logprobs`: None, or record each token's log-probability and that many alternatives
-        in `scored` (read by the plugin as the tokens are relayed)."""
+        in `scored` (read by the plugin as the tokens are relayed); `tokenizer` maps DRY's sequence breakers
+        to tokens and, with `eos_ids`, names the tokens XTC never removes (end of text, newline).
+
+        The order is text-generation-webui's: penalties, then temperature and the truncation samplers,
+        XTC last."""
         import torch
         from transformers.generation.logits_process import (
             LogitsProcessorList,
@@ -33,14 +50,20 @@ class Sampler:
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
+            TypicalLogitsWarper,
         )
 
+        # Sampling draws from a CPU generator so a seed gives the same tokens on any device.
+        self.rng = torch.Generator(device="cpu").manual_seed(seed)
         self.greedy = params.temperature == 0.0
         procs: list[Any] = []
         if params.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if params.presence_penalty or params.frequency_penalty:
             procs.append(PresenceFrequencyPenalty(params.presence_penalty, params.frequency_penalty, prompt_len))
+        if params.dry_multiplier > 0.0:
+            procs.append(DryPenalty(params.dry_multiplier, params.dry_base, params.dry_allowed_length,
+                                    last_token_ids(tokenizer, params.dry_sequence_breakers)))
         if not self.greedy:
             if params.temperature != 1.0:
                 procs.append(TemperatureLogitsWarper(params.temperature))
@@ -48,15 +71,18 @@ class Sampler:
                 procs.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1.0:
                 procs.append(TopPLogitsWarper(params.top_p))
+            if params.typical_p < 1.0:
+                procs.append(TypicalLogitsWarper(params.typical_p))
             if params.min_p > 0.0:
                 procs.append(MinPLogitsWarper(params.min_p))
+            if params.xtc_probability > 0.0:
+                protected = {*eos_ids, *last_token_ids(tokenizer, ["\n"])}
+                procs.append(ExcludeTopChoices(params.xtc_threshold, params.xtc_probability, self.rng, protected))
         self.processors = LogitsProcessorList(procs)
         self.logprobs = logprobs
         self.scored: deque[ScoredToken] = deque()  # appended on the compute lane, taken by the relaying thread
         # the argmax alone decides (the batcher takes it for all rows at once)
         self.plain_greedy = self.greedy and not procs and logprobs is None
-        # Sampling draws from a CPU generator so a seed gives the same tokens on any device.
-        self.rng = torch.Generator(device="cpu").manual_seed(seed)
         self._torch = torch
 
     def __call__(self, input_ids: Any, logits: Any) -> int:

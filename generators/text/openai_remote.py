@@ -242,6 +242,14 @@ class OpenAIRemote(TextGenerator):
             body["stop"] = list(p.stop)
         if self.options.send_extensions:
             body.update(top_k=p.top_k, min_p=p.min_p, repetition_penalty=p.repetition_penalty)
+            # llama.cpp's server, koboldcpp and text-generation-webui read these; sent only when in use
+            if p.typical_p < 1.0:
+                body["typical_p"] = p.typical_p
+            if p.dry_multiplier > 0.0:
+                body.update(dry_multiplier=p.dry_multiplier, dry_base=p.dry_base,
+                            dry_allowed_length=p.dry_allowed_length, dry_sequence_breakers=list(p.dry_sequence_breakers))
+            if p.xtc_probability > 0.0:
+                body.update(xtc_probability=p.xtc_probability, xtc_threshold=p.xtc_threshold)
         if chat:
             if request.prompt is not None:
                 messages = [{"role": "user", "content": request.prompt}]

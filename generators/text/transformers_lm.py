@@ -24,6 +24,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_INSTRUCT_TEMPLATE,
     CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
@@ -35,6 +36,7 @@ from ..base import (
     InvalidOptionsError,
     LoadFailedError,
     ProgressFn,
+    RenderedPrompt,
     SamplingParams,
     StrictModel,
     TextChunk,
@@ -122,7 +124,7 @@ class TransformersLM(TextGenerator):
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF), bitsandbytes 8/4-bit",
         capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
-                                CAP_LOGPROBS}),
+                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -416,7 +418,7 @@ class TransformersLM(TextGenerator):
             raise InvalidOptionsError("There is no user message to reply to.")
 
         def ids_for(dropped: int) -> list[int]:
-            return self._chat_ids(system + turns[dropped:])
+            return self._chat_ids(system + turns[dropped:], request.template)
 
         ids = ids_for(0)
         if len(ids) <= budget:
@@ -438,14 +440,20 @@ class TransformersLM(TextGenerator):
                 lo = mid + 1
         return ids_for(lo), lo
 
-    def _chat_ids(self, messages: list[Any]) -> list[int]:
+    def _chat_ids(self, messages: list[Any], template: str | None = None) -> list[int]:
+        """Messages through `template` (a Jinja chat template), else the model's own chat template."""
         dicts = [{"role": m.role, "content": m.content} for m in messages]
-        if self.has_chat_template:
-            text = self.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+        if template or self.has_chat_template:
+            text = self.tokenizer.apply_chat_template(dicts, chat_template=template or None, tokenize=False,
+                                                      add_generation_prompt=True)
             return self.tokenizer.encode(text, add_special_tokens=False)
         # A base model has no template: a plain transcript it can continue.
         text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts) + "Assistant:"
         return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def render_prompt(self, request: TextRequest) -> RenderedPrompt:
+        ids, dropped = self.encode(request)
+        return RenderedPrompt(self.tokenizer.decode(ids, skip_special_tokens=False), len(ids), dropped)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -562,10 +570,11 @@ class TransformersLM(TextGenerator):
         params = request.params
         prompt_ids, dropped = self.encode(request)
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs)
+        eos = self._eos_ids()
+        sampler = Sampler(params, seed, self.device, prompt_len=len(prompt_ids), logprobs=request.logprobs,
+                          tokenizer=self.tokenizer, eos_ids=sorted(eos))
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
-        eos = self._eos_ids()
         if self._batcher is not None:
             yield from self._stream_batched(prompt_ids, params, seed, sampler, detok, stops, eos, cancel, started, dropped)
         else:

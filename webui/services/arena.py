@@ -22,6 +22,7 @@ from generators.base import ChatMessage, InvalidOptionsError, StudioError, TextG
 from storage import repository as repo
 from storage.models import ArenaBattle, utcnow
 
+from . import presets
 from .context import AppContext, check_text
 from .generation import sampling_params, stream_text
 
@@ -102,14 +103,15 @@ def _request(gen: TextGenerator, prompt: str, params: Any) -> TextRequest:
 
 
 def stream(ctx: AppContext, owner: str, battle_id: str, params: dict[str, Any] | None = None,
-           cancel: threading.Event | None = None) -> Iterator[BattleView]:
-    """Run both answers at once (two threads), yielding the round as the texts grow; saved at the end."""
+           cancel: threading.Event | None = None, preset: str | None = None) -> Iterator[BattleView]:
+    """Run both answers at once (two threads), yielding the round as the texts grow; saved at the end.
+    `preset`: a sampler preset both answers start from (`params` given on top of it)."""
     with ctx.store.begin() as s:
         battle = _battle(s, owner, battle_id)
         if battle.vote is not None or battle.generation_a_id:
             raise InvalidOptionsError("This round has been answered already; start a new one.")
         models, prompt = (battle.model_a, battle.model_b), battle.prompt
-    checked = sampling_params(params or {}, ctx)
+    checked = presets.resolve(ctx, owner, preset, params) if preset else sampling_params(params or {}, ctx)
     updates: queue.Queue[tuple[int, str, str | None, BaseException | None]] = queue.Queue()
     texts, generation_ids = ["", ""], [None, None]
     cancel = cancel or threading.Event()
@@ -120,7 +122,7 @@ def stream(ctx: AppContext, owner: str, battle_id: str, params: dict[str, Any] |
             if not isinstance(gen, TextGenerator):
                 raise InvalidOptionsError(f"{models[side]} is not a text model.")
             for delta, result in stream_text(ctx, owner, models[side], _request(gen, prompt, checked), cancel=cancel,
-                                             source="arena"):
+                                             source="arena", preset=preset):
                 updates.put((side, delta, result.generation_id, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             updates.put((side, "", None, exc))

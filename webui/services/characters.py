@@ -310,18 +310,21 @@ def chat_character(settings: dict[str, Any]) -> dict[str, Any] | None:
     return link if isinstance(link, dict) and link.get("id") else None
 
 
-def context_for_chat(s: Any, owner: str, settings: dict[str, Any], messages: list[ChatMessage]) -> list[ChatMessage]:
+def context_for_chat(ctx: AppContext, owner: str, settings: dict[str, Any],
+                     messages: list[ChatMessage]) -> list[ChatMessage]:
     """The messages a chat's reply is generated from: unchanged for a plain chat (or when its character was
     deleted), else the character's context (see the module's docstring)."""
     link = chat_character(settings)
     if link is None:
         return messages
-    try:
-        row = assets.get_owned(s, Character, owner, link["id"])
-    except repo.NotFoundError:
-        return messages
-    name, description = _persona_for(s, owner, link.get("persona_id"))
-    return character_context(_card(row), name, description, messages)
+    with ctx.store.begin() as s:
+        try:
+            row = assets.get_owned(s, Character, owner, link["id"])
+        except repo.NotFoundError:
+            return messages
+        name, description = _persona_for(s, owner, link.get("persona_id"))
+        card = _card(row)
+    return character_context(card, name, description, messages)
 
 
 def context_for_request(ctx: AppContext, owner: str, character: str, persona: str | None,

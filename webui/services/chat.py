@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from generators.base import ChatMessage, InvalidOptionsError, SamplingParams, TextRequest
+from generators.base import ChatMessage, InvalidOptionsError, RenderedPrompt, SamplingParams, TextGenerator, TextRequest
 from storage import repository as repo
 from storage.db import StorageError
 
-from . import characters, disclosure
+from . import characters, disclosure, instruct
 from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
 from .loading import wait_until_loaded
@@ -72,17 +72,37 @@ class ReplySettings:
     model: str
     params: SamplingParams
     system_prompt: str = ""
+    preset: str = ""  # the sampler preset the values were loaded from (single values may differ since)
+    template: str = ""  # the instruct template's name ("" = the model's own)
 
     def as_json(self) -> dict[str, Any]:
-        return {"model": self.model, "system_prompt": self.system_prompt, "params": self.params.model_dump(mode="json")}
+        return {"model": self.model, "system_prompt": self.system_prompt, "params": self.params.model_dump(mode="json"),
+                "preset": self.preset, "template": self.template}
 
 
-def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | None, system_prompt: str = "") -> ReplySettings:
-    """Validate the model name and sampler values of a request."""
+def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | None, system_prompt: str = "",
+                   preset: str | None = None, template: str | None = None, owner: str | None = None) -> ReplySettings:
+    """Validate the model name, sampler values and instruct template (the owner's, by name) of a request."""
     name = model or ctx.default_model
     ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
     ctx.check_text(system_prompt or "", "system prompt")
-    return ReplySettings(name, sampling_params(params, ctx), (system_prompt or "").strip())
+    ctx.check_text(preset or "", "preset name")
+    chosen = instruct.get_template(ctx, owner or ctx.default_owner, template)
+    shown = "" if chosen.source is None else chosen.name
+    return ReplySettings(name, sampling_params(params, ctx), (system_prompt or "").strip(), (preset or "").strip()[:100],
+                         shown)
+
+
+def _request(ctx: AppContext, owner: str, settings: ReplySettings, history: list[ChatMessage],
+             chat_settings: dict[str, Any] | None = None) -> TextRequest:
+    """The request for a reply: the system prompt first (a chat with a character: the character's context,
+    see services.characters), the instruct template and its stop strings applied."""
+    if settings.system_prompt:
+        history = [ChatMessage("system", settings.system_prompt), *history]
+    history = characters.context_for_chat(ctx, owner, chat_settings or {}, history)
+    template = instruct.get_template(ctx, owner, settings.template)
+    source, params = instruct.apply(ctx, settings.model, template, settings.params)
+    return TextRequest(messages=tuple(history), params=params, template=source)
 
 
 def _view(s: Any, chat: Any, notice: str = "") -> ChatView:
@@ -202,14 +222,11 @@ def stream_reply(
         if not path or path[-1][0].role != "user":
             raise InvalidOptionsError("The last message is not yours: send a message or press Regenerate.")
         history = [ChatMessage(m.role, m.content) for m, _ in path if m.content or m.role == "user"]  # type: ignore[arg-type]
-        if settings.system_prompt:
-            history.insert(0, ChatMessage("system", settings.system_prompt))
-        history = characters.context_for_chat(s, owner, chat.settings, history)
-        chat.settings = {**chat.settings, **settings.as_json()}
+        request = _request(ctx, owner, settings, history, chat.settings)
+        chat.settings = {**chat.settings, **settings.as_json()}  # keeps what else the chat records (its character)
         parent_id = path[-1][0].id
         reply = repo.add_message(s, chat, parent_id, "assistant", "", status="streaming", model=settings.model)
         base = _view(s, chat)
-    request = TextRequest(messages=tuple(history), params=settings.params)
 
     def attach(generation_id: str) -> None:
         with ctx.store.begin() as s:
@@ -238,7 +255,8 @@ def stream_reply(
         raise
     notice = ""
     for _delta, result in stream_text(
-        ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress
+        ctx, owner, settings.model, request, cancel=cancel, session_id=chat_id, on_start=attach, save=save, progress=progress,
+        preset=settings.preset or None,
     ):
         if result.outcome == "running":
             yield with_reply(result.text, "streaming")
@@ -251,6 +269,28 @@ def stream_reply(
         elif result.outcome == "cancelled":
             notice = f"Stopped after {result.completion_tokens} tokens; the partial reply is saved."
         yield with_reply(result.text, result.outcome, notice)
+
+
+def sent_prompt(ctx: AppContext, owner: str, chat_id: str) -> RenderedPrompt:
+    """What the model read for the visible branch's last reply (or would read for a reply now, when the last
+    message is the person's): the conversation after the instruct template, with its token count, rendered
+    by the model itself with the chat's saved settings. Loads the model if it is not loaded."""
+    with ctx.store.begin() as s:
+        chat = repo.get_session(s, owner, chat_id, KIND)
+        path = [m for m, _ in repo.active_path(s, chat)]
+        stored = dict(chat.settings)
+    while path and path[-1].role == "assistant":
+        path.pop()
+    if not path:
+        raise InvalidOptionsError("Nothing was sent yet: send a message first.")
+    settings = reply_settings(ctx, stored.get("model"), stored.get("params") or {}, stored.get("system_prompt") or "",
+                              stored.get("preset"), stored.get("template"), owner)
+    request = _request(ctx, owner, settings, [ChatMessage(m.role, m.content) for m in path  # type: ignore[arg-type]
+                                              if m.content or m.role == "user"], stored)
+    with ctx.registry.use(settings.model, owner=owner) as gen:
+        if not isinstance(gen, TextGenerator):
+            raise InvalidOptionsError(f"{settings.model!r} is not a text model.")
+        return gen.render_prompt(request)
 
 
 # ------------------------------------------------------------------ managing

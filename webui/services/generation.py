@@ -89,14 +89,18 @@ def stream_text(
     save: Callable[[str, str | None], None] | None = None,
     progress: Callable[[str], None] | None = None,
     count_request: bool = True,
+    preset: str | None = None,
 ) -> Iterator[tuple[str, RunResult]]:
     """Yield (delta, result-so-far). `save(text, status)` persists the partial text: called at
     least every SAVE_EVERY_S while streaming and once at the end with the final status.
-    `count_request=False`: another choice of the same API request already counted against the rate limit."""
+    `count_request=False`: another choice of the same API request already counted against the rate limit.
+    `preset`: the sampler preset the parameters started from, kept in the record beside them."""
     ctx.check_max_new_tokens(request.params.max_new_tokens)  # limits hold for every caller
     if count_request:
         ctx.check_rate(owner)
     params_json = request.params.model_dump(mode="json")
+    if preset:
+        params_json["preset"] = preset
     with ctx.store.begin() as s:
         gen_row = repo.start_generation(
             s, owner, model, params_json, session_id=session_id, source=source, seed=request.params.seed,

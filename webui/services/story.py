@@ -262,6 +262,8 @@ def _generate(
     assembled = assemble_context(texts, settings.levers, budget, count)
     request = to_request(assembled, instruct, settings.params)
     inspected = report(assembled, request, model=settings.model, context_window=gen.context_window).as_json()
+    rendered = gen.render_prompt(request)  # the text after the model's template, as the model reads it
+    inspected.update(rendered=rendered.text, rendered_tokens=rendered.tokens)
 
     with ctx.store.begin() as s:
         story = story_row(s, owner, story_id)

@@ -16,6 +16,8 @@ from ..services import chat as svc
 from ..services import ratings, workspace_defaults
 from ..services.context import AppContext
 from . import FAST, chat_character, chat_sidebar, prompt_picker
+from . import instruct as instruct_ui
+from . import presets as presets_ui
 from .chat_view import alternatives_label, chatbot_messages, default_focus
 from .sampler import build_sampler
 
@@ -72,14 +74,18 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
                 next_alt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="chat-next")
                 alt_label = gr.Markdown("", elem_id="chat-alternatives")
-            sampler = build_sampler(workspace_defaults.CHAT)
+            sampler = build_sampler(workspace_defaults.CHAT, presets="chat")
+            templates = instruct_ui.build_layout("chat")
+    picker = sampler.presets
+    assert picker is not None
 
-    gen_inputs = {chat_id, model, system_prompt, *sampler.components}
+    gen_inputs = {chat_id, model, system_prompt, *sampler.components, picker.preset, templates.template}
 
     # ------------------------------------------------------------ handlers
-    def settings_from(values: dict[Any, Any]) -> svc.ReplySettings:
+    def settings_from(values: dict[Any, Any], request: gr.Request) -> svc.ReplySettings:
         params = sampler.params(values)
-        return svc.reply_settings(ctx, values[model], params, values[system_prompt] or "")
+        return svc.reply_settings(ctx, values[model], params, values[system_prompt] or "", values[picker.preset],
+                                  values[templates.template], owner(request))
 
     def render(view: svc.ChatView, focus: str | None = None) -> dict[Any, Any]:
         focus = view.focus or focus
@@ -112,7 +118,7 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
 
     @ui_errors
     def post_message(values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
-        view = svc.add_user_message(ctx, owner(request), values[chat_id], values[message], settings_from(values))
+        view = svc.add_user_message(ctx, owner(request), values[chat_id], values[message], settings_from(values, request))
         ctx.cancels.fresh(request.session_hash or "")
         return {**render(view), message: ""}
 
@@ -121,7 +127,7 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
         if not values[chat_id]:
             return
         cancel = ctx.cancels.current(request.session_hash or "")
-        for view in svc.stream_reply(ctx, owner(request), values[chat_id], settings_from(values), cancel):
+        for view in svc.stream_reply(ctx, owner(request), values[chat_id], settings_from(values, request), cancel):
             yield render(view)
 
     @ui_errors
@@ -205,11 +211,14 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
         return {1: "Rated 👍 — thanks.", -1: "Rated 👎 — thanks.", 0: "Rating removed."}[stored]
 
     chatbot.like(like, msg_ids, notice, **FAST, **private)
+    load_presets = presets_ui.wire(ctx, picker, sampler.components, sampler.values_of, sampler.params, model, "chat")
+    instruct_ui.wire(ctx, templates, chat_id, "chat")
 
     def on_page_load(demo: gr.Blocks, shown: Any = None) -> None:
         """Wire the page load, and `shown` (the tab's select event): the status line is read afresh
         each time, so a model unloaded or reloaded in the Models view is never shown stale here."""
         demo.load(after_reply, [side.search, chat_id, model], [side.chats, model_state], **FAST, **private)
+        load_presets(demo)
         if shown is not None:
             shown(describe_model, model, model_state, **FAST, **private)
 

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import ui_errors
-from ..services import arena, metrics, ratings
+from ..services import arena, metrics, presets, ratings
 from ..services.context import AppContext
 from . import FAST
 
@@ -123,6 +123,10 @@ def table(ctx: AppContext) -> list[list[Any]]:
     return [[r.generator, r.up, r.down, r.total, f"{r.share_up:.0%}", r.comments] for r in ratings.by_generator(ctx)]
 
 
+def preset_choices(items: list[presets.Preset]) -> list[tuple[str, str]]:
+    return [("— none —", ""), *((p.label, p.name) for p in items)]
+
+
 def build(ctx: AppContext) -> Any:
     models = arena.text_models(ctx)
     battle_id = gr.State(None)
@@ -137,6 +141,10 @@ def build(ctx: AppContext) -> Any:
         with gr.Row():
             tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens", scale=2)
             temperature = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Temperature", scale=2)
+            preset = gr.Dropdown(choices=preset_choices(presets.builtin_presets()), value="", label="Preset", scale=2,
+                                 allow_custom_value=True,
+                                 info="its sampler settings for both; the two sliders still apply",
+                                 elem_id="arena-preset")
             go = gr.Button("Ask both", variant="primary", scale=1, elem_id="arena-go")
         with gr.Row(equal_height=True):
             answer_a = gr.Textbox(label="A", lines=10, max_lines=20, interactive=False, elem_id="arena-a")
@@ -155,13 +163,14 @@ def build(ctx: AppContext) -> Any:
         return ctx.owner_for(getattr(request, "username", None))
 
     @ui_errors
-    def ask(text: str, a: str, b: str, n: float, temp: float, request: gr.Request) -> Any:
+    def ask(text: str, a: str, b: str, n: float, temp: float, preset_name: str | None, request: gr.Request) -> Any:
         who = owner(request)
         battle = arena.start(ctx, who, text, a, b)
         yield battle.id, "", "", "Answering… (the names are shown after your vote)"
         cancel = ctx.cancels.fresh(request.session_hash or "")
         view = battle
-        for view in arena.stream(ctx, who, battle.id, {"max_new_tokens": int(n), "temperature": temp}, cancel):
+        for view in arena.stream(ctx, who, battle.id, {"max_new_tokens": int(n), "temperature": temp}, cancel,
+                                 preset=preset_name or None):
             yield battle.id, view.text_a, view.text_b, gr.update()
         yield battle.id, view.text_a, view.text_b, "Both answers are in. Which is better?"
 
@@ -177,7 +186,20 @@ def build(ctx: AppContext) -> Any:
 
         return handler
 
-    go.click(ask, [prompt, pick_a, pick_b, tokens, temperature], [battle_id, answer_a, answer_b, reveal],
+    @ui_errors
+    def pick_preset(name: str | None, request: gr.Request) -> dict[Any, Any]:
+        """A preset sets the two sliders to its values (the rest of its settings apply as they are)."""
+        if not name:
+            return {}
+        chosen = presets.get_preset(ctx, owner(request), name).params
+        return {temperature: chosen["temperature"], tokens: max(16, min(512, chosen["max_new_tokens"]))}
+
+    def list_presets(current: str | None, request: gr.Request) -> Any:
+        return gr.Dropdown(choices=preset_choices(presets.list_presets(ctx, owner(request))), value=current or "")
+
+    preset.input(pick_preset, preset, [temperature, tokens], **FAST, api_visibility="private")
+    preset.focus(list_presets, preset, preset, **FAST, api_visibility="private")
+    go.click(ask, [prompt, pick_a, pick_b, tokens, temperature, preset], [battle_id, answer_a, answer_b, reveal],
              concurrency_id="generate", concurrency_limit=ctx.settings.generation_slots(), api_name="arena_ask")
     for choice, button in vote_buttons.items():
         button.click(voter(choice), battle_id, [reveal, leader, leader_plot], **FAST, api_name=f"arena_vote_{choice}")

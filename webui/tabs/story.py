@@ -19,6 +19,7 @@ from ..services import story as svc
 from ..services.context import AppContext
 from ..services.story_context import MAX_DEPTH
 from . import FAST, prompt_picker, story_sidebar
+from . import presets as presets_ui
 from .sampler import build_sampler
 from .story_view import LEGEND, alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
 
@@ -75,7 +76,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                     interactive=True, elem_id="story-world-info",
                 )  # fmt: skip
                 scan_depth = gr.Slider(1, MAX_DEPTH, value=10, step=1, label="Scan depth", info="recent paragraphs searched")
-            sampler = build_sampler(workspace_defaults.STORY)
+            sampler = build_sampler(workspace_defaults.STORY, presets="story")
             with gr.Accordion("Context inspector: what was sent to the model last time", open=False):
                 inspector = gr.Markdown(inspector_markdown(None), elem_id="story-inspector")
                 sent = gr.Textbox(label="Exactly as sent", lines=8, max_lines=30, interactive=False)
@@ -245,8 +246,12 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
 
     rate_up.click(rater(1), passage, None, **FAST, **private)
     rate_down.click(rater(-1), passage, None, **FAST, **private)
+    assert sampler.presets is not None
+    load_presets = presets_ui.wire(ctx, sampler.presets, sampler.components, sampler.values_of, sampler.params, model,
+                                   "story")
 
     def on_page_load(demo: gr.Blocks) -> None:
         demo.load(after, [side.search, story_id], side.stories, **FAST, **private)
+        load_presets(demo)
 
     return on_page_load

@@ -76,6 +76,8 @@ def inspector_markdown(report: dict[str, Any] | None) -> str:
     lines += [f"| {p['label']} | {p['tokens']:,} | {p['chars']:,} |" for p in report["parts"]]
     actual = f" (the model counted {report['prompt_tokens']:,} with its template)" if report.get("prompt_tokens") else ""
     lines.append(f"| **Total** | **{report['tokens']:,}**{actual} | |")
+    if report.get("rendered_tokens"):
+        lines += ["", f"As the model read it (below, after its template): **{report['rendered_tokens']:,} tokens**."]
     if report["cut"]:
         lines += ["", "**Cut to fit:**", ""]
         lines += [
@@ -88,7 +90,10 @@ def inspector_markdown(report: dict[str, Any] | None) -> str:
 
 
 def sent_text(report: dict[str, Any] | None) -> str:
-    """Exactly what was sent, message by message."""
+    """Exactly what was sent: the prompt as the model read it (after its template), or, for a story sent
+    before that was kept, message by message."""
     if not report:
         return ""
+    if report.get("rendered") is not None:
+        return report["rendered"]
     return "\n\n".join(f"===== {m['role']} =====\n{m['content']}" for m in report["sent"])

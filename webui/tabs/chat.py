@@ -38,7 +38,7 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=240):
             side = chat_sidebar.build_layout()
-            picker = chat_character.build_layout()
+            character_picker = chat_character.build_layout()
         with gr.Column(scale=4):
             with gr.Row():
                 with gr.Column(scale=3, min_width=200):
@@ -168,9 +168,9 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
     view_outputs = [chatbot, msg_ids, chat_id, focus_id, notice, alt_label]
     generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     refresh_list = chat_sidebar.wire(ctx, side, chat_id, render, view_outputs)
-    chat_character.wire(ctx, picker, render, view_outputs, side.chats, refresh_list, side.search, chat_id, header)
+    chat_character.wire(ctx, character_picker, render, view_outputs, side.chats, refresh_list, side.search, chat_id, header)
     if exposed is not None:
-        exposed["open_chat"] = picker.opened
+        exposed["open_chat"] = character_picker.opened
 
     def after_reply(query: str, cid: str | None, name: str | None, request: gr.Request) -> dict[Any, Any]:
         return {side.chats: refresh_list(query, cid, request), model_state: describe_model(name)}

@@ -42,7 +42,7 @@ def build(ctx: AppContext, target: gr.Textbox, prefix: str) -> None:
                 for i in range(lib.MAX_VARIABLES)]
 
     @ui_errors
-    def do_insert(pid: str | None, current: str, *values: str, request: gr.Request) -> str:
+    def do_insert(request: gr.Request, pid: str | None, current: str, *values: str) -> str:  # Request first: *values
         if not pid:
             raise gr.Error("Pick a saved prompt first (make one in the Prompts tab).")
         prompt = lib.get_prompt(ctx, owner(request), pid)

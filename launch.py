@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests-per-minute", type=int, help="generation requests per user per minute (0 = no limit; "
                    "default: 60 with accounts, none while auth is off)")
     p.add_argument("--memory-budget-gb", type=float, help="unload least recently used models beyond this much memory")
+    p.add_argument("--train-jobs", type=int, help="training jobs running at once; the rest wait in a queue (default 1)")
+    p.add_argument("--train-threads", type=int, help="torch threads of each training job's process (default 1)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default INFO)")
     return p.parse_args(argv)
 

@@ -34,6 +34,7 @@ class ModelSpec:
     plugin: str
     options: dict[str, Any] = field(default_factory=dict)
     concurrency: int | None = None  # simultaneous generations of this model (None: the registry's default)
+    owner: str | None = None  # a person's own model (a finished training job): only they see and use it
 
 
 @dataclass
@@ -41,6 +42,7 @@ class _Slot:
     generator: Generator
     semaphore: FairSlots  # round-robin across the owners waiting for this model
     in_use: int = 0
+    owner: str | None = None  # None: shared by everyone
 
 
 def discover_plugins(group: str = ENTRY_POINT_GROUP) -> dict[str, type[Generator]]:
@@ -103,7 +105,8 @@ class Registry:
                 raise UnknownGeneratorError(f"No generator plugin {spec.plugin!r} is installed (installed: {known}).")
             gen = plugin(spec.name, spec.options, cache_dir=self.cache_dir)
             # unset: the plugin's own (a batching LM decodes its batch together; others one at a time)
-            self._slots[spec.name] = _Slot(gen, FairSlots(spec.concurrency or self.concurrency or gen.default_concurrency))
+            self._slots[spec.name] = _Slot(gen, FairSlots(spec.concurrency or self.concurrency or gen.default_concurrency),
+                                           owner=spec.owner)
             return gen
 
     def reconfigure(self, name: str, **option_updates: Any) -> Generator:
@@ -134,19 +137,29 @@ class Registry:
             self._lru.pop(name, None)
             del self._slots[name]
 
-    def names(self, modality: str | None = None) -> list[str]:
-        return [n for n, s in self._slots.items() if modality is None or s.generator.info.modality == modality]
+    def names(self, modality: str | None = None, owner: str | None = None) -> list[str]:
+        """The shared models, plus `owner`'s own (other people's own models are never listed)."""
+        return [n for n, s in self._slots.items() if (modality is None or s.generator.info.modality == modality)
+                and (s.owner is None or s.owner == owner)]
 
     def get(self, name: str) -> Generator:
         return self._slot(name).generator
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [s.generator.describe() for s in self._slots.values()]
+    def owner_of(self, name: str) -> str | None:
+        """Whose own model `name` is (None: shared)."""
+        return self._slot(name).owner
+
+    def visible(self, name: str, owner: str | None) -> bool:
+        slot = self._slots.get(name)
+        return slot is not None and (slot.owner is None or slot.owner == owner)
+
+    def describe(self, owner: str | None = None) -> list[dict[str, Any]]:
+        return [s.generator.describe() for s in self._slots.values() if s.owner is None or s.owner == owner]
 
     def _slot(self, name: str) -> _Slot:
         slot = self._slots.get(name)
         if slot is None:
-            known = ", ".join(self._slots) or "none"
+            known = ", ".join(n for n, s in self._slots.items() if s.owner is None) or "none"
             raise UnknownGeneratorError(f"Unknown model {name!r}. Available models: {known}.")
         return slot
 
@@ -200,6 +213,9 @@ class Registry:
         """Hold a model for one generation: loaded, not evictable, within its concurrency. Waiting
         requests get the model round-robin across `owner`s (fair share), in order within one owner."""
         slot = self._slot(name)
+        if slot.owner is not None and slot.owner != owner:  # someone's own model: as if it did not exist
+            known = ", ".join(n for n, s in self._slots.items() if s.owner is None) or "none"
+            raise UnknownGeneratorError(f"Unknown model {name!r}. Available models: {known}.")
         with self._lock:
             slot.in_use += 1
         try:

@@ -332,3 +332,46 @@ class InstructTemplate(Base):
     updated_at: Mapped[Updated]
 
     __table_args__ = (Index("ux_instruct_templates_owner_name", "owner", "name", unique=True),)
+
+
+class Dataset(Base):
+    """An uploaded training set, validated before it was written: its files live under
+    DATA_DIR/training/<owner folder>/datasets/<id>/ (0600 files in 0700 folders)."""
+
+    __tablename__ = "datasets"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # text | chat | images
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)  # characters, conversations, images, classes…
+    path: Mapped[str] = mapped_column(String(300))  # relative to DATA_DIR
+    created_at: Mapped[Created]
+
+
+class Job(Base):
+    """A training or fine-tuning job: queued → running → done | failed | cancelled | interrupted.
+
+    `metrics` holds the curve points as they come ([{"step", "epoch", "loss", …}]), `artifacts` what the
+    job made (the model folder, sample grids, the figures at the end), `log` the last lines it wrote."""
+
+    __tablename__ = "jobs"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    kind: Mapped[str] = mapped_column(String(16))  # lora | gan | vae | diffusion | lstm
+    name: Mapped[str] = mapped_column(String(200))  # the model it makes, as its owner will see it
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
+    dataset: Mapped[str] = mapped_column(String(200), default="")  # the dataset's name when the job was made
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(default=0.0)  # 0..1
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    artifacts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    log: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    instance_id: Mapped[str | None] = mapped_column(String(32), index=True)  # the app process running it
+    created_at: Mapped[Created]
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_jobs_owner_created", "owner", "created_at"),)

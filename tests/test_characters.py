@@ -345,7 +345,7 @@ def test_migration_goes_down_and_up(tmp_path) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0009")  # below this migration (and any chained on it)
+        command.downgrade(cfg, "0010")  # below this migration (and any chained on it)
     assert "characters" not in inspect(store.engine).get_table_names()
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn

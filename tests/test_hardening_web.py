@@ -138,6 +138,24 @@ def test_a_login_as_the_browser_sends_it_stays_logged_in(studio) -> None:
     assert wrong.status_code == 400
 
 
+def test_a_removed_users_running_api_stream_is_stopped(studio) -> None:
+    """Revoking a user's keys also ends the generation their key is streaming now, not only later requests."""
+    ctx, url, keys = studio
+    body = {"model": "slow", "messages": [{"role": "user", "content": "a long one"}], "stream": True, "max_tokens": 400}
+    words, removed = 0, False
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {keys['ann']}"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                words += sum(len(c["delta"].get("content", "").split()) for c in json.loads(line[6:])["choices"])
+            if words >= 5 and not removed:
+                Accounts(ctx.settings.users_path).remove("ann")  # as `launch.py users remove ann` does
+                removed = True
+    assert 5 <= words < 200  # stopped within the sweep's second (400 words would take 20 s)
+    assert ctx.sessions is not None and not ctx.sessions._api  # the watch ended with the request
+
+
 def test_changing_a_password_ends_sessions_and_revokes_keys(studio) -> None:
     ctx, url, keys = studio
     ann = login(url, "ann", "ann-password")

@@ -97,10 +97,10 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/v1/models")
     def list_models(request: Request) -> dict[str, Any]:
-        owner_of(request)
+        owner = owner_of(request)
         data = [
             {"id": d["name"], "object": "model", "created": 0, "owned_by": "aigc-studio", "loaded": d["loaded"]}
-            for d in ctx.registry.describe()
+            for d in ctx.registry.describe(owner=owner)
             if d["modality"] == "text"
         ]
         return {"object": "list", "data": data}

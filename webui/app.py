@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, characters, chat, evaluate, gallery, image, models, prompts, story, verify
+from .tabs import FAST, characters, chat, evaluate, gallery, image, models, prompts, story, train, verify
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -108,9 +110,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 chat_on_load = chat.build(ctx, chat_parts)
             with gr.Tab("Characters", id="characters") as characters_tab:
                 show_characters = characters.build(ctx, chat_parts.get("open_chat"), tabs)
-            with gr.Tab("Story", id="story"):
+            with gr.Tab("Story", id="story") as story_tab:
                 story_on_load = story.build(ctx)
-            with gr.Tab("Image", id="image"):
+            with gr.Tab("Image", id="image") as image_tab:
                 image.build(ctx)
             with gr.Tab("Gallery", id="gallery") as gallery_tab:
                 show_gallery, gallery_inputs, gallery_outputs = gallery.build(ctx)
@@ -120,9 +122,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 show_prompts = prompts.build(ctx)
             with gr.Tab("Verify", id="verify") as verify_tab:
                 load_label, label_box = verify.build(ctx)
+            with gr.Tab("Train", id="train") as train_tab:
+                train_on_load = train.build(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo, chat_tab.select)
+        train_on_load(demo, train_tab.select)
+        own_models(ctx, demo, [chat_tab, story_tab, image_tab])
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
         evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")
@@ -131,3 +137,22 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         for tab, (show, inputs, output) in ((characters_tab, show_characters), (prompts_tab, show_prompts)):
             tab.select(show, inputs, output, **FAST, api_visibility="private")
     return demo
+
+
+OWN_MODEL_PICKERS = {"chat-model": "text", "story-model": "text", "image-model": "image"}
+
+
+def own_models(ctx: AppContext, demo: gr.Blocks, tabs: list[gr.Tab]) -> None:
+    """The model pickers of Chat, Story and Image list the shared models plus the person's own (trained in the
+    Train tab), refreshed when the page loads and when one of those tabs is shown."""
+    pickers = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id in OWN_MODEL_PICKERS]
+    if not pickers:
+        return
+
+    def choices(request: gr.Request) -> dict[gr.Dropdown, Any]:
+        owner = ctx.owner_for(getattr(request, "username", None))
+        return {p: gr.update(choices=ctx.registry.names(OWN_MODEL_PICKERS[p.elem_id], owner=owner)) for p in pickers}
+
+    demo.load(choices, None, pickers, **FAST, api_name="my_models")  # scripts call it to see their own models
+    for tab in tabs:
+        tab.select(choices, None, pickers, **FAST, api_visibility="private")

@@ -116,8 +116,12 @@ async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any
     cid = "chatcmpl-" + uuid.uuid4().hex
     cancel = threading.Event()
     runs = start_runs(ctx, owner, model, choices, cancel)
+    unwatch = ctx.watch_api_request(owner, cancel)  # revoking the user's keys stops it too
     if not body.stream:
-        results = await drain(runs, cancel)
+        try:
+            results = await drain(runs, cancel)
+        finally:
+            unwatch()
         out = [wire.chat_choice(c.index, r.text, FINISH[r.finish_reason], wire.chat_logprobs(r.logprobs) if
                                 c.request.logprobs is not None else None) for c, r in zip(choices, results, strict=True)]
         return JSONResponse(wire.chat_completion_body(cid, model, out, total_usage(results, len(choices))))
@@ -136,7 +140,7 @@ async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any
         return wire.chat_chunk(cid, model, [], use=total_usage(results, len(choices)))
 
     stream = sse(runs, choices, event, final if body.include_usage else None, first_event=True)
-    return CancellingStream(runs, cancel, stream, media_type="text/event-stream")
+    return CancellingStream(runs, cancel, stream, media_type="text/event-stream", on_close=unwatch)
 
 
 # ---------------------------------------------------------------- completions
@@ -175,8 +179,12 @@ async def completions(ctx: AppContext, owner: str, request: Request) -> Any:
     cancel = threading.Event()
     scoring_only = body.max_new_tokens == 0
     runs = [] if scoring_only else start_runs(ctx, owner, model, choices, cancel)
+    unwatch = ctx.watch_api_request(owner, cancel)  # revoking the user's keys stops it too
     if not body.stream:
-        results = await drain(runs, cancel) if runs else [RunResult(finish_reason="length") for _ in choices]
+        try:
+            results = await drain(runs, cancel) if runs else [RunResult(finish_reason="length") for _ in choices]
+        finally:
+            unwatch()
         scored = [(c, r) for c, r in zip(choices, results, strict=True)]
         if body.candidates > body.choices:  # best_of: the candidates with the highest mean token logprob
             scored = best_of(scored, body.candidates, body.choices)
@@ -210,7 +218,7 @@ async def completions(ctx: AppContext, owner: str, request: Request) -> Any:
         return wire.text_completion_body(cid, model, [], total_usage(results, per_prompt), chunk=True)
 
     stream = sse(runs, choices, event, final if body.include_usage else None, first_event=False)
-    return CancellingStream(runs, cancel, stream, media_type="text/event-stream")
+    return CancellingStream(runs, cancel, stream, media_type="text/event-stream", on_close=unwatch)
 
 
 def best_of(scored: list[tuple[Choice, RunResult]], candidates: int, keep: int) -> list[tuple[Choice, RunResult]]:
@@ -336,16 +344,19 @@ class CancellingStream(StreamingResponse):
     cancelled (within one token) and closed here, which records them.
     """
 
-    def __init__(self, runs: list[Runs], cancel: threading.Event, content: AsyncIterator[str], **kwargs: Any) -> None:
+    def __init__(self, runs: list[Runs], cancel: threading.Event, content: AsyncIterator[str],
+                 on_close: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._runs = runs
         self._cancel = cancel
+        self._on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._cancel.set()
+            self._on_close()
             for run in self._runs:
                 await close_run(run)
 

@@ -25,6 +25,7 @@ from .guard import RequestGuard
 from .services.accounts import Accounts
 from .services.context import AppContext
 from .services.sessions import SessionBook
+from .services.training import start_jobs
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def create_context(settings: Settings) -> AppContext:
         except StudioError as exc:  # one misconfigured model must not keep the others from serving
             log.error("Model %r is not available: %s", m.name, exc)
     ctx = AppContext(settings=settings, registry=registry, store=store)
+    start_jobs(ctx)  # the owners' trained models join the registry; queued jobs start
     if not settings.sign_images:
         log.warning("sign_images is off: images are written without content credentials")
         return ctx
@@ -76,6 +78,7 @@ def guard_middleware(ctx: AppContext) -> Middleware:
     s = ctx.settings
     sessions = SessionBook(ctx.accounts, ctx.cancels.cancel) if ctx.auth_enabled and ctx.accounts else None
     if sessions is not None:
+        ctx.sessions = sessions  # the API routes register their running requests with it
         _sweep_in_background(sessions)
     return Middleware(
         RequestGuard, max_body_bytes=int(s.max_body_mb * 2**20), max_upload_bytes=int(s.max_upload_mb * 2**20),

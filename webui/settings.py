@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     signing_key: Path | None = Field(None, description="the PEM private key of signing_cert")
     signing_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
         "es256", description="the algorithm of signing_key (the studio's own identity is always es256)")
+    max_dataset_mb: float = Field(64.0, gt=0, le=10_240, description="largest training dataset upload in MB")
+    train_jobs: int = Field(1, ge=1, le=16, description="training jobs running at once (the rest wait in a queue)")
+    train_threads: int = Field(1, ge=1, le=256, description="torch CPU threads of a training job (its own process; "
+                               "the rest of the CPU keeps serving generation)")
     log_level: str = "INFO"
 
     @property

@@ -18,6 +18,7 @@ import shlex
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class TrainOptions:
     threads: int | None = None      # torch.set_num_threads
     overrides: dict[str, str] = field(default_factory=dict)  # --set key=value (model or training config)
     progress: bool = True
+    callback: Callable[[dict[str, Any]], None] | None = None  # step and epoch events (the job runner's curves)
 
 
 @dataclass
@@ -172,6 +174,9 @@ def train(options: TrainOptions) -> TrainResult:
                 metrics = trainer.train_step(images[idx].to(device), data.labels[idx].to(device))
                 for key, value in metrics.items():
                     sums[key] += value
+                if options.callback:
+                    options.callback({"type": "step", "epoch": epoch + 1, "step": epoch * steps + i + 1,
+                                      "total": options.epochs * steps, **metrics})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
             row = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}, **trainer.end_epoch()}
             train_seconds += time.time() - started
@@ -181,6 +186,8 @@ def train(options: TrainOptions) -> TrainResult:
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             trainer.save_samples(out / f"samples_epoch{epoch + 1:03d}.png")
             draw_curves(history, trainer.curve_keys, out / "curves.png")
+            if options.callback:
+                options.callback({"type": "epoch", **row, "samples": os.fspath(out / f"samples_epoch{epoch + 1:03d}.png")})
             save_training_state(checkpoint_path, {
                 "model_type": options.model, "data": data.source, "size": options.size, "seed": seed,
                 "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(train_config),

@@ -26,6 +26,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class TrainOptions:
     progress: bool = True
     max_steps: int | None = None  # stop each epoch after this many steps (quick runs and tests)
     export_dtype: str = "float32"  # float32 | float16 | bfloat16: the exported weights (training stays float32)
+    callback: Callable[[dict[str, Any]], None] | None = None  # step and epoch events (the job runner's curves)
 
 
 @dataclass
@@ -300,6 +302,9 @@ def train(options: TrainOptions) -> TrainResult:
                 loss_value = loss.item()
                 loss_sum += loss_value
                 bar.set_postfix(bpc=f"{loss_value / LN2:.3f}", refresh=False)
+                if options.callback:
+                    options.callback({"type": "step", "epoch": epoch + 1, "step": epoch * steps_per_epoch + i + 1,
+                                      "total": total_steps, "train_bpc": loss_value / LN2})
             val_bpc = validation_bpc(model, data.valid, device)
             train_seconds += time.time() - started
             row = {"epoch": epoch + 1, "train_bpc": loss_sum / steps_per_epoch / LN2, "val_bpc": val_bpc,
@@ -313,9 +318,11 @@ def train(options: TrainOptions) -> TrainResult:
                 f.write(f"=== epoch {epoch + 1} (val {val_bpc:.3f} bits/char, temperature {SAMPLE_TEMPERATURE}) ===\n"
                         f"{sample}\n\n")
             draw_curves(history, ["train_bpc", "val_bpc"], out / CURVES_FILE)
+            if options.callback:
+                options.callback({"type": "epoch", **row, "sample": sample})
             save_training_state(checkpoint_path, {
                 "vocab": data.vocab, "num_chars": len(data.train) + len(data.valid),
-                "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("text", "out")},
+                "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("text", "out", "callback")},
                 "epoch": epoch + 1, "history": history, "train_seconds": train_seconds, "segments": segments,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(device)})
 

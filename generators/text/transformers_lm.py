@@ -112,6 +112,8 @@ class TransformersLoadOptions(StrictModel):
     pack_weights: bool = Field(True, description="bfloat16 on a CPU: store the Linear weights reordered for oneDNN "
                                "where that measures faster at load (16-row steps ~25 % faster; the same results at "
                                "decoding sizes)")
+    adapter: str | None = Field(None, description="a PEFT adapter folder (LoRA, e.g. from the Train tab or made "
+                                "elsewhere for this base) merged into the base weights at load, before any quantization")
     native_step: bool = Field(True, description="decode Llama models through the C++ layer loop (built once with g++ "
                               "and ninja; same results, ~15 % faster on small models); off, or without a compiler: "
                               "the Python loop")
@@ -179,6 +181,8 @@ class TransformersLM(TextGenerator):
                     "Download it yourself, point `source` at the folder, or set allow_download=true."
                 ) from exc
             raise
+        if opts.adapter:
+            self.model = self._with_adapter(self.model, progress)
         if quant_config is None:
             self.model.to(self.device)
         self.model.eval()
@@ -204,6 +208,21 @@ class TransformersLM(TextGenerator):
             self.decode_loop = "transformers generate"
         self.load_seconds = time.perf_counter() - started
         log.info("Loaded %s from %s in %.1f s", self.name, location, self.load_seconds)
+
+    def _with_adapter(self, model: Any, progress: ProgressFn) -> Any:
+        """The base with a PEFT adapter merged in: one plain model, so every decoding path and quantizer works."""
+        from peft import PeftModel
+
+        path = Path(self.options.adapter or "").expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise LoadFailedError(f"The adapter {str(path)!r} is not a PEFT adapter folder (no adapter_config.json).")
+        progress(f"Applying the adapter {path.name}…")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return PeftModel.from_pretrained(model, str(path), is_trainable=False).merge_and_unload()
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise LoadFailedError(f"The adapter {path.name!r} does not fit this base model: {exc}") from exc
 
     def _pack_weights(self) -> int:
         """bfloat16 Linear layers on a CPU → oneDNN-packed (onednn.py), where the model's layers measure faster so."""

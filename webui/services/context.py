@@ -17,9 +17,11 @@ from storage.models import LOCAL_OWNER
 
 from ..settings import Settings
 from .accounts import Accounts, AuthError, NotAdminError
+from .jobs import JobRunner
 from .loading import LoadTracker
 from .login_throttle import LoginThrottle
 from .provenance import ImageSigner
+from .sessions import SessionBook
 from .story_context import TokenCountCache
 
 
@@ -122,11 +124,15 @@ class AppContext:
     # called with a file about to be deleted, so every cache the server serves from drops its copies
     served_copies: list[Callable[[Path], None]] = field(default_factory=list)
     signer: ImageSigner | None = None  # C2PA signing of every image written (identity made on first use)
+    sessions: SessionBook | None = None  # logins and running API requests, ended on revocation (auth on)
+    jobs: JobRunner | None = None  # training jobs (started by the server: services.training.start_jobs)
 
     def __post_init__(self) -> None:
         if self.signer is None:
             s = self.settings
             self.signer = ImageSigner(self.store.data_dir, s.signing_cert, s.signing_key, s.signing_alg, s.sign_images)
+        if self.jobs is None:
+            self.jobs = JobRunner(self.store, max_running=self.settings.train_jobs, threads=self.settings.train_threads)
         if self.accounts is None:
             self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
         if self.rate is None:
@@ -157,6 +163,13 @@ class AppContext:
             raise AuthError("Missing or invalid API key: send `Authorization: Bearer aigc-…` "
                             "(make one with `python launch.py users key NAME`).")
         return user
+
+    def watch_api_request(self, owner: str, cancel: threading.Event) -> Callable[[], None]:
+        """Stop this API request's generations (set `cancel`) if its user is removed or changes password
+        while it runs; returns the call that ends the watch."""
+        if self.sessions is None:
+            return lambda: None
+        return self.sessions.api_request(owner, cancel)
 
     def is_admin(self, owner: str) -> bool:
         """With auth off the one local user runs the studio; with auth on, the accounts decide."""

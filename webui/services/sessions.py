@@ -43,6 +43,7 @@ class SessionBook:
         self._logins: dict[str, _Login] = {}
         self._owners: dict[str, tuple[str, str]] = {}  # session id -> (user, token)
         self._by_user: dict[str, OrderedDict[str, None]] = {}
+        self._api: dict[int, tuple[str, str | None, threading.Event]] = {}  # running API requests
         self._lock = threading.Lock()
         self.gradio_tokens: MutableMapping[str, str] | None = None  # the web server's token table, once it runs
 
@@ -63,21 +64,47 @@ class SessionBook:
         return False
 
     def sweep(self, tokens: MutableMapping[str, str] | None = None) -> list[str]:
-        """End every login whose user was removed or changed password; returns the users affected.
-        `tokens` is the web server's own token table, from which ended logins are removed too."""
+        """End every login whose user was removed or changed password, and stop the API requests their
+        keys are still running; returns the users affected. `tokens` is the web server's own token table,
+        from which ended logins are removed too."""
         with self._lock:
             logins = list(self._logins.items())
+            running = list(self._api.items())
         ended = []
         stamps: dict[str, str | None] = {}
+
+        def stamp(user: str) -> str | None:
+            if user not in stamps:
+                stamps[user] = session_stamp(self.accounts, user)
+            return stamps[user]
+
         for token, login in logins:
-            if login.user not in stamps:
-                stamps[login.user] = session_stamp(self.accounts, login.user)
-            if stamps[login.user] != login.stamp:
+            if stamp(login.user) != login.stamp:
                 self._end(token)
                 if tokens is not None:
                     tokens.pop(token, None)
                 ended.append(login.user)
+        for key, (user, started, cancel) in running:
+            if stamp(user) != started:  # the key's user was removed or changed password (keys revoked)
+                cancel.set()
+                with self._lock:
+                    self._api.pop(key, None)
+                ended.append(user)
         return sorted(set(ended))
+
+    # ------------------------------------------------------------ API requests
+    def api_request(self, user: str, cancel: threading.Event) -> Callable[[], None]:
+        """Watch a running API request of `user` (its generations stop on `cancel`): when the user is
+        removed or changes password, the sweep sets it. Returns the call that ends the watch."""
+        key = id(cancel)
+        with self._lock:
+            self._api[key] = (user, session_stamp(self.accounts, user), cancel)
+
+        def done() -> None:
+            with self._lock:
+                self._api.pop(key, None)
+
+        return done
 
     def _end(self, token: str) -> None:
         with self._lock:

@@ -42,7 +42,7 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
         with gr.Column(scale=4):
             with gr.Row():
                 with gr.Column(scale=3, min_width=200):
-                    model = gr.Dropdown(text_models, value=ctx.default_model, label="Model")
+                    model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", elem_id="chat-model")
                     model_state = gr.Markdown(elem_id="chat-model-state")
                     status_timer = gr.Timer(STATUS_EVERY_S)
                 system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=2)

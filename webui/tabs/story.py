@@ -38,7 +38,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             with gr.Row():
                 title = gr.Textbox(label="Title", placeholder="Untitled story", scale=2, elem_id="story-title-input")
                 premise = gr.Textbox(label="Premise / genre", placeholder="e.g. a cosy mystery in 1920s Lisbon", scale=4)
-                model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=2)
+                model = gr.Dropdown(text_models, value=ctx.default_model, label="Model", scale=2, elem_id="story-model")
             gr.HTML(LEGEND, elem_id="story-legend")
             document = gr.HTML(story_html(svc.EMPTY), elem_id="story-document")
             notice = gr.Markdown(elem_id="story-notice")

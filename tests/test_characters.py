@@ -352,3 +352,17 @@ def test_migration_goes_down_and_up(tmp_path) -> None:
         command.upgrade(cfg, "head")
     assert {"characters", "personas", "saved_prompts"} <= set(inspect(store.engine).get_table_names())
     store.close()
+
+
+def test_an_avatar_upload_is_checked_before_it_is_decoded(monkeypatch) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (1200, 1800), (1, 2, 3)).save(out, format="JPEG")
+    small = Image.open(io.BytesIO(cards.avatar_from_image(out.getvalue())))
+    assert small.format == "PNG" and small.size == (512, 768)  # scaled into the box, re-encoded
+    with pytest.raises(CardError, match="cannot be read"):
+        cards.avatar_from_image(b"GIF89a not really")
+    import PIL.Image
+
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    with pytest.raises(CardError, match="pixels"):
+        cards.avatar_from_image(bomb_png(60_000, 60_000))

@@ -43,6 +43,7 @@ def build(ctx: AppContext, open_chat: gr.Textbox | None = None, tabs: gr.Tabs | 
 
     Returns (handler, inputs, output) that refresh the list when the tab is shown."""
     character_id = gr.State(None)
+    new_avatar = gr.State(None)  # None: keep the stored avatar; "": remove it; a path: the checked new one
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=240):
             new = gr.Button("+ New character", elem_id="characters-new")
@@ -54,8 +55,14 @@ def build(ctx: AppContext, open_chat: gr.Textbox | None = None, tabs: gr.Tabs | 
             persona_ui = personas.build_layout()
         with gr.Column(scale=4):
             with gr.Row(equal_height=False):
-                avatar = gr.Image(label="Avatar", type="filepath", height=260, scale=1, min_width=180,
-                                  sources=["upload"], elem_id="character-avatar")
+                with gr.Column(scale=1, min_width=180):
+                    # shown only: an upload goes through the UploadButton, checked before it is decoded
+                    avatar = gr.Image(label="Avatar", type="filepath", height=240, interactive=False,
+                                      elem_id="character-avatar")
+                    with gr.Row():
+                        avatar_upload = gr.UploadButton("Choose…", file_types=["image"], size="sm", min_width=80,
+                                                        elem_id="character-avatar-upload")
+                        avatar_clear = gr.Button("Remove", size="sm", min_width=80)
                 with gr.Column(scale=3):
                     name = gr.Textbox(label="Name", elem_id="character-name")
                     with gr.Row():
@@ -113,7 +120,7 @@ def build(ctx: AppContext, open_chat: gr.Textbox | None = None, tabs: gr.Tabs | 
                   c.system_prompt, c.post_history_instructions, c.creator_notes]
         image = _temp_file("avatar.png", view.avatar) if view and view.avatar else None
         return {**dict(zip(editor, values, strict=True)), avatar: image, character_id: view.id if view else None,
-                notice: message, confirm_row: gr.Row(visible=False)}
+                notice: message, confirm_row: gr.Row(visible=False), new_avatar: None}
 
     @ui_errors
     def open_character(cid: str | None, request: gr.Request) -> dict[Any, Any]:
@@ -132,10 +139,22 @@ def build(ctx: AppContext, open_chat: gr.Textbox | None = None, tabs: gr.Tabs | 
     def save_character(values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
         who, cid = owner(request), values[character_id]
         extra = chars.get_character(ctx, who, cid).card.extra if cid else {}  # the card's other fields stay
-        path = values[avatar]
-        image = cards.avatar_from_image(Path(path).read_bytes()) if path else None
-        cid = chars.save_character(ctx, who, cid, card_from(values, extra), image)
+        chosen = values[new_avatar]
+        if chosen is None:
+            cid = chars.save_character(ctx, who, cid, card_from(values, extra))  # the avatar stays as it is
+        else:
+            cid = chars.save_character(ctx, who, cid, card_from(values, extra), Path(chosen).read_bytes() if chosen else None)
         return {**show(chars.get_character(ctx, who, cid), "Saved."), listing: refresh(values[search], cid, request)}
+
+    @ui_errors
+    def choose_avatar(file: Any) -> dict[Any, Any]:
+        path = file if isinstance(file, str) else getattr(file, "name", None)
+        if not path:
+            raise gr.Error("No file was received.")
+        with open(path, "rb") as f:
+            raw = f.read(cards.MAX_FILE_BYTES + 1)
+        checked = _temp_file("avatar.png", cards.avatar_from_image(raw))  # size checked before decoding
+        return {avatar: checked, new_avatar: checked, notice: "New avatar: press Save to keep it."}
 
     @ui_errors
     def import_card(file: Any, query: str, request: gr.Request) -> dict[Any, Any]:
@@ -172,11 +191,15 @@ def build(ctx: AppContext, open_chat: gr.Textbox | None = None, tabs: gr.Tabs | 
 
     # ------------------------------------------------------------ wiring
     private = {"api_visibility": "private"}
-    shown = editor + [avatar, character_id, notice, confirm_row]
+    shown = editor + [avatar, character_id, notice, confirm_row, new_avatar]
     search.change(refresh, [search, character_id], listing, **FAST, api_name="list_characters")
     listing.select(open_character, listing, shown, **FAST, **private)
     new.click(lambda: {**show(None), listing: gr.Radio(value=None)}, None, shown + [listing], **FAST, **private)
-    save.click(save_character, {character_id, search, avatar, *editor}, shown + [listing], **FAST, api_name="save_character")
+    save.click(save_character, {character_id, search, new_avatar, *editor}, shown + [listing], **FAST,
+               api_name="save_character")
+    avatar_upload.upload(choose_avatar, avatar_upload, [avatar, new_avatar, notice], **FAST, **private)
+    avatar_clear.click(lambda: {avatar: None, new_avatar: "", notice: "Avatar removed: press Save to keep it so."},
+                       None, [avatar, new_avatar, notice], **FAST, **private)
     upload.upload(import_card, [upload, search], shown + [listing], **FAST, api_name="import_character")
     wire_export(export, export_card, [character_id, export_kind], download, **FAST, api_name="export_character")
     delete.click(lambda: gr.Row(visible=True), None, confirm_row, **FAST, **private)

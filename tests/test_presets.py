@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from generators.base import InvalidOptionsError, SamplingParams
@@ -104,7 +105,7 @@ def test_export_import_round_trip_all_or_nothing(ctx) -> None:  # type: ignore[n
     presets.save_preset(ctx, "ann", "A", {"temperature": 0.2, "dry_sequence_breakers": ["\n", "#"]})
     presets.save_preset(ctx, "ann", "B", {"xtc_probability": 0.3})
     exported = json.dumps(presets.export_presets(ctx, "ann"))
-    assert presets.import_presets(ctx, "bob", exported) == ["A", "B"]
+    assert presets.import_presets(ctx, "bob", exported).names == ["A", "B"]
     assert presets.get_preset(ctx, "bob", "A").params == presets.get_preset(ctx, "ann", "A").params
     bad = json.loads(exported)
     bad["presets"].append({"name": "C", "params": {"top_p": 3}})
@@ -131,7 +132,8 @@ def test_migration_creates_the_tables_and_matches_the_models(tmp_path: Path) -> 
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in diff if any(t in str(d) for t in tables)] == []
-    command.downgrade(cfg, "-1")  # this migration is the head
+    before = ScriptDirectory.from_config(cfg).get_revision("0009").down_revision  # 0009_prompt_presets
+    command.downgrade(cfg, str(before))
     assert not tables & set(inspect(engine).get_table_names())
     command.upgrade(cfg, "head")
     engine.dispose()
@@ -150,3 +152,17 @@ def test_arena_answers_start_from_the_chosen_preset(make_ctx) -> None:  # type: 
     for p in params:
         assert p["preset"] == "Creative" and p["max_new_tokens"] == 32
         assert p["xtc_probability"] == presets.BUILTIN["Creative"]["xtc_probability"]
+
+
+def test_a_sillytavern_or_text_generation_webui_preset_imports(ctx) -> None:  # type: ignore[no-untyped-def]
+    sillytavern = {"temp": 1.2, "top_p": 0, "top_k": 40, "min_p": 0.02, "typical_p": 1, "rep_pen": 1.07,
+                   "presence_pen": 0.1, "freq_pen": 0.2, "dry_multiplier": 0.8, "dry_base": 1.75,
+                   "dry_allowed_length": 2, "dry_sequence_breakers": "[\"\\n\", \":\"]", "xtc_threshold": 0.1,
+                   "xtc_probability": 0.5, "seed": -1, "genamt": 300, "mirostat_mode": 0, "tfs": 1}
+    result = presets.import_presets(ctx, "ann", json.dumps(sillytavern), name="Universal-Creative")
+    assert result.names == ["Universal-Creative"] and result.ignored == ["mirostat_mode", "tfs"]
+    p = presets.get_preset(ctx, "ann", "Universal-Creative").params
+    assert (p["temperature"], p["top_p"], p["top_k"], p["repetition_penalty"], p["max_new_tokens"]) == (1.2, 1.0, 40, 1.07, 300)
+    assert p["dry_sequence_breakers"] == ["\n", ":"] and p["seed"] is None and p["frequency_penalty"] == 0.2
+    with pytest.raises(InvalidOptionsError, match="temperature"):  # beyond what the studio allows: refused
+        presets.import_presets(ctx, "ann", json.dumps({"temperature": 4.0}), name="Hot")

@@ -21,7 +21,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +47,7 @@ from ..base import (
 )
 from ..compute import lane
 from .decoding import StopStringFilter
+from .logits_processing import DryPenalty, ExcludeTopChoices
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +238,14 @@ def resolve_weights(source: str) -> Path:
 # ---------------------------------------------------------------- sampling
 
 
-def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[int] = ()) -> int:
+def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[int] = (),
+                breakers: Collection[int] = (), protected: Collection[int] = ()) -> int:
     """The next character id from logits (V,) with the request's sampling parameters.
 
     temperature 0 is greedy (argmax). Otherwise, in transformers' order: repetition penalty
-    (on the ids in ``recent``), temperature, top-k, top-p, min-p, then one draw from ``rng``
-    (a CPU ``torch.Generator``), so a seed gives the same characters on any device.
+    (on the ids in ``recent``), DRY (on ``recent``; ``breakers``: the ids of its sequence breakers),
+    temperature, top-k, top-p, typical-p, min-p, XTC (never removing a ``protected`` id), then one draw from ``rng`` (a CPU
+    ``torch.Generator``), so a seed gives the same characters on any device.
     """
     import torch
 
@@ -251,6 +254,9 @@ def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[
         idx = torch.tensor(sorted(set(recent)), dtype=torch.long)
         picked = scores[idx]
         scores[idx] = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
+    if params.dry_multiplier > 0.0 and recent:
+        dry = DryPenalty(params.dry_multiplier, params.dry_base, params.dry_allowed_length, breakers)
+        scores = dry(torch.tensor([list(recent)]), scores[None])[0]
     if params.temperature == 0.0:
         return int(torch.argmax(scores).item())
     scores = scores / params.temperature
@@ -262,9 +268,16 @@ def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[
         mass = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
         drop = mass - torch.softmax(ordered, dim=-1) >= params.top_p  # the mass before this one already suffices
         scores[order[drop]] = -math.inf
+    if params.typical_p < 1.0:
+        from transformers.generation.logits_process import TypicalLogitsWarper
+
+        scores = TypicalLogitsWarper(params.typical_p)(None, scores[None])[0]
     probs = torch.softmax(scores, dim=-1)
     if params.min_p > 0.0:
         probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
+    if params.xtc_probability > 0.0:
+        kept = ExcludeTopChoices(params.xtc_threshold, params.xtc_probability, rng, protected)(None, probs.log()[None])[0]
+        probs = torch.softmax(kept, dim=-1)
     return int(torch.multinomial(probs, 1, generator=rng).item())
 
 
@@ -431,6 +444,8 @@ class CharLSTM(TextGenerator):
         stops = StopStringFilter(params.stop)
         prompt_ids = self.encode(request.prompt)[-CONTEXT_WINDOW:]  # like the transformers plugin, keep the end
         history = (prompt_ids or self._start_ids())[-REPETITION_WINDOW:]
+        breakers = {self._index[b[-1]] for b in params.dry_sequence_breakers if b[-1] in self._index}
+        newline = {self._index["\n"]} if "\n" in self._index else set()
         model, device = self.model, self.device
         generated = 0
         first_token_at: float | None = None
@@ -454,7 +469,7 @@ class CharLSTM(TextGenerator):
                 if step:
                     out, state = model(torch.tensor([[token]], device=device), state)
                     logits = out[0, -1]
-                token = sample_next(logits, params, rng, history)
+                token = sample_next(logits, params, rng, history, breakers, newline)
             history = (history + [token])[-REPETITION_WINDOW:]
             if first_token_at is None:
                 first_token_at = time.perf_counter()

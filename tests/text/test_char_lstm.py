@@ -102,6 +102,22 @@ def test_sample_next_filters() -> None:
     assert sample_next(logits, penalised, rng, recent=[1]) == 2
 
 
+def test_sample_next_typical_dry_and_xtc() -> None:
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    rng = torch.Generator().manual_seed(0)
+    # DRY: the text ends with 0, and 0 was followed by 1 before: 1 would extend the repeat
+    dry = SamplingParams(temperature=0.0, dry_multiplier=1.0, dry_allowed_length=1)
+    assert sample_next(logits, SamplingParams(temperature=0.0), rng, recent=[0, 1, 3, 0]) == 1
+    assert sample_next(logits, dry, rng, recent=[0, 1, 3, 0]) == 2  # 3.0 - 1.0 < 2.9
+    assert sample_next(logits, dry, rng, recent=[0, 1, 3, 0], breakers={1}) == 1  # a breaker never counts
+    # XTC: 1 and 2 both above the threshold: the likelier (1) goes
+    xtc = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, xtc_threshold=0.1, xtc_probability=1.0)
+    assert {sample_next(logits, xtc, rng) for _ in range(40)} <= {0, 2, 3}
+    assert 1 in {sample_next(logits, xtc, rng, protected={1}) for _ in range(40)}
+    typical = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, typical_p=0.3)
+    assert {sample_next(logits, typical, rng) for _ in range(40)} <= {1, 2}
+
+
 # ---------------------------------------------------------------------------- the plugin
 
 def test_plugin_is_registered_and_describes_itself(tiny_dir: Path) -> None:

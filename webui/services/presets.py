@@ -195,9 +195,53 @@ def export_presets(ctx: AppContext, owner: str, names: list[str] | None = None) 
     return {"format": FORMAT, "presets": [{"name": p.name, "params": p.params} for p in chosen]}
 
 
-def import_presets(ctx: AppContext, owner: str, raw: bytes | str | dict[str, Any]) -> list[str]:
+# A preset file of SillyTavern (text completion and chat completion) or text-generation-webui: its field →
+# ours. Their other samplers (mirostat, tfs, top-a, …) have no equivalent here and are listed as ignored.
+FOREIGN_FIELDS = {
+    "temp": "temperature", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+    "typical_p": "typical_p", "typical": "typical_p", "rep_pen": "repetition_penalty",
+    "repetition_penalty": "repetition_penalty", "presence_pen": "presence_penalty",
+    "presence_penalty": "presence_penalty", "freq_pen": "frequency_penalty", "frequency_penalty": "frequency_penalty",
+    "dry_multiplier": "dry_multiplier", "dry_base": "dry_base", "dry_allowed_length": "dry_allowed_length",
+    "dry_sequence_breakers": "dry_sequence_breakers", "xtc_threshold": "xtc_threshold",
+    "xtc_probability": "xtc_probability", "genamt": "max_new_tokens", "max_new_tokens": "max_new_tokens",
+    "openai_max_tokens": "max_new_tokens", "seed": "seed",
+}
+OFF_WHEN_ZERO = {"top_p": 1.0, "typical_p": 1.0}  # their 0 means off; ours is 1
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    names: list[str]
+    ignored: list[str]  # fields of a foreign preset that have no equivalent here
+
+
+def from_foreign(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The sampler fields of a SillyTavern / text-generation-webui preset, and the names of those ignored."""
+    values: dict[str, Any] = {}
+    ignored = []
+    for key, value in data.items():
+        ours = FOREIGN_FIELDS.get(key)
+        if ours is None:
+            ignored.append(str(key)[:40])
+            continue
+        if ours == "dry_sequence_breakers" and isinstance(value, str):  # they store it as JSON text
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise InvalidOptionsError("The preset's dry_sequence_breakers is not a JSON list of strings.") from None
+        if ours == "seed" and isinstance(value, int) and value < 0:  # -1: random
+            value = None
+        if ours in OFF_WHEN_ZERO and value == 0:
+            value = OFF_WHEN_ZERO[ours]
+        values[ours] = value
+    return values, ignored
+
+
+def import_presets(ctx: AppContext, owner: str, raw: bytes | str | dict[str, Any], name: str | None = None) -> ImportResult:
     """All or nothing: every preset is checked before any is stored; a preset named like one of the owner's
-    replaces it. Returns the names stored."""
+    replaces it. Reads the studio's export, or one preset of SillyTavern or text-generation-webui saved as JSON
+    (stored under `name`, e.g. the file's name)."""
     if isinstance(raw, (bytes, str)) and len(raw) > MAX_IMPORT_BYTES:
         raise InvalidOptionsError(f"That file is {len(raw):,} bytes; a presets file is at most {MAX_IMPORT_BYTES:,}.")
     try:
@@ -205,9 +249,13 @@ def import_presets(ctx: AppContext, owner: str, raw: bytes | str | dict[str, Any
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidOptionsError(f"That file is not valid JSON ({str(exc)[:120]}). "
                                   "Pick a presets file exported by the studio.") from None
+    ignored: list[str] = []
+    if isinstance(data, dict) and "format" not in data and FOREIGN_FIELDS.keys() & data.keys():
+        values, ignored = from_foreign(data)
+        data = {"format": FORMAT, "presets": [{"name": name or "Imported preset", "params": values}]}
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("presets"), list):
         raise InvalidOptionsError(f'This is not a presets file of the studio (expected "format": "{FORMAT}" '
-                                  'and a list of "presets").')
+                                  'and a list of "presets"), nor a SillyTavern or text-generation-webui preset.')
     entries = data["presets"]
     if not entries:
         raise InvalidOptionsError("The file holds no presets.")
@@ -229,4 +277,4 @@ def import_presets(ctx: AppContext, owner: str, raw: bytes | str | dict[str, Any
                 repo.save_preset(s, owner, name, params)
     except StorageError as exc:
         raise InvalidOptionsError(f"The presets could not be stored ({exc}); nothing was imported.") from None
-    return list(checked)
+    return ImportResult(list(checked), ignored)

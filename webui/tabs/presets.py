@@ -156,8 +156,11 @@ def wire(ctx: AppContext, ui: PresetControls, sliders: tuple[Any, ...], values_o
         path = file if isinstance(file, str) else getattr(file, "name", None)
         if not path:
             raise gr.Error("No file was received.")
-        names = svc.import_presets(ctx, owner(request), Path(path).read_bytes())
-        return {ui.preset: listed(request, current), ui.status: "Imported: " + ", ".join(f"**{n}**" for n in names)}
+        result = svc.import_presets(ctx, owner(request), Path(path).read_bytes(), Path(path).stem[:60])
+        note = f" (no equivalent here, ignored: {', '.join(result.ignored[:12])})" if result.ignored else ""
+        chosen = result.names[0] if len(result.names) == 1 else current
+        return {ui.preset: listed(request, chosen),
+                ui.status: "Imported: " + ", ".join(f"**{n}**" for n in result.names) + note}
 
     slider_outputs = [*sliders, ui.status]
     ui.preset.input(choose, ui.preset, slider_outputs, **FAST, api_name=f"{prefix}_choose_preset")

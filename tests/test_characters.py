@@ -335,6 +335,7 @@ def test_api_context_puts_the_greeting_first(make_ctx) -> None:
 def test_migration_goes_down_and_up(tmp_path) -> None:
     from alembic import command
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
     from sqlalchemy import inspect
 
     from storage import Store
@@ -345,7 +346,9 @@ def test_migration_goes_down_and_up(tmp_path) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0010")  # below this migration (and any chained on it)
+        script = ScriptDirectory.from_config(cfg)
+        mine = next(r for r in script.walk_revisions() if (r.doc or "").startswith("characters, personas"))
+        command.downgrade(cfg, str(mine.down_revision))  # below this migration (and any chained on it)
     assert "characters" not in inspect(store.engine).get_table_names()
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn

@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from generators.text.engine.quantizers import QUANTIZATION_CHOICES, STUDIO_QUANTIZATION, quantization_help
+
 log = logging.getLogger("aigc_studio")
 
 
@@ -42,9 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db-url", help="SQLAlchemy database URL (default sqlite:///DATA_DIR/studio.db)")
     p.add_argument("--config", type=Path, help="TOML or YAML file with these settings and a `models` list")
     p.add_argument("--model", help="default model: a configured name, a Hugging Face id, a folder or a .gguf file")
-    p.add_argument("--quantization", choices=["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"],
-                   help="language model weights: auto (default: int4 on a CPU, the model's dtype on CUDA); bitsandbytes "
-                        "8bit / 4bit (NF4); int4 (4-bit groups, fastest on a CPU) or dynamic-int8 (PyTorch, CPU)")
+    p.add_argument("--quantization", choices=QUANTIZATION_CHOICES,
+                   help=f"language model weights (default {STUDIO_QUANTIZATION}): {quantization_help()}".replace("%", "%%"))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where language models run (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="language models' compute type (default auto: float32 on a CPU, bfloat16 on CUDA; with int4, "

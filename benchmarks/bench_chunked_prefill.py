@@ -70,7 +70,7 @@ def main() -> None:
     lm = TransformersLM("m", {"source": source, "device": "cpu", "quantization": args.quantization},
                         cache_dir=str(ROOT / ".cache" / "models"))
     lm.load()
-    batcher = lm._batcher
+    batcher = lm.decoder.batcher
     chunk, chunk_s = batcher.prefill_chunk, batcher.prefill_chunk_s
     results: dict[str, list[tuple[float, float]]] = {"one forward": [], "chunked": []}
     take = 0

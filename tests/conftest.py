@@ -30,7 +30,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 def native_layers() -> object:
     """torch.ops.aigc.lean_layers, built once into the model cache (setup.sh installs g++ and ninja:
     a failed build fails the tests that need it instead of skipping them)."""
-    from generators.text.native_step import load_native_layers
+    from generators.text.engine.native import load_native_layers
 
     op, reason = load_native_layers(MODEL_CACHE / "_native")
     assert op is not None, reason

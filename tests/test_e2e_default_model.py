@@ -58,7 +58,7 @@ def test_default_model_greedy_matches_plain_generate(default_lm: TransformersLM)
     text, last = default_lm.generate(request)
     ids, _ = default_lm.encode(request)
     out = default_lm.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=48)
-    new = [t for t in out[0, len(ids):].tolist() if t not in default_lm._eos_ids()]
+    new = [t for t in out[0, len(ids):].tolist() if t not in default_lm.decoder.eos]
     assert text == default_lm.tokenizer.decode(new, skip_special_tokens=True)
     assert "Paris" in text
 

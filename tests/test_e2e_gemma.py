@@ -24,13 +24,13 @@ def test_gemma_greedy_matches_plain_generate(quantization: str, max_batch: int) 
                          cache_dir=str(MODEL_CACHE))
     gen.load()
     try:
-        assert gen.decode_loop == ("transformers forward" if max_batch > 1 else "transformers generate")
+        assert gen.decode_loop == "transformers forward"  # batched or alone (its loop never calls generate)
         assert not gen.has_chat_template and not gen.supports_chat()  # a base model: it continues text
         request = TextRequest(prompt="The capital of France is", params=SamplingParams(temperature=0, max_new_tokens=24))
         text, last = gen.generate(request)
         ids, _ = gen.encode(request)
         out = gen.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24)
-        new = [t for t in out[0, len(ids):].tolist() if t not in gen._eos_ids()]
+        new = [t for t in out[0, len(ids):].tolist() if t not in gen.decoder.eos]
         assert text == gen.tokenizer.decode(new, skip_special_tokens=True)
         assert last.stats is not None and last.stats.completion_tokens == len(new)
         if quantization == "none":  # on topic (the base model continues: " the capital of the country of France…")

@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from generators.text.fast_step import KVCache, LeanLlamaStep, calibrate_row_padding
-from generators.text.int4 import quantize_int4, use_bfloat16_activations
-from generators.text.onednn import onednn_bfloat16_available, pack_linear_layers
+from generators.text.engine.int4 import quantize_int4, use_bfloat16_activations
+from generators.text.engine.kv_cache import KVCache
+from generators.text.engine.measure import calibrate_row_padding
+from generators.text.engine.onednn import onednn_bfloat16_available, pack_linear_layers
+from generators.text.engine.step import LeanLlamaStep
 
 
 def tiny_llama(**overrides: object) -> LlamaForCausalLM:
@@ -212,7 +214,7 @@ def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(tmp
     import os
     import time
 
-    from generators.text.native_step import STALE_LOCK_SECONDS, _clear_stale_lock
+    from generators.text.engine.native import STALE_LOCK_SECONDS, _clear_stale_lock
 
     stale, fresh = tmp_path / "stale", tmp_path / "fresh"
     for folder in (stale, fresh):

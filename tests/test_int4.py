@@ -1,4 +1,4 @@
-"""4-bit weight-only Linear layers (generators/text/int4.py) on PyTorch's CPU int4 kernel."""
+"""4-bit weight-only Linear layers (generators/text/engine/int4.py) on PyTorch's CPU int4 kernel."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from generators.text.int4 import (
+from generators.text.engine.int4 import (
     DENSE_FROM_ROWS,
     Int4Linear,
     Int8Embedding,

@@ -1,4 +1,4 @@
-"""bfloat16 Linear layers packed for oneDNN (generators/text/onednn.py)."""
+"""bfloat16 Linear layers packed for oneDNN (generators/text/engine/onednn.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from generators.text.onednn import PackedLinear, onednn_bfloat16_available, pack_linear_layers, packing_is_faster
+from generators.text.engine.onednn import PackedLinear, onednn_bfloat16_available, pack_linear_layers, packing_is_faster
 
 pytestmark = pytest.mark.skipif(not onednn_bfloat16_available(), reason="this torch build has no oneDNN")
 

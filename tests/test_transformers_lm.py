@@ -31,7 +31,7 @@ def test_greedy_matches_plain_generate_token_for_token(lm: TransformersLM) -> No
         ids, _ = lm.encode(request)
         out = lm.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=40, pad_token_id=lm.tokenizer.eos_token_id)
         new = out[0, len(ids):].tolist()
-        eos = lm._eos_ids()
+        eos = lm.decoder.eos
         if new and new[-1] in eos:
             new = new[:-1]
         assert last.stats is not None and last.stats.completion_tokens == len(new)
@@ -225,7 +225,7 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     the input embedding 8-bit ones (buffers, counted once each in the reported memory); it decodes
     alone and batched, and its next-token distribution stays close to float32's. SmolLM2's figures
     are in bench_precision."""
-    from generators.text.int4 import Int4Linear, Int8Embedding, Int8Linear, int4_supported
+    from generators.text.engine.int4 import Int4Linear, Int8Embedding, Int8Linear, int4_supported
 
     if not int4_supported():
         pytest.skip("this torch build has no CPU int4 kernel")
@@ -244,6 +244,35 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     _assert_close_to_float32_and_decodes_batched(full, gen, tiny_model_dir, "int4", "float16")
 
 
+def test_auto_quantization_resolves_per_device_and_the_models_view_says_what_runs(tiny_model_dir: Path) -> None:
+    """quantization=auto (the studio's default) is one entry of the quantizer table: on a CPU with the int4
+    kernel it loads int4 (the layers are really 4-bit), on CUDA or with float16 the weights as they are;
+    it refuses only what the quantizer it picks refuses. The Models view's precision names what runs."""
+    from generators.text.engine.int4 import Int4Linear, int4_supported
+    from generators.text.engine.quantizers import QUANTIZERS
+
+    auto = QUANTIZERS["auto"]
+    assert auto.resolve("cuda", "auto").name == "none" and auto.refusal("cuda", "auto") is None
+    assert auto.resolve("cpu", "float16").name == "none"
+    assert auto.resolve("cpu", "auto").name == ("int4" if int4_supported() else "none")
+    assert QUANTIZERS["int4"].resolve("cpu", "auto").name == "int4"  # a named choice is itself
+    gen = TransformersLM("a", {"source": str(tiny_model_dir), "quantization": "auto", "max_batch": 2})
+    assert gen.precision() == "auto (decided at load)"
+    assert gen.estimated_memory_bytes() == int(TransformersLM("n", {"source": str(tiny_model_dir)}).estimated_memory_bytes()
+                                               * QUANTIZERS["auto"].memory_factor)
+    gen.load()
+    try:
+        if int4_supported():
+            assert isinstance(gen.model.model.layers[0].mlp.up_proj, Int4Linear)
+            assert gen.precision().startswith("int4 weights, bfloat16 between the kernels — auto")
+        else:
+            assert gen.precision().startswith("float32 — auto")
+        assert gen.describe()["precision"] == gen.precision()
+        assert "".join(c.text for c in gen.stream(chat("hi", temperature=0.0, max_new_tokens=4)))
+    finally:
+        gen.unload()
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "transformers-forward"])
 def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_model_dir: Path, lean: bool) -> None:
     """Greedy rows of a continuous batch give the tokens each request gives alone, with the lean
@@ -254,9 +283,9 @@ def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_mode
     alone.load()
     batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     batched.load()
-    assert batched._batcher.lean is not None  # a Llama gets the lean step
+    assert batched.decoder.batcher.lean is not None  # a Llama gets the lean step
     if not lean:
-        batched._batcher.lean = None
+        batched.decoder.batcher.lean = None
     prompts = ["a", "a much longer prompt about the sea and ships", "tea?", "numbers 1 2 3 4 5 6 7 8 9 10 11 12"]
     lengths = [40, 17, 33, 25]  # rows retire at different steps, others keep going
     expected = ["".join(c.text for c in alone.stream(chat(p, temperature=0.0, max_new_tokens=n)))
@@ -282,7 +311,7 @@ def test_concurrent_streams_are_batched_and_each_equals_decoding_alone(tiny_mode
         t.join(120)
     assert [results[i] for i in range(4)] == expected
     assert results[99] == "cancelled"
-    assert batched._batcher.max_seen_batch >= 2  # they really shared steps
+    assert batched.decoder.batcher.max_seen_batch >= 2  # they really shared steps
     batched.unload()
     alone.unload()
 
@@ -295,7 +324,7 @@ def test_a_long_prompt_is_prefilled_a_chunk_per_tick_while_the_batch_keeps_decod
     alone.load()
     batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     batched.load()
-    batcher = batched._batcher
+    batcher = batched.decoder.batcher
     batcher.prefill_chunk, batcher.prefill_chunk_s = 8, None  # fixed chunks: their count is checked
     batcher.prefix_cache = None  # (it would serve the chat template's opening from the short prompt: fewer chunks)
     long_prompt = "tell me a story about " + " ".join(f"ship {i}" for i in range(20))
@@ -345,7 +374,7 @@ def test_a_request_cancelled_during_its_chunked_prefill_ends_cancelled(tiny_mode
     """(A long prompt is chunked only while others decode; alone it is prefilled in one forward.)"""
     batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     batched.load()
-    batcher = batched._batcher
+    batcher = batched.decoder.batcher
     batcher.prefill_chunk, batcher.prefill_chunk_s = 4, None
     cancel, decoding = threading.Event(), threading.Event()
     original = batcher._prefill_next_chunk
@@ -375,10 +404,10 @@ def test_a_request_cancelled_during_its_chunked_prefill_ends_cancelled(tiny_mode
 def test_a_long_prompt_alone_is_prefilled_in_one_forward(tiny_model_dir: Path) -> None:
     batched = TransformersLM("batched", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     batched.load()
-    batched._batcher.prefill_chunk, batched._batcher.prefill_chunk_s = 4, None
+    batched.decoder.batcher.prefill_chunk, batched.decoder.batcher.prefill_chunk_s = 4, None
     chunked: list[int] = []
-    original = batched._batcher._prefill_next_chunk
-    batched._batcher._prefill_next_chunk = lambda: (chunked.append(1), original())
+    original = batched.decoder.batcher._prefill_next_chunk
+    batched.decoder.batcher._prefill_next_chunk = lambda: (chunked.append(1), original())
     text = "".join(c.text for c in batched.stream(chat("a long prompt " * 10, temperature=0.0, max_new_tokens=5)))
     assert text and not chunked
     batched.unload()
@@ -400,12 +429,12 @@ def test_prompts_prefilled_together_from_cached_prefixes_compute_what_they_compu
     prefix cache (here the chat template's system prompt and a whole earlier turn). Each row's
     logits at every step equal a plain full recomputation of that prompt alone within 1e-4 (padding
     and cache reuse only reorder float sums), and the greedy tokens are identical."""
-    from generators.text.batching import BatchSequence
     from generators.text.decoding import IncrementalDetokenizer, StopStringFilter
+    from generators.text.engine.batcher import BatchSequence
 
     lm = TransformersLM("b", {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 8})
     lm.load()
-    batcher = lm._batcher
+    batcher = lm.decoder.batcher
     first_turn = chat("Tell me about the sea.")
     follow_up = TextRequest(messages=(ChatMessage("user", "Tell me about the sea."), ChatMessage("assistant", "It is wet."),
                                       ChatMessage("user", "And the tides?")), params=SamplingParams())
@@ -463,7 +492,7 @@ def test_prompts_prefilled_together_from_cached_prefixes_compute_what_they_compu
 
 
 def test_prefix_cache_finds_the_longest_shared_prefix_and_evicts_least_recently_used() -> None:
-    from generators.text.batching import PrefixCache
+    from generators.text.engine.batcher import PrefixCache
 
     def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:  # 2 layers of (1, heads 1, n, dim 2) float32
         return [(torch.arange(n, dtype=torch.float32).reshape(1, 1, n, 1).repeat(1, 1, 1, 2),) * 2 for _ in range(2)]
@@ -507,7 +536,7 @@ def test_the_plugin_decodes_through_the_c_plus_plus_loop_with_the_python_loops_t
     """native_step (on by default): the batcher's lean step runs its layers in C++ — the same greedy
     tokens as with native_step=false, for requests alone and batched. Without a compiler the load
     still succeeds and says it decodes through Python."""
-    from generators.text import native_step
+    from generators.text.engine import native as native_step
     from tests.conftest import MODEL_CACHE
 
     def load(name: str, **options: object) -> TransformersLM:

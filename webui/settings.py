@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from generators.base import describe_validation_error
+from generators.text.engine.quantizers import QUANTIZATION_CHOICES, STUDIO_QUANTIZATION
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GEMMA_MODEL = "gemma3-270m"  # Google's pretrained Gemma 3 270M (a base model: it continues text; no chat template)
@@ -64,7 +65,7 @@ class Settings(BaseSettings):
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/studio.db")
     models: list[ModelEntry] = Field(default_factory=default_models)
     model: str | None = Field(None, description="default model: a configured name, hub id, folder or .gguf")
-    quantization: Literal["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"] | None = None
+    quantization: Literal[QUANTIZATION_CHOICES] | None = None  # type: ignore[valid-type]  # None: STUDIO_QUANTIZATION
     device: Literal["auto", "cpu", "cuda"] | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None, description="language models' compute type")
     share: bool = False
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
         if self.model and all(e.name != self.model for e in entries):
             entries.insert(0, ModelEntry(name=Path(self.model.rstrip("/")).name or self.model, options={"source": self.model}))
         # unset quantization: "auto", the fastest precision within +5 % perplexity of float32 on the device
-        text = {k: v for k, v in (("quantization", self.quantization or "auto"), ("device", self.device),
+        text = {k: v for k, v in (("quantization", self.quantization or STUDIO_QUANTIZATION), ("device", self.device),
                                   ("dtype", self.dtype)) if v}
         image = {"device": self.device} if self.device else {}
         overrides = {"transformers": text, "gan": image, "vae": image, "digit-diffusion": image, "char-lstm": image,

@@ -6,6 +6,8 @@ from typing import Any
 
 import gradio as gr
 
+from generators.text.engine.quantizers import QUANTIZATION_CHOICES, quantization_help
+
 from ..errors import ui_errors
 from ..services.context import AppContext
 from ..services.model_options import apply_options
@@ -45,8 +47,8 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
     with gr.Row():
         model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
-        quantization = gr.Radio(["auto", "none", "8bit", "4bit", "int4", "dynamic-int8"], value=first[0], label="Quantization",
-                                info="8bit / 4bit: bitsandbytes; int4 (fastest on a CPU) and dynamic-int8: PyTorch, CPU only",
+        quantization = gr.Radio(list(QUANTIZATION_CHOICES), value=first[0], label="Quantization",
+                                info=quantization_help(),
                                 scale=2, elem_id="models-quantization")
         device = gr.Radio(["auto", "cpu", "cuda"], value=first[1], label="Device", scale=2)
     with gr.Row():

@@ -21,7 +21,7 @@ from ..services import story as svc
 from ..services.context import AppContext
 from ..services.instruct import MODEL_OWN, template_names
 from ..services.story_context import MAX_DEPTH
-from . import FAST, story_sidebar
+from . import FAST, prompt_picker, story_sidebar
 from . import presets as presets_ui
 from .sampler import build_sampler
 from .story_view import LEGEND, alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
@@ -49,6 +49,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 show_label=False, lines=2, max_lines=10, elem_id="story-input",
                 placeholder="Your text (optional): it is added to the story, then the model continues.",
             )  # fmt: skip
+            prompt_picker.build(ctx, your_text, "story")
             with gr.Row():
                 cont = gr.Button("Continue", variant="primary", scale=2, elem_id="story-continue")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="story-stop")

@@ -28,7 +28,7 @@ def dataset_choices(ctx: AppContext, owner: str) -> list[tuple[str, str]]:
 
 
 def job_choices(ctx: AppContext, owner: str) -> list[tuple[str, str]]:
-    return [(f"{j.name} · {j.kind} · {j.state}", j.id) for j in ctx.jobs.list(owner)]
+    return [(f"{j.name} · {training.FAMILY_LABELS.get(j.kind, j.kind)}", j.id) for j in ctx.jobs.list(owner)]
 
 
 def build(ctx: AppContext) -> Any:
@@ -102,15 +102,18 @@ def build(ctx: AppContext) -> Any:
         key = [job_id, view.status, len(view.job.metrics), len(view.job.log), str(view.samples)]
         if key == last:
             return {c: gr.skip() for c in shown}
-        image = gr.skip() if last and last[0] == job_id and last[4] == key[4] else None
-        if image is None and view.samples is not None:
+        if last and last[0] == job_id and last[4] == key[4]:  # the same grid: not sent again
+            grid = gr.update(visible=view.samples is not None)
+        elif view.samples is not None:
             from PIL import Image
 
             with Image.open(view.samples) as opened:
-                image = opened.copy()
+                grid = gr.update(value=opened.copy(), visible=True)
+        else:
+            grid = gr.update(value=None, visible=False)
         return {status: view.status, loss_plot: pd.DataFrame(view.steps, columns=["step", "series", "value"]),
                 epoch_plot: pd.DataFrame(view.epochs, columns=["epoch", "series", "value"]),
-                samples: gr.update(value=image, visible=view.samples is not None),
+                samples: grid,
                 text_sample: gr.update(value=view.text_sample, visible=bool(view.text_sample)),
                 card: view.card, log: view.job.log, seen: key}
 

@@ -1,12 +1,11 @@
-// The decoder layers of the lean Llama decoding step (fast_step.py, `LeanLlamaStep`) as one C++ call.
+// The decoder layers of the lean Llama decoding step (step.py, `LeanLlamaStep`) as one C++ call.
 //
 // The same ATen operators as the Python loop, in the same order with the same arguments, so the
 // results are identical bit for bit (the tests compare them); what goes away is the Python
-// interpreter between ~30 small operators per layer. Measured on SmolLM2-135M int4 with bfloat16
-// activations, one stream: 6.4 -> 5.4 ms per step.
+// interpreter between ~30 small operators per layer (figures: benchmarks/ and the README).
 //
 // Registered as torch.ops.aigc.lean_layers (TORCH_LIBRARY, no Python headers needed); built on
-// first use by generators/text/native_step.py with torch.utils.cpp_extension.
+// first use by generators/text/engine/native.py with torch.utils.cpp_extension.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -20,7 +19,7 @@ namespace {
 
 using at::Tensor;
 
-// Projection kinds, as fast_step.py numbers them (NATIVE_*). Every projection is `parts` triples
+// Projection kinds, as projection.py numbers them (NATIVE_*). Every projection is `parts` triples
 // (a, b, bias) of the tensor list, their outputs concatenated.
 constexpr int64_t KIND_INT4 = 0;    // a: packed int4 weight, b: scales and zeros; `group` = group size
 constexpr int64_t KIND_LINEAR = 1;  // a: weight (N, K)
@@ -46,7 +45,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& doubled, const Tensor& sign, doub
   return at::layer_norm(both, {2 * n}, doubled, {}, eps).narrow(1, 0, n).contiguous();
 }
 
-// One part of a Projection of fast_step.py: its call for `one` row or a batch, the input converted as it does.
+// One part of a Projection of projection.py: its call for `one` row or a batch, the input converted as it does.
 Tensor project(const Tensor& input, int64_t kind, int64_t group, const Tensor& a, const std::optional<Tensor>& b,
                const std::optional<Tensor>& bias, bool one, at::ScalarType dtype) {
   if (kind == KIND_INT4) {

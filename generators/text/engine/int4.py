@@ -4,16 +4,15 @@ Each group of 32 input weights of an output row is stored as 4-bit integers with
 and offset (asymmetric, like llama.cpp's Q4_1): w ≈ (q − 8) · scale + zero. A Q4_1 GGUF file's
 weights, dequantized at load, fall back onto this grid (up to the bfloat16 rounding of each group's
 float16 scale and offset), so this is the 4-bit model llama.cpp runs, not a second rounding of it.
-The output head is the exception: see `quantize_int4`. Activations go through the kernel in bfloat16 (the fast path of
-`torch._weight_int4pack_mm_for_cpu`; its float32 path is a slow fallback) and come back in the
-model's dtype, so norms, attention and the residual stream stay float32.
+The output head is the exception: see `quantize_int4`. Activations go through the kernel in bfloat16
+(the fast path of `torch._weight_int4pack_mm_for_cpu`; its float32 path is a slow fallback) and come
+back in the model's dtype.
 
-A decode step reads about an eighth of the float32 weight bytes: on a memory-bound CPU that is
-what makes it faster. A prefill (from `DENSE_FROM_ROWS` rows) unpacks each layer to bfloat16 and
-multiplies densely instead: the kernel's cost grows with every few rows, unpacking costs the same for
-any number (SmolLM2, 1,024 prompt tokens 1.5–1.6 → 0.6 s, 256 tokens 361 → 224 ms; equal at 128).
+A decode step reads about an eighth of the float32 weight bytes: on a memory-bound CPU that is what
+makes it faster. A prefill (from `DENSE_FROM_ROWS` rows) unpacks each layer to bfloat16 and multiplies
+densely instead: the kernel's cost grows with every few rows, unpacking costs the same for any number.
 The input embedding is kept as 8-bit rows (`Int8Embedding`): a lookup reads one row per token, so
-that is for memory (SmolLM2 int4: 199 → 91 MB).
+that is for memory. Figures: benchmarks/bench_precision.py and the README.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .hooks import has_hooks
 
 GROUP_SIZE = 32
 # From this many rows (a prefill) a layer's weights are unpacked to bfloat16 once and multiplied on the
@@ -63,8 +64,8 @@ def dequantize_weight(packed_q: torch.Tensor, scales_and_zeros: torch.Tensor, gr
 def unpack_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int = GROUP_SIZE) -> torch.Tensor:
     """The transposed weights (K, N), in bfloat16, of a packed int4 layer, from PyTorch's CPU packing:
     blocks of 64 rows, each stored K-major as 32 bytes per input column, byte j holding row j (low
-    nibble) and row j + 32 (high nibble). Transposed because that layout is K-major already: 1.6 ms
-    for a 3072×576 layer here, against 2.5 for (N, K). `dense_unpacking_works()` checks the layout."""
+    nibble) and row j + 32 (high nibble). Transposed because that layout is K-major already (cheaper
+    to unpack than (N, K)). `dense_unpacking_works()` checks the layout."""
     n, k = packed.shape[0], packed.shape[1] * 2
     blocks = packed.view(n // 64, k, 32)
     q = torch.stack([blocks & 15, blocks >> 4], dim=2)  # (N/64, K, 2, 32)
@@ -154,8 +155,8 @@ class Int8Linear(_WeightOnlyLinear):
 class Int8Embedding(nn.Module):
     """Drop-in for `nn.Embedding` (inference only): rows stored as int8 with one bfloat16 scale each, as
     `Int8Linear` stores its rows (llama.cpp's 4-bit files keep the token embedding at 8 bits too), and
-    returned in `dtype`. A step reads one row per token, so this is about memory: SmolLM2's float32
-    embedding was 113 MB of the int4 model's 199 MB. When the output head was tied to the embedding, both
+    returned in `dtype`. A step reads one row per token, so this is about memory (a small model's float32
+    embedding is most of its int4 size). When the output head was tied to the embedding, both
     share the head's int8 tensors."""
 
     def __init__(self, weight_int8: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,
@@ -181,8 +182,8 @@ class Int8Embedding(nn.Module):
 def quantize_int4(model: nn.Module, group_size: int = GROUP_SIZE) -> dict[str, int]:
     """Replace every `nn.Linear` whose input width divides into groups by an `Int4Linear`, except the
     output head, which gets 8-bit weights (`Int8Linear`): the head's errors land directly on the
-    next-token scores, and llama.cpp's 4-bit files keep it at 8 bits too. On SmolLM2 a 4-bit head
-    alone adds 4 % to the perplexity; the 8-bit head keeps the model within 0.1 % of float32.
+    next-token scores, and llama.cpp's 4-bit files keep it at 8 bits too (a 4-bit head costs
+    perplexity that an 8-bit one does not: bench_precision.py).
     The input embedding becomes an `Int8Embedding`; a head tied to it is quantized once and both
     use the same int8 rows. Returns how many layers of each kind were replaced."""
     if not int4_supported():
@@ -205,8 +206,6 @@ def quantize_int4(model: nn.Module, group_size: int = GROUP_SIZE) -> dict[str, i
         else:
             setattr(parent, name, Int4Linear(child, group_size))
             counts["int4"] += 1
-    from .fast_step import has_hooks
-
     if type(embedding) is nn.Embedding and not has_hooks(embedding):
         if tied and head_int8 is not None:
             replacement = Int8Embedding(head_int8.weight_int8, head_int8.scales, embedding.weight.dtype, embedding.padding_idx)

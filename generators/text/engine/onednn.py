@@ -1,15 +1,13 @@
 """bfloat16 Linear layers with their weights reordered once into oneDNN's blocked layout.
 
 `F.linear` on a plain (N, K) bfloat16 weight makes oneDNN reorder the weight into its blocked
-(AMX / AVX-512 BF16) layout on every call; a decoding step calls ~120 of them. Reordered once at
-load (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's weight freezing does) the same
-matmul takes about half the time on this project's Xeon, with the same results at decoding sizes
-(1–16 rows, 40-token prompts: equal to `F.linear` bit for bit, tested; for some long prefills,
-512–1,024 rows, oneDNN blocks the sums differently and the last bits differ: SmolLM2 bfloat16
-perplexity 19.778 → 19.781): SmolLM2's gate/up (3072×576) 0.116 → 0.059 ms for 16 rows, 0.102 →
-0.047 for one (`torch.mv` 0.054); all weights of a step 21.2 → 13.8 ms for 16 rows. The packed
-weight replaces the plain one (no second copy); it is an opaque oneDNN tensor, so these layers are
-for inference on the CPU only.
+(AMX / AVX-512 BF16) layout on every call, and a decoding step calls a hundred of them. Reordered
+once at load (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's weight freezing does) the
+same matmul runs without that reorder, with the same results at decoding sizes (1–16 rows: equal to
+`F.linear` bit for bit, tested; for some long prefills oneDNN blocks the sums differently and the
+last bits differ). The packed weight replaces the plain one (no second copy); it is an opaque oneDNN
+tensor, so these layers are for inference on the CPU only. Whether packing pays is measured on the
+model's own weights at load (`pack_linear_layers_if_faster`). Figures: bench_batching.py, README.
 """
 
 from __future__ import annotations
@@ -18,6 +16,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .hooks import has_hooks
+from .measure import MEASURE_MIN_ELEMENTS, best_seconds
 
 PACK_FOR_ROWS = 16  # oneDNN picks the blocking for this many rows; any number of rows works
 
@@ -50,26 +51,22 @@ def packing_is_faster(weight: torch.Tensor, margin: float = 0.9) -> bool:
     """Whether 16 rows through the packed weight beat `F.linear` by `margin` (and one row is no slower
     than the faster of `F.linear` and `torch.mv`). Measured on the layer at load, as the lean step's
     kernel choices are; matrices under a million elements are not worth it (and time as noise)."""
-    from .fast_step import MEASURE_MIN_ELEMENTS, _best_seconds
-
     if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or weight.numel() < MEASURE_MIN_ELEMENTS \
             or not onednn_bfloat16_available():
         return False
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_FOR_ROWS)
     rows = torch.randn((PACK_FOR_ROWS, weight.shape[1]), generator=torch.Generator().manual_seed(0)).to(weight.dtype)
     linear, pointwise = torch.nn.functional.linear, torch.ops.mkldnn._linear_pointwise
-    batch = _best_seconds(lambda: pointwise(rows, packed, None, "none", [], "")) < margin * _best_seconds(
+    batch = best_seconds(lambda: pointwise(rows, packed, None, "none", [], "")) < margin * best_seconds(
         lambda: linear(rows, weight))
     one = rows[:1]
-    plain_one = min(_best_seconds(lambda: linear(one, weight)), _best_seconds(lambda: torch.mv(weight, one[0])))
-    return batch and _best_seconds(lambda: pointwise(one, packed, None, "none", [], "")) <= 1.05 * plain_one
+    plain_one = min(best_seconds(lambda: linear(one, weight)), best_seconds(lambda: torch.mv(weight, one[0])))
+    return batch and best_seconds(lambda: pointwise(one, packed, None, "none", [], "")) <= 1.05 * plain_one
 
 
 def _packable(model: nn.Module) -> list[tuple[Any, str, nn.Linear]]:
     """(parent, name, layer) of every bfloat16 `nn.Linear` without hooks, except an output head that
     shares its weight with the input embedding (packing it would keep a second copy)."""
-    from .fast_step import has_hooks
-
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     shared = getattr(embedding, "weight", None)
     return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()

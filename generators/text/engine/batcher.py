@@ -25,9 +25,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..compute import ComputeLane
-from ..compute import lane as compute_lane
-from .fast_step import KVCache, LeanLlamaStep, _left_pad
+from ...compute import ComputeLane
+from ...compute import lane as compute_lane
+from .kv_cache import KVCache, left_pad
+from .step import LeanLlamaStep
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class ContinuousBatcher:
         self.steps = 0
         self.max_seen_batch = 0
         # Decoding steps through the lean Llama step where the model allows, else transformers' forward.
-        # `native`: its layer loop in C++ (native_step.load_native_layers), where the model's layers allow.
+        # `native`: its layer loop in C++ (native.load_native_layers), where the model's layers allow.
         self.lean = LeanLlamaStep(model, native=native) if lean and LeanLlamaStep.unsupported(model) is None else None
         self.lane = lane if lane is not None else compute_lane()
         self.lane.add_stepper(self)
@@ -362,8 +363,8 @@ class ContinuousBatcher:
                 ks, vs = [], []
                 for _, n, layers in plans:
                     k, v = layers[index] if n else (k_ref[:, :, :0], v_ref[:, :, :0])
-                    ks.append(_left_pad(k, n_max - n))
-                    vs.append(_left_pad(v, n_max - n))
+                    ks.append(left_pad(k, n_max - n))
+                    vs.append(left_pad(v, n_max - n))
                 past_layers.append((torch.cat(ks), torch.cat(vs)))
             past = DynamicCache(past_layers)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=past,

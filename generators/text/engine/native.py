@@ -1,11 +1,10 @@
-"""Builds and loads the C++ layer loop of the lean decoding step (`native/lean_layers.cpp`).
+"""Builds and loads the C++ layer loop of the lean decoding step (`csrc/lean_layers.cpp`).
 
 The loop runs the same ATen operators as `LeanLlamaStep`'s Python loop, so its logits are the same
-bit for bit; it only removes the interpreter between them (SmolLM2-135M int4, one stream: 6.4 →
-5.4 ms per token). It is compiled once per PyTorch version and source with
-`torch.utils.cpp_extension` (g++ and ninja; ~20 s on two cores) into a build folder that later
-loads reuse, and registered as `torch.ops.aigc.lean_layers`. Without a compiler, or when the build
-fails, `load_native_layers` says why and the step keeps its Python loop: slower, never broken.
+bit for bit; it only removes the interpreter between them. It is compiled once per PyTorch version
+and source with `torch.utils.cpp_extension` (g++ and ninja) into a build folder that later loads
+reuse, and registered as `torch.ops.aigc.lean_layers`. Without a compiler, or when the build fails,
+`load_native_layers` says why and the step keeps its Python loop: slower, never broken.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native") / "lean_layers.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "lean_layers.cpp"
 _build_lock = threading.Lock()  # one build at a time in this process (the library registers once per process)
 
 

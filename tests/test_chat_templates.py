@@ -99,8 +99,9 @@ def test_a_story_continues_with_its_chosen_template(ctx) -> None:  # type: ignor
     settings = story.story_settings(ctx, "tiny", {"max_new_tokens": 4, "temperature": 0, "seed": 1},
                                     template="Vicuna", owner="erin")
     assert settings.as_json()["template"] == "Vicuna"
-    view = story.create_story(ctx, "erin", "Tale", settings, "The lighthouse keeper woke.")
-    for view in story.continue_story(ctx, "erin", view.id, settings):
+    created = story.create_story(ctx, "erin", "Tale", settings, "The lighthouse keeper woke.")
+    view = created
+    for view in story.continue_story(ctx, "erin", created.id, settings):  # noqa: B007 - the last view counts
         pass
     sent = view.last_context
     assert sent["rendered"].startswith("You are a skilled fiction writer") and "\nUSER: " in sent["rendered"]

@@ -32,6 +32,9 @@ def test_train_tab_uploads_trains_and_shows_the_result(running_app, page, tmp_pa
     wait_for(lambda: "done" in page.locator("#train-status").inner_text(), timeout=300, every=1)
     page.locator("#train-card").get_by_text("val_bpc").first.wait_for()
     page.wait_for_timeout(2500)  # one more refresh draws the final curves
+    # the curves are drawn (a plot that first got an empty table drew axes and no lines ever after)
+    wait_for(lambda: page.locator("#train-loss [aria-roledescription='line mark']").count() > 0, timeout=30)
+    wait_for(lambda: page.locator("#train-epochs-plot [aria-roledescription='line mark']").count() > 0, timeout=30)
     page.screenshot(path=str(ARTIFACTS / "train-tab.png"), full_page=True)
     status = page.locator("#train-status").inner_text()
     assert "local/keeper-lstm" in status

@@ -111,8 +111,7 @@ def build(ctx: AppContext) -> Any:
                 grid = gr.update(value=opened.copy(), visible=True)
         else:
             grid = gr.update(value=None, visible=False)
-        return {status: view.status, loss_plot: pd.DataFrame(view.steps, columns=["step", "series", "value"]),
-                epoch_plot: pd.DataFrame(view.epochs, columns=["epoch", "series", "value"]),
+        return {status: view.status, loss_plot: _plot(view.steps, "step"), epoch_plot: _plot(view.epochs, "epoch"),
                 samples: grid,
                 text_sample: gr.update(value=view.text_sample, visible=bool(view.text_sample)),
                 card: view.card, log: view.job.log, seen: key}
@@ -222,3 +221,12 @@ def build(ctx: AppContext) -> Any:
     timer.tick(ui_errors(show), [job, seen], shown, **FAST, **private)
     return lambda demo, select: (demo.load(fill, job, [dataset, job], **FAST, **private),
                                  select(fill, job, [dataset, job], **FAST, **private))
+
+
+def _plot(points: list[dict[str, Any]], x: str) -> Any:
+    """A plot's update: hidden while there is nothing to draw. Never an empty table — Gradio's plot takes the
+    column types from the first table it receives, and an empty one (no numbers) leaves it drawing no lines
+    for every table after."""
+    if not points:
+        return gr.update(visible=False)
+    return gr.update(value=pd.DataFrame(points, columns=[x, "series", "value"]), visible=True)

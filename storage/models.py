@@ -15,8 +15,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 LOCAL_OWNER = "local"
 
@@ -236,6 +236,60 @@ class MetricResult(Base):
     dataset: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)  # versions, weights, sizes
     created_at: Mapped[Created]
+
+
+class Character(Base):
+    """A character to chat with (the fields of a Character Card V2/V3). `card_extra` keeps what the
+    studio does not use (character book, extensions, assets, V3 additions) so an export gives it back."""
+
+    __tablename__ = "characters"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    personality: Mapped[str] = mapped_column(Text, default="")
+    scenario: Mapped[str] = mapped_column(Text, default="")
+    first_message: Mapped[str] = mapped_column(Text, default="")
+    alternate_greetings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    example_dialogue: Mapped[str] = mapped_column(Text, default="")
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    post_history_instructions: Mapped[str] = mapped_column(Text, default="")
+    creator_notes: Mapped[str] = mapped_column(Text, default="")
+    creator: Mapped[str] = mapped_column(String(200), default="")
+    character_version: Mapped[str] = mapped_column(String(200), default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    card_extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # a small PNG (re-encoded on upload, metadata stripped); deferred so lists do not read it
+    avatar: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+    __table_args__ = (Index("ix_characters_owner_name", "owner", "name"),)
+
+
+class Persona(Base):
+    """Who the user plays in character chats: fills {{user}}; its description joins the context."""
+
+    __tablename__ = "personas"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
+
+
+class SavedPrompt(Base):
+    """A prompt of the prompt library; `{{name}}` marks a variable asked for when it is inserted."""
+
+    __tablename__ = "saved_prompts"
+    id: Mapped[IdPk]
+    owner: Mapped[Owner]
+    name: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]
 
 
 class SamplerPreset(Base):

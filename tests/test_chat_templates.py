@@ -91,3 +91,22 @@ def test_a_model_that_cannot_take_a_template_says_what_to_pick(make_ctx) -> None
     view = chat.add_user_message(fake_ctx, "ann", None, "Hello", settings)
     with pytest.raises(InvalidOptionsError, match="Model's own"):
         list(chat.stream_reply(fake_ctx, "ann", view.id, settings))
+
+
+def test_a_story_continues_with_its_chosen_template(ctx) -> None:  # type: ignore[no-untyped-def]
+    from webui.services import story
+
+    settings = story.story_settings(ctx, "tiny", {"max_new_tokens": 4, "temperature": 0, "seed": 1},
+                                    template="Vicuna", owner="erin")
+    assert settings.as_json()["template"] == "Vicuna"
+    created = story.create_story(ctx, "erin", "Tale", settings, "The lighthouse keeper woke.")
+    view = created
+    for view in story.continue_story(ctx, "erin", created.id, settings):  # noqa: B007 - the last view counts
+        pass
+    sent = view.last_context
+    assert sent["rendered"].startswith("You are a skilled fiction writer") and "\nUSER: " in sent["rendered"]
+    assert sent["rendered"].endswith("ASSISTANT:") and sent["rendered_tokens"] == prompt_tokens(ctx, "erin")
+    reopened = story.settings_from_json(ctx, story.get_story(ctx, "erin", view.id).settings)
+    assert reopened.template == "Vicuna"
+    with pytest.raises(InvalidOptionsError, match="no instruct template"):
+        story.story_settings(ctx, "tiny", {}, template="Nope", owner="erin")

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from .services.context import AppContext
-from .tabs import FAST, chat, evaluate, gallery, image, models, story, train, verify
+from .tabs import FAST, characters, chat, evaluate, gallery, image, models, prompts, story, train, verify
 
 TITLE = "AIGC Studio"
 CSS = """
@@ -46,6 +46,9 @@ CSS = """
 #gallery-preview img, #image-pnginfo-result img { height: 200px !important; width: auto !important; }
 #image-strip img, #image-reconstruction img {
   height: 110px !important; width: auto !important; max-width: 100%; object-fit: contain; }
+.characters-hint p { font-size: 0.8em; color: var(--body-text-color-subdued); margin: 0 4px; }
+#chat-character-picker { margin-top: 6px; }
+#chat-with-character p { margin: 0 0 -4px 4px; }
 .story-status { color: var(--body-text-color-subdued); font-style: italic; font-size: 0.85em; margin-left: 4px; }
 """
 
@@ -101,9 +104,12 @@ LOGIN_SCRIPT = """<script>
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="studio-title")
-        with gr.Tabs():
+        chat_parts: dict[str, gr.components.Component] = {}
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat") as chat_tab:
-                chat_on_load = chat.build(ctx)
+                chat_on_load = chat.build(ctx, chat_parts)
+            with gr.Tab("Characters", id="characters") as characters_tab:
+                show_characters = characters.build(ctx, chat_parts.get("open_chat"), tabs)
             with gr.Tab("Story", id="story") as story_tab:
                 story_on_load = story.build(ctx)
             with gr.Tab("Image", id="image") as image_tab:
@@ -112,6 +118,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 show_gallery, gallery_inputs, gallery_outputs = gallery.build(ctx)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
                 refresh_evaluate, evaluate_outputs = evaluate.build(ctx)
+            with gr.Tab("Prompts", id="prompts") as prompts_tab:
+                show_prompts = prompts.build(ctx)
             with gr.Tab("Verify", id="verify") as verify_tab:
                 load_label, label_box = verify.build(ctx)
             with gr.Tab("Train", id="train") as train_tab:
@@ -126,6 +134,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")
         verify_tab.select(load_label, None, label_box, **FAST, api_visibility="private")
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
+        for tab, (show, inputs, output) in ((characters_tab, show_characters), (prompts_tab, show_prompts)):
+            tab.select(show, inputs, output, **FAST, api_visibility="private")
     return demo
 
 

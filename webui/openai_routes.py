@@ -33,7 +33,7 @@ from generators.base import (
 )
 
 from . import protocol as wire
-from .services import presets
+from .services import characters, presets
 from .services.context import AppContext
 from .services.generation import RunResult, sampling_params, stream_text
 
@@ -99,6 +99,12 @@ def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str |
     messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, m.text())  # type: ignore[arg-type]
                      for m in body.messages)
     ctx.check_text("".join(m.content for m in messages), "conversation")
+    if body.character is not None:  # the same context a chat with that character gets on the page
+        try:
+            messages = tuple(characters.context_for_request(ctx, owner or ctx.default_owner, body.character,
+                                                            body.persona, messages))
+        except characters.UnknownAssetError as exc:
+            raise wire.RequestError(str(exc), exc.field) from None
     return model, [Choice(i, TextRequest(messages=messages, params=seeded(params, i), logprobs=body.top_logprob_count),
                           preset=preset) for i in range(body.choices)]
 

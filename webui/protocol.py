@@ -270,12 +270,18 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Studio extensions (send them through the OpenAI client's `extra_body`): chat as one of your characters
+    # (its id or exact name), as one of your personas (unset: your default persona)
+    character: str | None = Field(None, max_length=200)
+    persona: str | None = Field(None, max_length=200)
 
     @model_validator(mode="after")
     def _rules(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise RuleError("Set either 'max_tokens' or 'max_completion_tokens', not both "
                             "('max_tokens' is the older name of the same limit).", "max_tokens")
+        if self.persona is not None and self.character is None:
+            raise RuleError("'persona' only applies together with 'character'.", "persona")
         if self.top_logprobs is not None and not self.logprobs:
             raise RuleError("Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
                             "'top_logprobs' is given.", "top_logprobs")

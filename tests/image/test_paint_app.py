@@ -92,7 +92,7 @@ def test_prompt_tab_in_a_real_browser_progress_and_stop(app: Any) -> None:
         try:
             page.goto(demo.local_url)
             page.get_by_role("tab", name="Image").click()
-            page.get_by_role("tab", name="Prompt").click()
+            page.get_by_role("tab", name="Prompt", exact=True).click()
             page.locator("#paint-prompt textarea").fill("a red cat on the grass")
             page.locator("#paint-width input[type=number]").fill(str(SIZE))
             page.locator("#paint-height input[type=number]").fill(str(SIZE))

@@ -20,7 +20,7 @@ from generators.base import ChatMessage, InvalidOptionsError, RenderedPrompt, Sa
 from storage import repository as repo
 from storage.db import StorageError
 
-from . import disclosure, instruct
+from . import characters, disclosure, instruct
 from .context import AppContext, check_text, clean_title
 from .generation import sampling_params, stream_text
 from .loading import wait_until_loaded
@@ -62,6 +62,7 @@ class ChatSummary:
     id: str
     title: str
     updated_at: datetime
+    character: str = ""  # the name of the character the chat is with, if any
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,13 @@ def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | 
                          shown)
 
 
-def _request(ctx: AppContext, owner: str, settings: ReplySettings, history: list[ChatMessage]) -> TextRequest:
-    """The request for a reply: the system prompt first, the instruct template and its stop strings applied."""
+def _request(ctx: AppContext, owner: str, settings: ReplySettings, history: list[ChatMessage],
+             chat_settings: dict[str, Any] | None = None) -> TextRequest:
+    """The request for a reply: the system prompt first (a chat with a character: the character's context,
+    see services.characters), the instruct template and its stop strings applied."""
     if settings.system_prompt:
         history = [ChatMessage("system", settings.system_prompt), *history]
+    history = characters.context_for_chat(ctx, owner, chat_settings or {}, history)
     template = instruct.get_template(ctx, owner, settings.template)
     source, params = instruct.apply(ctx, settings.model, template, settings.params)
     return TextRequest(messages=tuple(history), params=params, template=source)
@@ -130,7 +134,9 @@ def get_chat(ctx: AppContext, owner: str, chat_id: str) -> ChatView:
 def list_chats(ctx: AppContext, owner: str, query: str = "") -> list[ChatSummary]:
     query = clean_title(query, "search")
     with ctx.store.begin() as s:
-        return [ChatSummary(c.id, c.title or "Untitled chat", c.updated_at) for c in repo.list_sessions(s, owner, KIND, query)]
+        return [ChatSummary(c.id, c.title or "Untitled chat", c.updated_at,
+                            (characters.chat_character(c.settings) or {}).get("name", ""))
+                for c in repo.list_sessions(s, owner, KIND, query)]
 
 
 # ------------------------------------------------------------------ writing
@@ -148,7 +154,7 @@ def add_user_message(ctx: AppContext, owner: str, chat_id: str | None, text: str
             title = " ".join(text.split())[:TITLE_CHARS]
             chat = repo.create_session(s, owner, KIND, title)
         _refuse_while_streaming(s, chat)
-        chat.settings = settings.as_json()
+        chat.settings = {**chat.settings, **settings.as_json()}  # keeps what else the chat records (its character)
         repo.add_message(s, chat, chat.active_leaf_id, "user", text)
         return _view(s, chat)
 
@@ -216,8 +222,8 @@ def stream_reply(
         if not path or path[-1][0].role != "user":
             raise InvalidOptionsError("The last message is not yours: send a message or press Regenerate.")
         history = [ChatMessage(m.role, m.content) for m, _ in path if m.content or m.role == "user"]  # type: ignore[arg-type]
-        request = _request(ctx, owner, settings, history)
-        chat.settings = settings.as_json()
+        request = _request(ctx, owner, settings, history, chat.settings)
+        chat.settings = {**chat.settings, **settings.as_json()}  # keeps what else the chat records (its character)
         parent_id = path[-1][0].id
         reply = repo.add_message(s, chat, parent_id, "assistant", "", status="streaming", model=settings.model)
         base = _view(s, chat)
@@ -280,7 +286,7 @@ def sent_prompt(ctx: AppContext, owner: str, chat_id: str) -> RenderedPrompt:
     settings = reply_settings(ctx, stored.get("model"), stored.get("params") or {}, stored.get("system_prompt") or "",
                               stored.get("preset"), stored.get("template"), owner)
     request = _request(ctx, owner, settings, [ChatMessage(m.role, m.content) for m in path  # type: ignore[arg-type]
-                                              if m.content or m.role == "user"])
+                                              if m.content or m.role == "user"], stored)
     with ctx.registry.use(settings.model, owner=owner) as gen:
         if not isinstance(gen, TextGenerator):
             raise InvalidOptionsError(f"{settings.model!r} is not a text model.")

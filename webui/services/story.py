@@ -19,6 +19,7 @@ from typing import Any
 from generators.base import InvalidOptionsError, TextGenerator
 from storage import repository as repo
 
+from . import instruct as instruct_templates
 from .context import AppContext, clean_title
 from .generation import stream_text
 from .loading import wait_until_loaded
@@ -261,6 +262,10 @@ def _generate(
     budget = gen.context_window - settings.params.max_new_tokens - reserved_tokens(instruct, count)
     assembled = assemble_context(texts, settings.levers, budget, count)
     request = to_request(assembled, instruct, settings.params)
+    if instruct:  # the story's instruct template (the model's own unless one is chosen), its stops added
+        source, params = instruct_templates.apply(
+            ctx, settings.model, instruct_templates.get_template(ctx, owner, settings.template), settings.params)
+        request = replace(request, template=source, params=params)
     inspected = report(assembled, request, model=settings.model, context_window=gen.context_window).as_json()
     rendered = gen.render_prompt(request)  # the text after the model's template, as the model reads it
     inspected.update(rendered=rendered.text, rendered_tokens=rendered.tokens)

@@ -15,6 +15,7 @@ from typing import Any
 from generators.base import InvalidOptionsError, SamplingParams
 from storage import repository as repo
 
+from . import instruct
 from .context import AppContext, check_text
 from .generation import sampling_params
 from .story_context import Levers, WorldEntry
@@ -35,11 +36,13 @@ class StorySettings:
     model: str
     params: SamplingParams
     levers: Levers = field(default_factory=Levers)
+    template: str = ""  # the instruct template's name ("" = the model's own)
 
     def as_json(self) -> dict[str, Any]:
         lv = self.levers
         return {
             "model": self.model,
+            "template": self.template,
             "params": self.params.model_dump(mode="json"),
             "premise": lv.premise,
             "memory": lv.memory,
@@ -81,8 +84,11 @@ def story_settings(
     an_depth: int = 3,
     world_info: Sequence[Any] | None = None,
     scan_depth: int = 10,
+    template: str | None = "",
+    owner: str | None = None,
 ) -> StorySettings:
-    """Validate a continuation's settings (raises InvalidOptionsError with a readable message)."""
+    """Validate a continuation's settings (raises InvalidOptionsError with a readable message); with
+    `owner`, also that the instruct template is one of theirs or a built-in."""
     name = model or ctx.default_model
     ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
     for label, text in (("premise", premise), ("memory", memory), ("author's note", authors_note)):
@@ -101,7 +107,12 @@ def story_settings(
         scan_depth=scan_depth,
     )
     levers.validate()
-    return StorySettings(name, sampling_params(params, ctx), levers)
+    check_text(template or "", "template name")
+    chosen = (template or "").strip()[:100]
+    if owner is not None:
+        found = instruct.get_template(ctx, owner, chosen)
+        chosen = "" if found.source is None else found.name
+    return StorySettings(name, sampling_params(params, ctx), levers, chosen)
 
 
 def settings_from_json(ctx: AppContext, data: dict[str, Any]) -> StorySettings:
@@ -117,6 +128,7 @@ def settings_from_json(ctx: AppContext, data: dict[str, Any]) -> StorySettings:
         an_depth=data.get("an_depth", 3),
         world_info=data.get("world_info") or (),
         scan_depth=data.get("scan_depth", 10),
+        template=data.get("template") if isinstance(data.get("template"), str) else "",
     )
 
 

@@ -15,7 +15,7 @@ from ..errors import ui_errors
 from ..services import chat as svc
 from ..services import ratings, workspace_defaults
 from ..services.context import AppContext
-from . import FAST, chat_sidebar
+from . import FAST, chat_character, chat_sidebar, prompt_picker
 from . import instruct as instruct_ui
 from . import presets as presets_ui
 from .chat_view import alternatives_label, chatbot_messages, default_focus
@@ -25,10 +25,11 @@ RATINGS = ("Like", "Dislike")
 STATUS_EVERY_S = 2.0
 
 
-def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
+def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[gr.Blocks], None]:
     """Lay out the Chat tab inside the current Blocks and wire its events.
 
-    Returns a function that wires what must run when the page loads."""
+    Returns a function that wires what must run when the page loads; `exposed` receives the components
+    other tabs may write to (`open_chat`: a chat id written there opens that chat)."""
     text_models = ctx.registry.names("text")
     chat_id = gr.State(None)
     msg_ids = gr.State([])
@@ -37,6 +38,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=240):
             side = chat_sidebar.build_layout()
+            character_picker = chat_character.build_layout()
         with gr.Column(scale=4):
             with gr.Row():
                 with gr.Column(scale=3, min_width=200):
@@ -44,6 +46,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                     model_state = gr.Markdown(elem_id="chat-model-state")
                     status_timer = gr.Timer(STATUS_EVERY_S)
                 system_prompt = gr.Textbox(label="System prompt", placeholder="optional", scale=5, lines=2)
+            header = chat_character.build_header()
             chatbot = gr.Chatbot(
                 label="Conversation",
                 elem_id="chat-conversation",
@@ -65,6 +68,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+            prompt_picker.build(ctx, message, "chat")
             with gr.Row(elem_id="chat-versions"):
                 regenerate = gr.Button("↻ Regenerate", size="sm", scale=0, min_width=140, elem_id="chat-regenerate")
                 prev_alt = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="chat-prev")
@@ -164,6 +168,9 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     view_outputs = [chatbot, msg_ids, chat_id, focus_id, notice, alt_label]
     generate = {"concurrency_id": "generate", "concurrency_limit": ctx.settings.generation_slots()}
     refresh_list = chat_sidebar.wire(ctx, side, chat_id, render, view_outputs)
+    chat_character.wire(ctx, character_picker, render, view_outputs, side.chats, refresh_list, side.search, chat_id, header)
+    if exposed is not None:
+        exposed["open_chat"] = character_picker.opened
 
     def after_reply(query: str, cid: str | None, name: str | None, request: gr.Request) -> dict[Any, Any]:
         return {side.chats: refresh_list(query, cid, request), model_state: describe_model(name)}

@@ -71,6 +71,11 @@ def _export_path(title: str, suffix: str, content: str) -> str:
     return str(path)
 
 
+def _listed(chat: svc.ChatSummary) -> str:
+    """A chat's line in the list: its title, and the character it is with when the title does not say so."""
+    return f"{chat.title} · with {chat.character}" if chat.character and chat.character not in chat.title else chat.title
+
+
 def wire(
     ctx: AppContext,
     side: Sidebar,
@@ -86,7 +91,7 @@ def wire(
     @ui_errors
     def refresh_list(query: str, cid: str | None, request: gr.Request) -> Any:
         chats = svc.list_chats(ctx, owner(request), query or "")
-        return gr.Radio(choices=[(c.title, c.id) for c in chats], value=cid if any(c.id == cid for c in chats) else None,
+        return gr.Radio(choices=[(_listed(c), c.id) for c in chats], value=cid if any(c.id == cid for c in chats) else None,
                         label=list_label("chats", query, len(chats)))
 
     @ui_errors

@@ -13,12 +13,15 @@ from typing import Any
 
 import gradio as gr
 
+from generators.text.instruct import FORMATS
+
 from ..errors import ui_errors
 from ..services import ratings, workspace_defaults
 from ..services import story as svc
 from ..services.context import AppContext
+from ..services.instruct import MODEL_OWN, template_names
 from ..services.story_context import MAX_DEPTH
-from . import FAST, story_sidebar
+from . import FAST, prompt_picker, story_sidebar
 from . import presets as presets_ui
 from .sampler import build_sampler
 from .story_view import LEGEND, alternatives_label, inspector_markdown, passage_choices, sent_text, story_html
@@ -46,6 +49,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 show_label=False, lines=2, max_lines=10, elem_id="story-input",
                 placeholder="Your text (optional): it is added to the story, then the model continues.",
             )  # fmt: skip
+            prompt_picker.build(ctx, your_text, "story")
             with gr.Row():
                 cont = gr.Button("Continue", variant="primary", scale=2, elem_id="story-continue")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="story-stop")
@@ -77,23 +81,27 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
                 scan_depth = gr.Slider(1, MAX_DEPTH, value=10, step=1, label="Scan depth", info="recent paragraphs searched")
             sampler = build_sampler(workspace_defaults.STORY, presets="story")
             with gr.Accordion("Context inspector: what was sent to the model last time", open=False):
+                template = gr.Dropdown([MODEL_OWN, *FORMATS], value=MODEL_OWN, allow_custom_value=True,
+                                       label="Instruct template (instruct models)", elem_id="story-template",
+                                       info="the model's own by default; your own templates are made in Chat")
                 inspector = gr.Markdown(inspector_markdown(None), elem_id="story-inspector")
                 sent = gr.Textbox(label="Exactly as sent", lines=8, max_lines=30, interactive=False)
 
-    settings_fields = [model, premise, memory, authors_note, an_depth, world_info, scan_depth, *sampler.components]
+    settings_fields = [model, premise, memory, authors_note, an_depth, world_info, scan_depth, *sampler.components,
+                       template]
 
     # ------------------------------------------------------------ handlers
     def owner(request: gr.Request) -> str:
         return ctx.owner_for(getattr(request, "username", None))
 
-    def settings_from(values: dict[Any, Any]) -> svc.StorySettings:
+    def settings_from(values: dict[Any, Any], request: gr.Request) -> svc.StorySettings:
         params = sampler.params(values)
         table = values[world_info]
         rows = table.values.tolist() if hasattr(table, "values") else (table or {}).get("data", table) or []
         return svc.story_settings(
             ctx, values[model], params, premise=values[premise] or "", memory=values[memory] or "",
             authors_note=values[authors_note] or "", an_depth=values[an_depth], world_info=rows,
-            scan_depth=values[scan_depth],
+            scan_depth=values[scan_depth], template=values[template], owner=owner(request),
         )  # fmt: skip
 
     def render(view: svc.StoryView, keep_passage: str | None = None) -> dict[Any, Any]:
@@ -118,7 +126,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         p = st["params"]
         values = [st["model"], st["premise"], st["memory"], st["authors_note"], st["an_depth"],
                   [[", ".join(e["keys"]), e["text"]] for e in st["world_info"]] or [["", ""]], st["scan_depth"],
-                  *sampler.values_of(p)]  # fmt: skip
+                  *sampler.values_of(p), st["template"] or MODEL_OWN]  # fmt: skip
         return {**out, **dict(zip(settings_fields, values, strict=True))}
 
     def _passage_text(view: svc.StoryView, pid: str | None) -> str:
@@ -126,14 +134,14 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         return match[0].text if match else ""
 
     def new_story(values: dict[Any, Any], request: gr.Request) -> svc.StoryView:
-        view = svc.create_story(ctx, owner(request), values[title] or "", settings_from(values), values[your_text] or "")
+        view = svc.create_story(ctx, owner(request), values[title] or "", settings_from(values, request), values[your_text] or "")
         ctx.cancels.fresh(request.session_hash or "")
         return view
 
     @ui_errors
     def prepare_continue(values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
         """Save the settings and the writer's text (a new story if none is open); then stream."""
-        settings, text, sid = settings_from(values), values[your_text] or "", values[story_id]
+        settings, text, sid = settings_from(values, request), values[your_text] or "", values[story_id]
         if not sid:
             if not text.strip():
                 raise gr.Error("The story is empty: write its opening lines first, then press Continue.")
@@ -149,7 +157,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     def prepare_retry(values: dict[Any, Any], request: gr.Request) -> None:
         if not values[story_id]:
             raise gr.Error("Open or create a story first.")
-        svc.save_settings(ctx, owner(request), values[story_id], settings_from(values))
+        svc.save_settings(ctx, owner(request), values[story_id], settings_from(values, request))
         ctx.cancels.fresh(request.session_hash or "")
 
     def streamer(kind: str) -> Callable[..., Any]:
@@ -201,7 +209,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
         """Memory, author's note and world info are saved when you leave the field, and say so."""
         if not values[story_id]:
             return "Memory, author's note and world info are kept with the story once you press Continue."
-        svc.save_settings(ctx, owner(request), values[story_id], settings_from(values))
+        svc.save_settings(ctx, owner(request), values[story_id], settings_from(values, request))
         return "✓ Saved — memory, author's note and world info apply from the next Continue."
 
     # ------------------------------------------------------------ wiring
@@ -248,6 +256,11 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
     assert sampler.presets is not None
     load_presets = presets_ui.wire(ctx, sampler.presets, sampler.components, sampler.values_of, sampler.params, model,
                                    "story")
+
+    def list_templates(current: str | None, request: gr.Request) -> Any:
+        return gr.Dropdown(choices=template_names(ctx, owner(request)), value=current or MODEL_OWN)
+
+    template.focus(list_templates, template, template, **FAST, **private)
 
     def on_page_load(demo: gr.Blocks) -> None:
         demo.load(after, [side.search, story_id], side.stories, **FAST, **private)

@@ -46,6 +46,7 @@ class OpenAIImageRequest(BaseModel):
     guidance_scale: float | None = None
     seed: int | None = None
     scheduler: str | None = None
+    ai_label: bool | None = Field(None, description="the studio's visible 'AI-generated' mark; null = your setting")
 
 
 class A1111Request(BaseModel):
@@ -69,6 +70,7 @@ class A1111Request(BaseModel):
     init_images: list[str] | None = None
     mask: str | None = None
     inpainting_mask_invert: int = 0
+    ai_label: bool | None = Field(None, description="the studio's visible 'AI-generated' mark; null = your setting")
 
 
 def _validated(model: type[BaseModel], raw: Any) -> Any:
@@ -137,7 +139,7 @@ def build_image_router(ctx: AppContext) -> APIRouter:
         params = settings_of(model, prompt=body.prompt, negative_prompt=body.negative_prompt, width=width,
                              height=height, steps=body.steps, guidance=body.guidance_scale, scheduler=sampler(body.scheduler))
         result = await run_in_threadpool(image_service.paint, ctx, owner, model, params, body.seed, body.n,
-                                         source="api")
+                                         source="api", ai_label=body.ai_label)
         base = str(request.base_url).rstrip("/")
         data = []
         for item in result.images:
@@ -166,7 +168,7 @@ def build_image_router(ctx: AppContext) -> APIRouter:
                              strength=body.denoising_strength if img2img else None)
         seed = None if body.seed < 0 else body.seed
         result = await run_in_threadpool(image_service.paint, ctx, owner, model, params, seed,
-                                         body.batch_size * body.n_iter, init, mask, "api")
+                                         body.batch_size * body.n_iter, init, mask, "api", ai_label=body.ai_label)
         metas = [item.params for item in result.images]
         first = metas[0]["params"]
         texts = [_infotext_of(item.path) for item in result.images]

@@ -45,6 +45,7 @@ def test_verify_view_reports_signed_and_tampered_images(image_ctx, tmp_path: Pat
             page.locator("#verify-upload input[type=file]").set_input_files(str(tampered))
             page.wait_for_selector("#verify-report >> text=Not authentic")
             assert "Changed after signing" in page.inner_text("#verify-report")
+            assert "yes, but the file was changed after signing" in page.inner_text("#verify-report")
             page.screenshot(path=str(ARTIFACTS / "verify-tampered.png"), full_page=True)
             box = page.locator("#verify-ai-label input[type=checkbox]")
             assert not box.is_checked()

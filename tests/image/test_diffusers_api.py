@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import free_port
+from tests.image.test_provenance import studio_claims
 from webui.server import launch
-from webui.services import provenance
+from webui.services import png, provenance
 
 SIZE = 32
 
@@ -49,13 +50,18 @@ def test_openai_images_b64_and_url(server: Any) -> None:
     fetched = httpx.get(linked.data[0].url, timeout=30)
     assert fetched.status_code == 200  # the same image (pixels + parameters), under a fresh C2PA signature
     assert provenance.image_hash(fetched.content) == provenance.image_hash(base64.b64decode(out.data[0].b64_json))
+    for data in (base64.b64decode(out.data[0].b64_json), fetched.content):  # both ways carry signed credentials
+        assert studio_claims(ctx, data)["model"] == "tiny-sd"
+    marked = client.images.generate(model="tiny-sd", prompt="a red cat", n=1, size=f"{SIZE}x{SIZE}",
+                                    extra_body={"steps": 2, "seed": 7, "ai_label": True})
+    assert png.read_meta(base64.b64decode(marked.data[0].b64_json))["visible_label"] is True  # per request
     with pytest.raises(openai.BadRequestError) as err:
         client.images.generate(model="tiny-sd", prompt="a cat", size="30x30", extra_body={"steps": 2})
     assert "width" in str(err.value)
     with pytest.raises(openai.BadRequestError, match="not an image model here"):
         client.images.generate(model="fake", prompt="a cat", size=f"{SIZE}x{SIZE}")
-    # the app keeps serving, and the gallery holds exactly the three good images
-    assert httpx.get(url + "/api/images?model=tiny-sd", timeout=30).json()["total"] == 3
+    # the app keeps serving, and the gallery holds exactly the four good images
+    assert httpx.get(url + "/api/images?model=tiny-sd", timeout=30).json()["total"] == 4
 
 
 def test_a1111_txt2img_img2img_models_and_samplers(server: Any) -> None:
@@ -74,6 +80,7 @@ def test_a1111_txt2img_img2img_models_and_samplers(server: Any) -> None:
     assert len(data["images"]) == 2 and info["all_seeds"] == [3, 4] and info["sampler_name"] == "Euler a"
     assert info["infotexts"][0].startswith("a blue dog\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a, CFG scale: 5")
     init = data["images"][0]
+    assert studio_claims(ctx, base64.b64decode(init))["model"] == "tiny-sd"
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (8, 8, 24, 24))
     buf = io.BytesIO()
@@ -89,6 +96,10 @@ def test_a1111_txt2img_img2img_models_and_samplers(server: Any) -> None:
     inside[8:24, 8:24] = True
     assert np.array_equal(out[~inside], before[~inside]) and not np.array_equal(out[inside], before[inside])
     assert "Denoising strength: 1" in json.loads(r.json()["info"])["infotexts"][0]
+    edited = base64.b64decode(r.json()["images"][0])  # an inpainting of a signed PNG links to its manifest
+    studio_claims(ctx, edited)
+    assert ctx.signer.verify(edited).ingredients == [{"title": "init image", "relationship": "parentOf", "signed": True}]
+    assert ctx.signer.verify(edited).digital_source_type == provenance.COMPOSITE
     for bad, field in [({"init_images": ["%%%"]}, "init_images"), ({"init_images": [base64.b64encode(b"text").decode()]},
                                                                       "init_image"), ({}, "init_images")]:
         r = httpx.post(url + "/sdapi/v1/img2img", json={"prompt": "x", "steps": 2, **bad}, timeout=60)

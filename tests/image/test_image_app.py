@@ -11,7 +11,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.conftest import free_port
+from tests.image.test_provenance import studio_claims
 from webui.server import launch
+from webui.services import png as pngmeta
 
 
 @pytest.fixture
@@ -31,6 +33,8 @@ def test_generate_read_png_info_and_make_it_again(app) -> None:
     ctx, client = app
     gallery, grid, notice = client.predict("gan-mnist32", "3", "77", 6, 0.0, 1.0, api_name="/generate_images")
     assert len(gallery) == 6 and "77–82" in notice and path_of(grid).suffix == ".png"
+    grid_claims = studio_claims(ctx, path_of(grid).read_bytes())  # what is saved from the page is signed too
+    assert grid_claims["kind"] == "grid" and len(pngmeta.read_meta(path_of(grid))["images"]) == 6
     first = path_of(gallery[0]["image"])
     saved = sorted((ctx.store.data_dir / "images").glob("*.png"))
     assert len(saved) == 6 and hashlib.sha256(first.read_bytes()).hexdigest() in {

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import stat
+import zlib
 from pathlib import Path
 
 import c2pa
@@ -68,6 +69,7 @@ def test_flipping_one_pixel_byte_fails_validation_and_verify_says_so(image_ctx) 
     report = ctx.signer.verify(bytes(data))
     assert report.has_manifest and report.pixels_changed and report.status == "invalid"
     assert "Changed after signing" in report.summary
+    assert report.key_of_this_studio and not report.signed_by_this_studio  # our key, but no longer intact
     intact = ctx.signer.verify(item.path.read_bytes())
     assert intact.status == "trusted" and intact.signed_by_this_studio and intact.signature_valid
     assert intact.pixels_changed is False and intact.params_match is True
@@ -95,6 +97,7 @@ def test_another_key_is_valid_but_not_this_studio(image_ctx, tmp_path: Path) -> 
     assert read(data)[0] == "Valid"
     report = ctx.signer.verify(data)
     assert report.status == "valid" and report.signature_valid and not report.signed_by_this_studio
+    assert not report.key_of_this_studio
     assert report.signer["common_name"] == stranger.identity.subject != ctx.signer.identity.subject
     assert "a key this studio does not know" in report.summary
     assert stranger.verify(data).status == "trusted"
@@ -211,3 +214,81 @@ def test_img2img_and_inpainting_carry_their_init_image_as_ingredient(paint_ctx) 
     state, manifest, _ = read(text.path.read_bytes())
     assert state == "Valid" and not manifest.get("ingredients")
     assert assertion(manifest, "c2pa.actions.v2")["actions"][0]["action"] == "c2pa.created"
+
+
+def studio_claims(ctx, data: bytes, fmt: str = "image/png") -> dict:
+    """The plain reader finds a manifest signed by this studio's CA (untrusted elsewhere, nothing else wrong)
+    whose studio assertion it returns; the studio's own verifier says the file is intact and ours."""
+    state, manifest, failures = read(data, fmt)
+    assert state == "Valid" and failures == ["signingCredential.untrusted"], failures
+    report = ctx.signer.verify(data)
+    assert report.status == "trusted" and report.signed_by_this_studio and report.pixels_changed is False
+    if fmt == "image/png":
+        assert report.params_match is True  # the readable parameters are the signed ones
+    return assertion(manifest, provenance.ASSERTION)
+
+
+def test_digit_diffusion_trajectories_and_the_pages_grid_are_signed(image_ctx) -> None:
+    ctx = image_ctx()
+    batch = svc.generate(ctx, "ann", "diffusion-mnist32", 3, 5, 2, {"steps": 2})
+    for item in batch.images:
+        claims = studio_claims(ctx, item.path.read_bytes())
+        assert claims["model"] == "diffusion-mnist32" and claims["kind"] == "sample"
+    walk = svc.trajectory(ctx, "ann", "diffusion-mnist32", 4, 9, {"steps": 3}, frames=2, ai_label=True)
+    strip = walk.images[0]
+    assert studio_claims(ctx, strip.path.read_bytes())["kind"] == "trajectory"
+    assert studio_claims(ctx, strip.gif_path.read_bytes(), "image/gif")["visible_label"] is True  # per request
+    again = svc.rerun(ctx, "ann", strip.id).images[0]  # a re-run: the same image, labelled again
+    assert again.content_hash == strip.content_hash and svc.compare(strip.path, again).same_image
+    # what the page shows (a batch's grid, the labelled strip) is a signed PNG naming the images it shows
+    grid = svc.signed_view(ctx, batch)
+    claims = studio_claims(ctx, grid)
+    assert claims["kind"] == "grid" and claims["model"] == "diffusion-mnist32"
+    meta = png.read_meta(grid)
+    assert [i["id"] for i in meta["images"]] == [i.id for i in batch.images] and meta["shows"] == "sample"
+    assert Image.open(io.BytesIO(grid)).size == batch.grid.size
+    with pytest.raises(InvalidOptionsError, match="grid of a whole batch"):
+        svc.regenerate(ctx, "ann", meta)
+    assert studio_claims(ctx, svc.signed_view(ctx, walk))["visible_label"] is True
+
+
+def damaged_manifest(data: bytes) -> bytes:
+    """The PNG with one byte of its manifest chunk flipped (the chunk's CRC fixed, so the PNG itself still reads)."""
+    start = data.index(provenance.MANIFEST_CHUNK) - 4
+    length = int.from_bytes(data[start:start + 4], "big")
+    body = bytearray(data[start + 4:start + 8 + length])
+    body[300] ^= 0xFF
+    chunk = length.to_bytes(4, "big") + bytes(body) + zlib.crc32(body).to_bytes(4, "big")
+    return data[:start] + chunk + data[start + 12 + length:]
+
+
+def test_an_edit_of_a_signed_file_links_to_its_manifest(image_ctx) -> None:
+    ctx = image_ctx()
+    source = svc.generate(ctx, "ann", "vae-mnist32", 1, 3, 1).images[0].path.read_bytes()
+    edit = svc.reconstruct(ctx, "ann", "vae-mnist32", source, 1).images[0]
+    studio_claims(ctx, edit.path.read_bytes())
+    manifest = read(edit.path.read_bytes())[1]
+    assert [i["relationship"] for i in manifest["ingredients"]] == ["parentOf"]
+    assert ctx.signer.verify(edit.path.read_bytes()).ingredients == [
+        {"title": "uploaded image", "relationship": "parentOf", "signed": True}]  # the chain back to the original
+    plain = io.BytesIO()
+    Image.open(io.BytesIO(source)).save(plain, format="PNG")  # the same picture from elsewhere: no manifest
+    from_elsewhere = svc.reconstruct(ctx, "ann", "vae-mnist32", plain.getvalue(), 1).images[0]
+    assert ctx.signer.verify(from_elsewhere.path.read_bytes()).ingredients[0]["signed"] is False
+    broken = svc.reconstruct(ctx, "ann", "vae-mnist32", damaged_manifest(source), 1).images[0]
+    studio_claims(ctx, broken.path.read_bytes())
+    assert len(read(broken.path.read_bytes())[1]["ingredients"]) == 1
+
+
+def test_prompted_images_take_the_label_per_request_and_keep_a_signed_init(paint_ctx) -> None:
+    ctx = paint_ctx()
+    base = {"prompt": "a cat", "width": 32, "height": 32, "steps": 2}
+    *_, result = svc.paint_with_progress(ctx, "local", "tiny-sd", base, 3, 1, ai_label=True)
+    first = result.images[0]
+    assert png.read_meta(first.path)["visible_label"] is True
+    assert studio_claims(ctx, first.path.read_bytes())["visible_label"] is True
+    edit = svc.paint(ctx, "local", "tiny-sd", {**base, "strength": 0.5}, 3, 1, init_image=first.path.read_bytes(),
+                     ai_label=False).images[0]
+    assert "visible_label" not in png.read_meta(edit.path)
+    assert ctx.signer.verify(edit.path.read_bytes()).ingredients == [
+        {"title": "init image", "relationship": "parentOf", "signed": True}]

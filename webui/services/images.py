@@ -503,7 +503,8 @@ def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed:
 
     saved, pixels = _run(ctx, owner, model, {"kind": "trajectory", "label": end.label, "at_steps": steps,
                                              **checked.model_dump(mode="json")}, end.seed, source, work)
-    return ImageResult(saved, _labelled_strip(pixels, steps, total),
+    view = _labelled_strip(pixels, steps, total)
+    return ImageResult(saved, stamp_label(view) if saved[0].params.get("visible_label") else view,
                        notice=f"Class {names[end.label]} from seed {end.seed}: x_t after steps "
                               f"{', '.join(map(str, steps))} of {total} (top) and the model's guess of the finished "
                               f"image at each (bottom).")
@@ -579,7 +580,7 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
         meta = _meta(g, "reconstruction", out.weights_hash, g.info.params(), **{"class": lab, "class_name": names[lab],
                                                                         "seed": None, "guessed_class": guessed,
                                                                         "input_hash": png.sha256(pixels.tobytes())})
-        upload = Ingredient.from_pixels("uploaded image", pixels)  # the strip holds it and what was made of it
+        upload = Ingredient.of_upload("uploaded image", image, pixels)  # the strip holds it and what was made of it
         saved = _store(ctx, owner, g, [Output(meta, strip, None, (upload,))], generation_id, mark)
         return saved, stamp_label(strip) if mark else strip, lab, guessed
 
@@ -710,7 +711,8 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
     request = paint_request(ctx, gen, params, seed, count, init_image, mask)
     mark = wants_label(ctx, owner, ai_label)
     # the C2PA ingredient of an img2img / inpainting output: the init image it was made from (as resized)
-    init = (Ingredient.from_pixels("init image", request.init_image),) if request.init_image is not None else ()
+    # (the uploaded file as it came when the caller has it: a signed init image keeps its manifest)
+    init = (Ingredient.of_upload("init image", init_image, request.init_image),) if request.init_image is not None else ()
     init_hash = png.sha256(request.init_image.tobytes()) if request.init_image is not None else None
     mask_hash = png.sha256(request.mask.tobytes()) if request.mask is not None else None
 
@@ -738,7 +740,7 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
 def paint_with_progress(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None = None,
                         seed: Any = None, count: Any = 1, init_image: Any = None, mask: Any = None,
                         cancel: threading.Event | None = None, preview_every: int = 5,
-                        source: str = "ui") -> Iterator[StepEvent | ImageResult]:
+                        source: str = "ui", ai_label: Any = None) -> Iterator[StepEvent | ImageResult]:
     """`paint`, watched: yields a StepEvent after each step (with a preview every `preview_every`), then
     the ImageResult. Setting `cancel` (or closing the iterator) stops between two steps."""
     cancel = cancel or threading.Event()
@@ -747,7 +749,7 @@ def paint_with_progress(ctx: AppContext, owner: str, model: str, params: dict[st
 
     def work() -> None:
         try:
-            events.put(paint(ctx, owner, model, params, seed, count, init_image, mask, source, control))
+            events.put(paint(ctx, owner, model, params, seed, count, init_image, mask, source, control, ai_label))
         except BaseException as exc:  # handed to the caller's thread, raised there
             events.put(exc)
 
@@ -798,6 +800,9 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
     elif kind == "trajectory":
         result = trajectory(ctx, owner, model, meta.get("class"), meta.get("seed"), params,
                             at_steps=meta.get("at_steps") or None, source=source, ai_label=again_label)
+    elif kind == "grid":
+        raise InvalidOptionsError("This is the page's grid of a whole batch; make one of its images again from the "
+                                  "Gallery (or its own PNG).")
     else:
         raise InvalidOptionsError("A reconstruction cannot be made again from its PNG: it needs the original upload.")
     notice = ""
@@ -805,6 +810,19 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
         notice = "Note: this generator's weights differ from the ones that made the image, so the result differs."
     result.notice = " ".join(x for x in (result.notice, notice) if x)
     return result
+
+
+def signed_view(ctx: AppContext, result: ImageResult) -> bytes:
+    """The picture the page shows for a result (a batch's grid, a labelled strip) as a signed PNG, so a
+    person who saves it from the page also gets content credentials: kind `grid`, claiming the model
+    and listing the saved images it shows (their ids and content hashes)."""
+    first = result.images[0]
+    stored = png.read_meta(first.path)
+    meta = {"kind": "grid", "generator": first.model, "plugin": stored.get("plugin"),
+            "weights_hash": stored.get("weights_hash"), "shows": first.kind, "params": first.params.get("params", {}),
+            "images": [{"id": i.id, "content_hash": i.content_hash} for i in result.images],
+            "visible_label": bool(stored.get("visible_label"))}
+    return _encode(ctx, meta, result.grid, ())[0]
 
 
 def compare(original: Any, made: SavedImage) -> Sameness:

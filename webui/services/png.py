@@ -39,6 +39,9 @@ def readable(meta: dict[str, Any]) -> str:
         return infotext.write(meta)
     parts = [f"{meta.get('kind', 'sample')} by {meta.get('generator')} "
              f"({meta.get('plugin')}, weights {meta.get('weights_hash')})"]
+    if meta.get("kind") == "grid":  # the page's view of a batch: it lists the images it shows
+        ids = [i.get("id") for i in meta.get("images") or []]
+        return f"{parts[0]}, a grid of {len(ids)} {meta.get('shows', 'image')} image(s): {', '.join(ids)}"
     if meta.get("kind") == "interpolation":
         start, end = meta.get("start", {}), meta.get("end", {})
         parts.append(f"from class {start.get('class_name')} seed {start.get('seed')} to class {end.get('class_name')} "

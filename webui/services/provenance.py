@@ -65,6 +65,7 @@ class Ingredient:
     data: bytes
     format: str = "image/png"
     relationship: str = "parentOf"
+    fallback: Ingredient | None = None  # used when c2pa cannot read `data` (a damaged or hostile upload)
 
     @classmethod
     def from_pixels(cls, title: str, pixels: Any, relationship: str = "parentOf") -> Ingredient:
@@ -74,6 +75,24 @@ class Ingredient:
         out = io.BytesIO()
         Image.fromarray(array).save(out, format="PNG")
         return cls(title, out.getvalue(), "image/png", relationship)
+
+    @classmethod
+    def of_upload(cls, title: str, source: Any, pixels: Any, relationship: str = "parentOf") -> Ingredient:
+        """The file a person handed in, as it came (a signed image keeps its own manifest, so the new
+        one links to it: a provenance chain), when `source` is the file's bytes or path in a format
+        C2PA reads; else (a drawing, an array) `pixels`, the image as the studio used it."""
+        made = cls.from_pixels(title, pixels, relationship)
+        data = source
+        if isinstance(source, str | Path):
+            try:
+                path = Path(source)
+                data = path.read_bytes() if path.is_file() and path.stat().st_size <= MAX_VERIFY_BYTES else None
+            except (OSError, ValueError):
+                data = None
+        if not isinstance(data, bytes | bytearray) or len(data) > MAX_VERIFY_BYTES:
+            return made
+        fmt = sniff_format(bytes(data[:16]))
+        return cls(title, bytes(data), fmt, relationship, made) if fmt else made
 
 
 def params_hash(meta: dict[str, Any]) -> str:
@@ -167,12 +186,24 @@ class ImageSigner:
         signer, context = self._native_signer(), self._context("sign")
         builder = c2pa.Builder.from_json(manifest_definition(meta, title, fmt, ingredients), context)
         for n, ingredient in enumerate(ingredients):
-            builder.add_ingredient({"title": ingredient.title, "relationship": ingredient.relationship,
-                                    "label": f"ingredient-{n}"}, ingredient.format, io.BytesIO(ingredient.data))
+            self._add_ingredient(builder, n, ingredient)
         out = io.BytesIO()
         with self._lock:  # one native signing at a time: a few milliseconds each
             builder.sign(signer, fmt, io.BytesIO(data), out)
         return out.getvalue()
+
+    @staticmethod
+    def _add_ingredient(builder: Any, n: int, ingredient: Ingredient) -> None:
+        import c2pa
+
+        entry = {"title": ingredient.title, "relationship": ingredient.relationship, "label": f"ingredient-{n}"}
+        try:
+            builder.add_ingredient(entry, ingredient.format, io.BytesIO(ingredient.data))
+        except c2pa.C2paError as exc:
+            if ingredient.fallback is None:
+                raise
+            log.info("Ingredient %r kept as its pixels: c2pa cannot read the file (%s)", ingredient.title, exc)
+            builder.add_ingredient(entry, ingredient.fallback.format, io.BytesIO(ingredient.fallback.data))
 
     def verify(self, data: bytes) -> Verification:
         return verify(data, self._context_for_verify(), self.identity)
@@ -293,7 +324,8 @@ class Verification:
     format: str | None = None
     signature_valid: bool | None = None
     pixels_changed: bool | None = None
-    signed_by_this_studio: bool = False
+    signed_by_this_studio: bool = False  # this studio's key, and the file is intact
+    key_of_this_studio: bool = False  # the signing certificate is this studio's (intact or not)
     signer: dict[str, Any] = field(default_factory=dict)
     claim_generator: str = ""
     digital_source_type: str = ""
@@ -382,6 +414,8 @@ def verify(data: bytes, context: Any, identity: signing.SigningIdentity | None =
                            "signed": bool(i.get("active_manifest"))} for i in manifest.get("ingredients") or []]
     if result.generation and params is not None:
         result.params_match = params_hash(params) == result.generation.get("params_hash")
+    result.key_of_this_studio = identity is not None and bool(identity.serial) and (
+        str(info.get("cert_serial_number", "")) == identity.serial and info.get("common_name") == identity.subject)
     result.signed_by_this_studio = state == "Trusted" and identity is not None and not result.pixels_changed
     intact = result.signature_valid and not result.pixels_changed
     result.status = ("trusted" if state == "Trusted" else "valid") if intact else "invalid"

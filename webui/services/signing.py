@@ -51,6 +51,7 @@ class SigningIdentity:
     fingerprint: str  # sha256 of the leaf (DER), hex
     source: str  # "studio" (made here) or "operator" (from the settings)
     not_after: str
+    serial: str = ""  # the leaf's serial number, decimal (as C2PA readers report it)
 
 
 def load_or_create(data_dir: Path, cert: Path | None = None, key: Path | None = None, alg: str = "es256",
@@ -100,7 +101,7 @@ def _identity(chain: bytes, key_pem: bytes, alg: str, source: str) -> SigningIde
         subject=attr(leaf.subject, NameOID.COMMON_NAME) or leaf.subject.rfc4514_string(),
         issuer=attr(leaf.issuer, NameOID.ORGANIZATION_NAME) or attr(leaf.issuer, NameOID.COMMON_NAME),
         fingerprint=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
-        source=source, not_after=leaf.not_valid_after_utc.date().isoformat())
+        source=source, not_after=leaf.not_valid_after_utc.date().isoformat(), serial=str(leaf.serial_number))
 
 
 def _create(folder: Path, name: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from gradio.processing_utils import save_file_to_cache
+from gradio.processing_utils import save_bytes_to_cache, save_file_to_cache
 from gradio.utils import get_upload_folder
 
 from generators.base import CAP_STEPS, CAP_TRAJECTORY, StepControl
@@ -26,6 +26,12 @@ RANDOM = "random"
 def served(path: Any) -> str:
     """A copy of a saved file in Gradio's cache (byte for byte), safe to hand to the browser."""
     return save_file_to_cache(path, get_upload_folder())
+
+
+def served_view(ctx: AppContext, result: svc.ImageResult) -> str:
+    """The result's display picture (a batch grid, a labelled strip) as a signed PNG in Gradio's cache:
+    what a person saves from the page carries content credentials too."""
+    return save_bytes_to_cache(svc.signed_view(ctx, result), "grid.png", get_upload_folder())
 
 
 def gallery_items(result: svc.ImageResult) -> list[tuple[str, str]]:
@@ -252,18 +258,20 @@ def build(ctx: AppContext) -> None:
                               params_from(ctx, name, trunc, temp, n_steps, cfg, sched), control=control,
                               ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         first_seed = result.images[0].seed
-        return gallery_items(result), result.grid, result.notice, first_seed
+        return gallery_items(result), served_view(ctx, result), result.notice, first_seed
 
     @ui_errors
     def do_trajectory(name: str, cls: str, seed_text: str, n: float, at: str, n_steps: float, cfg: float, sched: str,
-                      request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+                      marked: str | None = None, request: gr.Request = None,
+                      progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         if not name:
             raise gr.Error("No diffusion model is configured.")
         params = params_from(ctx, name, 0, 1.0, n_steps, cfg, sched)
         result = svc.trajectory(ctx, owner(request), name, cls, seed_text, params, int(n), at or None,
-                                control=step_control(ctx, request, progress, "Denoising"))
+                                control=step_control(ctx, request, progress, "Denoising"),
+                                ai_label=LABEL_CHOICES.get(marked or MY_SETTING))
         item = result.images[0]
-        return result.grid, served(item.gif_path), result.notice, str(item.seed)
+        return served_view(ctx, result), served(item.gif_path), result.notice, str(item.seed)
 
     @ui_errors
     def pick_diffusion_model(name: str) -> tuple[Any, ...]:
@@ -332,7 +340,7 @@ def build(ctx: AppContext) -> None:
                                   steps, guidance, scheduler, mark],
                  [strip, gif, interp_notice, start_seed, end_seed], **generate_kwargs, api_name="interpolate_images")
     traj_button.click(do_trajectory, [traj_model, traj_label, traj_seed, traj_frames, traj_at, traj_steps, traj_guidance,
-                                      traj_scheduler],
+                                      traj_scheduler, mark],
                       [traj_strip, traj_gif, traj_notice, traj_seed], **generate_kwargs, api_name="trajectory_images")
     recon.click(do_reconstruct, [drawing, vae_model, recon_label, mark], [recon_strip, recon_notice], **generate_kwargs,
                 api_name="reconstruct_image")

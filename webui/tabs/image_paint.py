@@ -61,6 +61,8 @@ def _lighter(a: Any, b: Any) -> Any:
 
 
 def build(ctx: AppContext) -> None:
+    from .image import LABEL_CHOICES, MY_SETTING
+
     models = svc.paint_models(ctx)
     if not models:
         gr.Markdown("No prompted image model is configured. Add one to the settings file, e.g. "
@@ -95,6 +97,8 @@ def build(ctx: AppContext) -> None:
                 seed = gr.Textbox(label="Seed", placeholder="empty = random", elem_id="paint-seed")
                 count = gr.Slider(1, min(8, ctx.settings.max_image_batch), value=1, step=1, label="Batch size",
                                   elem_id="paint-count")
+                mark = gr.Radio(list(LABEL_CHOICES), value=MY_SETTING, label="Visible “AI-generated” label",
+                                elem_id="paint-ai-label", info="A corner mark on the image; the default is in Verify")
             with gr.Row(visible=bool(view["loras"])) as lora_row:
                 loras = gr.Dropdown(view["loras"], value=[], multiselect=True, label="LoRAs", elem_id="paint-loras")
                 lora_weight = gr.Slider(-2, 2, value=0.8, step=0.05, label="LoRA weight", elem_id="paint-lora-weight")
@@ -127,7 +131,7 @@ def build(ctx: AppContext) -> None:
     @ui_errors
     def generate(name: str, mode_label: str, text: str, neg: str, edited: Any, w: float, h: float, n_steps: float,
                  cfg: float, denoise: float, sampler: str, seed_text: str, n: float, chosen: list[str] | None,
-                 weight: float, request: gr.Request) -> Any:
+                 weight: float, marked: str | None = None, request: gr.Request = None) -> Any:
         init = mask = None
         if mode_label in (MODES[CAP_IMAGE_TO_IMAGE], MODES[CAP_INPAINT]):
             init, mask = editor_parts(edited)
@@ -142,7 +146,8 @@ def build(ctx: AppContext) -> None:
                   "loras": [{"name": lo, "weight": weight} for lo in chosen or []]}
         cancel = ctx.cancels.fresh("paint:" + (request.session_hash or ""))
         yield "Starting…", None, gr.update()
-        for item in svc.paint_with_progress(ctx, owner(request), name, params, seed_text, int(n), init, mask, cancel):
+        for item in svc.paint_with_progress(ctx, owner(request), name, params, seed_text, int(n), init, mask, cancel,
+                                            ai_label=LABEL_CHOICES.get(marked or MY_SETTING)):
             if isinstance(item, StepEvent):
                 shown = item.preview[0] if item.preview is not None else gr.update()
                 yield f"Step {item.step} of {item.total}", shown, gr.update()
@@ -160,6 +165,6 @@ def build(ctx: AppContext) -> None:
                  api_visibility="private")
     mode.change(pick_mode, mode, [editor, strength], **FAST, api_visibility="private")
     run.click(generate, [model, mode, prompt, negative, editor, width, height, steps, guidance, strength, scheduler,
-                         seed, count, loras, lora_weight], [status, preview, results],
+                         seed, count, loras, lora_weight, mark], [status, preview, results],
               concurrency_id="generate", concurrency_limit=ctx.settings.generation_slots(), api_name="paint_images")
     stop.click(stop_paint, None, status, **FAST, api_name="paint_stop")

@@ -34,7 +34,8 @@ def report_markdown(report: Verification) -> str:
         ("Pixels changed after signing", _yes_no(report.pixels_changed, "**yes**", "no")),
         ("Signed by", f"{signer.get('common_name') or '?'} (issuer {signer.get('issuer') or '?'}, "
                       f"{str(signer.get('algorithm') or '?').upper()})" + (f", {signer['time']}" if signer.get("time") else "")),
-        ("This studio's key", _yes_no(report.signed_by_this_studio)),
+        ("This studio's key", "yes" if report.signed_by_this_studio else
+         "yes, but the file was changed after signing" if report.key_of_this_studio else "no"),
         ("Made with", report.claim_generator or "?"),
         ("Actions", ", ".join(report.actions) or "—"),
         ("Digital source type", report.digital_source_type.rsplit("/", 1)[-1] or "—"),
@@ -42,9 +43,12 @@ def report_markdown(report: Verification) -> str:
     if gen:
         rows += [("Claimed model", f"{gen.get('model')} ({gen.get('plugin')}, weights {gen.get('weights_hash')})"),
                  ("Claimed parameters hash", f"`{str(gen.get('params_hash', ''))[:16]}…`"),
-                 ("Parameters text matches the signed hash", _yes_no(report.params_match))]
+                 ("Parameters text matches the signed hash", _yes_no(report.params_match)),
+                 ("Visible “AI-generated” label", _yes_no(gen.get("visible_label")))]
     if report.ingredients:
-        rows.append(("Made from", "; ".join(f"{i['title']} ({i['relationship']})" for i in report.ingredients)))
+        rows.append(("Made from", "; ".join(
+            f"{i['title']} ({i['relationship']}, " + ("with its own content credentials)" if i["signed"] else
+                                                     "no content credentials)") for i in report.ingredients)))
     lines += ["| Question | Answer |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     if report.problems:
         lines += ["", "**Problems found:**", *(f"- {p}" for p in report.problems)]

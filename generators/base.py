@@ -18,9 +18,10 @@ OpenMP threads from oversubscribing the CPU. `load` already runs `_load` off the
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -231,6 +232,43 @@ class GenerationStats:
     time_to_first_token_s: float | None
     tokens_per_s: float | None
     dropped_messages: int = 0  # oldest turns dropped to fit the context window
+
+
+class StreamClock:
+    """The timing and counts of one text stream. A plugin's step loop reports to it — `begin` once the
+    prompt is known, `token` per sampled token (from whichever thread decodes: one at a time) — and the
+    contract (`TextGenerator.stream`) turns it into the `GenerationStats` of the last chunk, so time to
+    first token and tokens/s mean the same for every plugin."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.tokens = 0
+        self.prompt_tokens = 0
+        self.seed = 0
+        self.dropped_messages = 0
+
+    def begin(self, prompt_tokens: int, seed: int, dropped_messages: int = 0) -> None:
+        self.prompt_tokens, self.seed, self.dropped_messages = prompt_tokens, seed, dropped_messages
+
+    def token(self, count: int = 1) -> None:
+        """A token was sampled; `count` of them are part of the reply (0 for the end-of-text token, which
+        still ends the wait for the first token)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.tokens += count
+
+    def stats(self) -> GenerationStats:
+        """The stats as of now: time to first token from the start of the call, tokens/s over the decode."""
+        decode_s = time.perf_counter() - self.first_token_at if self.first_token_at else 0.0
+        return GenerationStats(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.tokens,
+            seed=self.seed,
+            time_to_first_token_s=(self.first_token_at - self.started) if self.first_token_at else None,
+            tokens_per_s=(self.tokens / decode_s) if decode_s > 0 and self.tokens else None,
+            dropped_messages=self.dropped_messages,
+        )
 
 
 @dataclass(frozen=True)
@@ -480,10 +518,30 @@ class Generator(ABC):
 
 
 class TextGenerator(Generator):
-    """A text plugin streams chunks; `generate` is the stream joined."""
+    """A text plugin streams chunks; `generate` is the stream joined.
 
-    @abstractmethod
-    def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]: ...
+    A plugin implements `_stream_chunks`, the inner generator: it reports to the `StreamClock` it is
+    given and ends with a chunk that has a `finish_reason`; `stream` (the template) times the call and
+    puts the stats on that last chunk."""
+
+    def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
+        clock = StreamClock()
+        chunks = self._stream_chunks(request, cancel, clock)
+        try:
+            for chunk in chunks:
+                if chunk.finish_reason is not None and chunk.stats is None:
+                    chunk = replace(chunk, stats=clock.stats())
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)  # a reader that stops early frees what the plugin holds
+            if close is not None:
+                close()
+
+    def _stream_chunks(self, request: TextRequest, cancel: threading.Event | None,
+                       clock: StreamClock) -> Iterator[TextChunk]:
+        """The plugin's decoding: text chunks as they are produced, the last with its `finish_reason`;
+        `clock.begin(...)` once the prompt is encoded and `clock.token()` per sampled token."""
+        raise NotImplementedError(f"The {self.info.plugin} plugin implements neither _stream_chunks nor stream.")
 
     def generate(self, request: TextRequest, cancel: threading.Event | None = None) -> tuple[str, TextChunk]:
         parts: list[str] = []

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from generators.base import ChatMessage, InvalidOptionsError, LoadFailedError, SamplingParams, TextRequest, validate_model
+from generators.base import (
+    ChatMessage,
+    InvalidOptionsError,
+    LoadFailedError,
+    SamplingParams,
+    StreamClock,
+    TextRequest,
+    validate_model,
+)
 from generators.text.transformers_lm import TransformersLM
 
 
@@ -464,7 +472,7 @@ def test_prompts_prefilled_together_from_cached_prefixes_compute_what_they_compu
     batcher._prefill = counting_prefill
     samplers = [RecordingGreedy() for _ in prompts]
     seqs = [BatchSequence(ids, steps, sampler, IncrementalDetokenizer(lm.tokenizer), StopStringFilter(()), set(),
-                          threading.Event()) for ids, sampler in zip(prompts, samplers, strict=True)]
+                          threading.Event(), StreamClock()) for ids, sampler in zip(prompts, samplers, strict=True)]
     batcher.submit(seqs[0])  # the first turn runs first and fills the prefix cache …
     assert entered.wait(30)
     for seq in seqs[1:]:  # … while the others wait, to be admitted together

@@ -50,7 +50,7 @@ def create_context(settings: Settings) -> AppContext:
             registry.add(ModelSpec(m.name, m.plugin, dict(m.options), m.concurrency))
         except StudioError as exc:  # one misconfigured model must not keep the others from serving
             log.error("Model %r is not available: %s", m.name, exc)
-    ctx = AppContext(settings=settings, registry=registry, store=store)
+    ctx = AppContext(registry=registry, store=store, config=settings.service_config(), settings=settings)
     start_jobs(ctx)  # the owners' trained models join the registry; queued jobs start
     if not settings.sign_images:
         log.warning("sign_images is off: images are written without content credentials")

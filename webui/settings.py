@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDi
 from generators.base import describe_validation_error
 from generators.text.engine.quantizers import QUANTIZATION_CHOICES, STUDIO_QUANTIZATION
 
+from .services.context import ServiceConfig
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GEMMA_MODEL = "gemma3-270m"  # Google's pretrained Gemma 3 270M (a base model: it continues text; no chat template)
 
@@ -126,6 +128,18 @@ class Settings(BaseSettings):
     def generation_slots(self) -> int:
         """How many generations the page may run at once: the largest per-model concurrency."""
         return max([self.concurrency or BATCH_SLOTS, *(e.concurrency or 0 for e in self.model_list())])
+
+    def service_config(self) -> ServiceConfig:
+        """The values the services need, handed down to them (they never read these settings)."""
+        return ServiceConfig(
+            max_prompt_chars=self.max_prompt_chars, max_new_tokens=self.max_new_tokens,
+            max_image_batch=self.max_image_batch, max_interpolation_frames=self.max_interpolation_frames,
+            max_image_side=self.max_image_side, requests_per_minute=self.requests_per_minute,
+            users_path=self.users_path, auth=tuple(self.auth), default_model=self.default_model_name(),
+            sign_images=self.sign_images, signing_cert=self.signing_cert, signing_key=self.signing_key,
+            signing_alg=self.signing_alg, train_jobs=self.train_jobs, train_threads=self.train_threads,
+            max_upload_mb=self.max_upload_mb, max_dataset_mb=self.max_dataset_mb,
+        )
 
     def default_model_name(self) -> str:
         entries = self.model_list()

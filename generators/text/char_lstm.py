@@ -20,7 +20,6 @@ import math
 import os
 import secrets
 import threading
-import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +33,12 @@ from ..base import (
     CAP_SEED,
     CAP_STREAM,
     GenerationFailedError,
-    GenerationStats,
     GeneratorInfo,
     InvalidOptionsError,
     LoadFailedError,
     ProgressFn,
     SamplingParams,
+    StreamClock,
     StrictModel,
     TextChunk,
     TextGenerator,
@@ -424,20 +423,20 @@ class CharLSTM(TextGenerator):
         return total, len(ids) - start
 
     # ------------------------------------------------------------ generation
-    def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
+    def _stream_chunks(self, request: TextRequest, cancel: threading.Event | None,
+                       clock: StreamClock) -> Iterator[TextChunk]:
         if request.prompt is None:
             raise InvalidOptionsError(
                 f"{self.name!r} (char-lstm) is a character-level continuation model and cannot chat; "
                 "use it in the Story tab (a plain-text prompt to continue)."
             )
         self._require_loaded()
-        yield from lane().iterate(self._stream(request, cancel))
+        yield from lane().iterate(self._decode(request, cancel, clock))
 
-    def _stream(self, request: TextRequest, cancel: threading.Event | None) -> Iterator[TextChunk]:
+    def _decode(self, request: TextRequest, cancel: threading.Event | None, clock: StreamClock) -> Iterator[TextChunk]:
         """The decoding loop, advanced on the compute lane in time slices."""
         import torch
 
-        started = time.perf_counter()
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbits(32)
         rng = torch.Generator(device="cpu").manual_seed(seed)
@@ -447,8 +446,7 @@ class CharLSTM(TextGenerator):
         breakers = {self._index[b[-1]] for b in params.dry_sequence_breakers if b[-1] in self._index}
         newline = {self._index["\n"]} if "\n" in self._index else set()
         model, device = self.model, self.device
-        generated = 0
-        first_token_at: float | None = None
+        clock.begin(len(prompt_ids), seed)
         finish: Literal["stop", "length", "cancelled"] = "length"
 
         # Inference mode is entered per model call, never across a yield: between two items the lane runs other jobs.
@@ -471,9 +469,7 @@ class CharLSTM(TextGenerator):
                     logits = out[0, -1]
                 token = sample_next(logits, params, rng, history, breakers, newline)
             history = (history + [token])[-REPETITION_WINDOW:]
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            generated += 1
+            clock.token()
             text = stops.push(self.vocab[token])
             if text:
                 yield TextChunk(text)
@@ -481,13 +477,4 @@ class CharLSTM(TextGenerator):
                 finish = "stop"
                 break
         tail = "" if stops.stopped else stops.flush()
-        ended = time.perf_counter()
-        decode_s = ended - first_token_at if first_token_at else 0.0
-        stats = GenerationStats(
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=generated,
-            seed=seed,
-            time_to_first_token_s=(first_token_at - started) if first_token_at else None,
-            tokens_per_s=(generated / decode_s) if decode_s > 0 and generated else None,
-        )
-        yield TextChunk(tail, finish_reason=finish, stats=stats)
+        yield TextChunk(tail, finish_reason=finish)

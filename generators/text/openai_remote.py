@@ -55,6 +55,7 @@ from ..base import (
     LoadFailedError,
     ProgressFn,
     SamplingParams,
+    StreamClock,
     StrictModel,
     TextChunk,
     TextGenerator,
@@ -321,29 +322,22 @@ class OpenAIRemote(TextGenerator):
         raise _http_error(status, self.options.base_url, _server_message(response))
 
     # ------------------------------------------------------------ generation
-    def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
+    def _stream_chunks(self, request: TextRequest, cancel: threading.Event | None,
+                       clock: StreamClock) -> Iterator[TextChunk]:
         client = self._require_loaded()
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        started = time.perf_counter()
         chat = self._use_chat(request)
         endpoint, body, sent_text = self._body(request, seed, chat)
-        chunks = 0
         usage: dict[str, Any] = {}
-        first_at: float | None = None
         finish: Finish | None = None
 
         def stats() -> GenerationStats:
-            ended = time.perf_counter()
-            completion = int(usage.get("completion_tokens") or chunks)
-            decode_s = ended - first_at if first_at else 0.0
-            return GenerationStats(
-                prompt_tokens=int(usage.get("prompt_tokens") or self.count_tokens(sent_text)),
-                completion_tokens=completion,
-                seed=seed,
-                time_to_first_token_s=(first_at - started) if first_at else None,
-                tokens_per_s=(completion / decode_s) if decode_s > 0 and completion else None,
-            )
+            """The server's own token counts where it sent them (else the chunks relayed, as tokens)."""
+            clock.begin(int(usage.get("prompt_tokens") or self.count_tokens(sent_text)), seed)
+            if usage.get("completion_tokens"):
+                clock.tokens = int(usage["completion_tokens"])
+            return clock.stats()
 
         if cancel is not None and cancel.is_set():
             yield TextChunk("", finish_reason="cancelled", stats=stats())
@@ -371,8 +365,7 @@ class OpenAIRemote(TextGenerator):
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 # A server that ignored stream=true: one JSON reply.
                 text, finish, usage = _whole_reply(response, chat, url)
-                first_at = time.perf_counter()
-                chunks = 1 if text else 0
+                clock.token(1 if text else 0)
                 if text:
                     yield TextChunk(text)
                 yield TextChunk("", finish_reason=finish or "stop", stats=stats())
@@ -395,7 +388,7 @@ class OpenAIRemote(TextGenerator):
                         why = f"the server sent nothing for {self.options.timeout_s:g} s (timeout_s)"
                     else:
                         why = f"the connection broke ({exc})"
-                    raise GenerationFailedError(f"{url}: {why} after {chunks} chunk(s) of the reply.") from exc
+                    raise GenerationFailedError(f"{url}: {why} after {clock.tokens} chunk(s) of the reply.") from exc
                 data = _sse_data(line)
                 if data is None:
                     continue
@@ -414,9 +407,7 @@ class OpenAIRemote(TextGenerator):
                 for choice in (event.get("choices") or [])[:1]:
                     text = _choice_text(choice, chat)
                     if text:
-                        if first_at is None:
-                            first_at = time.perf_counter()
-                        chunks += 1
+                        clock.token()  # a chunk of the reply, counted as a token unless the server counts
                         yield TextChunk(text)
                     reason = choice.get("finish_reason")
                     if reason:
@@ -425,7 +416,7 @@ class OpenAIRemote(TextGenerator):
                 finish = "cancelled"  # the socket was shut down under a read that then saw a clean end
             if finish is None and not ended_cleanly:
                 raise GenerationFailedError(
-                    f"{url}: the server closed the stream before the reply was finished, after {chunks} chunk(s)."
+                    f"{url}: the server closed the stream before the reply was finished, after {clock.tokens} chunk(s)."
                 )
         finally:
             done.set()

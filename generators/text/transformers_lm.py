@@ -33,6 +33,7 @@ from ..base import (
     ProgressFn,
     RenderedPrompt,
     SamplingParams,
+    StreamClock,
     StrictModel,
     TextChunk,
     TextGenerator,
@@ -329,10 +330,11 @@ class TransformersLM(TextGenerator):
         self._require_loaded()
         return log_likelihood(self.model, self.tokenizer, text, self.context_window, cancel)
 
-    def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
+    def _stream_chunks(self, request: TextRequest, cancel: threading.Event | None,
+                       clock: StreamClock) -> Iterator[TextChunk]:
         self._require_loaded()
-        started = time.perf_counter()
         prompt_ids, dropped = self.encode(request)
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbits(32)
-        yield from self.decoder.stream(prompt_ids, params, seed, cancel, started, dropped, logprobs=request.logprobs)
+        clock.begin(len(prompt_ids), seed, dropped)
+        yield from self.decoder.stream(prompt_ids, params, seed, cancel, clock, logprobs=request.logprobs)

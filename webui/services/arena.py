@@ -71,7 +71,7 @@ def _battle(s: Any, owner: str, battle_id: str) -> ArenaBattle:
 def start(ctx: AppContext, owner: str, prompt: Any, model_a: str | None = None, model_b: str | None = None,
           seed: int | None = None) -> BattleView:
     """A new round; models left empty ('random') are drawn at random, always two different ones."""
-    check_text(prompt, "prompt", ctx.settings.max_prompt_chars)
+    check_text(prompt, "prompt", ctx.config.max_prompt_chars)
     if not prompt.strip():
         raise InvalidOptionsError("Type a prompt for the two models first.")
     models = text_models(ctx)

@@ -1,4 +1,7 @@
-"""AppContext: the objects launch.py builds once and passes down (no module-level state)."""
+"""AppContext: the objects launch.py builds once and passes down (no module-level state).
+
+The services read the configuration only through `ServiceConfig`, the values the web layer hands
+them (`Settings.service_config()`): nothing here imports the web layer above."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from generators.registry import Registry
 from storage import Store
 from storage.models import LOCAL_OWNER
 
-from ..settings import Settings
 from .accounts import Accounts, AuthError, NotAdminError
 from .jobs import JobRunner
 from .loading import LoadTracker
@@ -109,11 +111,38 @@ class RateLimiter:
                 hits.append(now)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """What the services need to know of the studio's configuration: limits on requests, who may log
+    in, and the default model. Made by the web layer from its settings; defaults as the settings'."""
+
+    max_prompt_chars: int = 50_000  # characters of a message, passage or API prompt
+    max_new_tokens: int = 2048  # the largest max_new_tokens a request may ask for
+    max_image_batch: int = 64  # images per request
+    max_interpolation_frames: int = 32  # frames of a latent walk or a denoising trajectory
+    max_image_side: int = 2048  # largest width or height of a prompted image (px)
+    requests_per_minute: int | None = None  # per user; 0: no limit; None: DEFAULT_REQUESTS_PER_MINUTE with accounts
+    users_path: Path  # users with hashed passwords and API keys (a file that may not exist yet)
+    auth: tuple[str, ...] = ()  # USER:PASSWORD pairs kept in memory
+    default_model: str = ""  # the model a chat or story uses unless one is picked
+    sign_images: bool = True  # embed a signed C2PA manifest in every image written
+    signing_cert: Path | None = None  # the operator's PEM certificate chain (None: the studio's own identity)
+    signing_key: Path | None = None
+    signing_alg: str = "es256"
+    train_jobs: int = 1  # training jobs that run at once
+    train_threads: int = 1  # torch CPU threads of a training job
+    max_upload_mb: float = 64.0  # largest upload (multipart)
+    max_dataset_mb: float = 64.0  # largest training dataset
+
+
 @dataclass
 class AppContext:
-    settings: Settings
     registry: Registry
     store: Store
+    config: ServiceConfig = None  # type: ignore[assignment]  # None: made from `settings`
+    # The web layer's own settings, carried for the tabs and the server (the services read `config`).
+    # Given alone, it must offer `service_config()`.
+    settings: Any = None
     cancels: CancelTokens = field(default_factory=CancelTokens)
     token_counts: TokenCountCache = field(default_factory=TokenCountCache)  # story context, per model
     loads: LoadTracker = field(default_factory=LoadTracker)  # models loading now, with their stage
@@ -128,15 +157,20 @@ class AppContext:
     jobs: JobRunner | None = None  # training jobs (started by the server: services.training.start_jobs)
 
     def __post_init__(self) -> None:
+        if self.config is None:
+            if self.settings is None:
+                raise TypeError("AppContext needs `config` (a ServiceConfig) or web settings that make one.")
+            self.config = self.settings.service_config()
+        c = self.config
         if self.signer is None:
-            s = self.settings
-            self.signer = ImageSigner(self.store.data_dir, s.signing_cert, s.signing_key, s.signing_alg, s.sign_images)
+            self.signer = ImageSigner(self.store.data_dir, c.signing_cert, c.signing_key, c.signing_alg,
+                                      c.sign_images)
         if self.jobs is None:
-            self.jobs = JobRunner(self.store, max_running=self.settings.train_jobs, threads=self.settings.train_threads)
+            self.jobs = JobRunner(self.store, max_running=c.train_jobs, threads=c.train_threads)
         if self.accounts is None:
-            self.accounts = Accounts(self.settings.users_path, list(self.settings.auth))
+            self.accounts = Accounts(c.users_path, list(c.auth))
         if self.rate is None:
-            per_minute = self.settings.requests_per_minute
+            per_minute = c.requests_per_minute
             self.rate = RateLimiter(DEFAULT_REQUESTS_PER_MINUTE if per_minute is None else per_minute)
 
     @property
@@ -185,19 +219,19 @@ class AppContext:
     def check_rate(self, owner: str, consume: bool = True) -> None:
         """The per-user request limit. Unset, it applies only with accounts: one local user with auth off
         scripting against their own studio is never throttled."""
-        if self.settings.requests_per_minute is None and not self.auth_enabled:
+        if self.config.requests_per_minute is None and not self.auth_enabled:
             return
         if self.rate:
             self.rate.check(owner, consume)
 
     def check_text(self, text: str, what: str = "text") -> None:
-        check_text(text, what, self.settings.max_prompt_chars)
+        check_text(text, what, self.config.max_prompt_chars)
 
     def check_max_new_tokens(self, value: int) -> None:
-        limit = self.settings.max_new_tokens
+        limit = self.config.max_new_tokens
         if value > limit:
             raise InvalidOptionsError(f"max_new_tokens is {value:,}; this studio allows at most {limit:,}.")
 
     @property
     def default_model(self) -> str:
-        return self.settings.default_model_name()
+        return self.config.default_model

@@ -236,7 +236,7 @@ def check_upload(filename: str, raw: bytes, limits: DatasetLimits) -> Checked:
 # ------------------------------------------------------------------ stored datasets
 
 def limits_of(ctx: AppContext) -> DatasetLimits:
-    return DatasetLimits(max_bytes=int(min(ctx.settings.max_upload_mb, ctx.settings.max_dataset_mb) * 2**20))
+    return DatasetLimits(max_bytes=int(min(ctx.config.max_upload_mb, ctx.config.max_dataset_mb) * 2**20))
 
 
 def add_dataset(ctx: AppContext, owner: str, filename: str, raw: bytes, name: str = "") -> Dataset:

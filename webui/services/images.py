@@ -369,7 +369,7 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
     gen = _image_generator(ctx, model)
     if CAP_CLASS_CONDITIONAL not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} makes images from a prompt, not from a class; write a prompt instead.")
-    count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
+    count = _count(count, "batch size", 1, ctx.config.max_image_batch)
     label_index = parse_label(gen, label)
     mark = wants_label(ctx, owner, ai_label)
     base_seed = parse_seed(seed)
@@ -416,7 +416,7 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
     """A latent walk from (class, seed) to (class, seed): one strip PNG and an animated GIF, saved together."""
     gen = _image_generator(ctx, model)
     mark = wants_label(ctx, owner, ai_label)
-    frames = _count(frames, "number of frames", 2, ctx.settings.max_interpolation_frames)
+    frames = _count(frames, "number of frames", 2, ctx.config.max_interpolation_frames)
     names = gen.class_names
     seeds = [parse_seed(start_seed), parse_seed(end_seed)]
     seeds = [random_seed() if s is None else s for s in seeds]
@@ -480,11 +480,11 @@ def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed:
     checked = _params(gen, params)
     total = int(checked.steps)
     if at_steps is None or (isinstance(at_steps, str) and not at_steps.strip()):
-        steps = trajectory_steps(total, _count(frames, "number of frames", 2, ctx.settings.max_interpolation_frames))
+        steps = trajectory_steps(total, _count(frames, "number of frames", 2, ctx.config.max_interpolation_frames))
     else:
         steps = parse_steps(at_steps, total)
-        if len(steps) > ctx.settings.max_interpolation_frames:
-            raise InvalidOptionsError(f"Show at most {ctx.settings.max_interpolation_frames} steps; got {len(steps)}.")
+        if len(steps) > ctx.config.max_interpolation_frames:
+            raise InvalidOptionsError(f"Show at most {ctx.config.max_interpolation_frames} steps; got {len(steps)}.")
     names = gen.class_names
     base_seed = parse_seed(seed)
     base_seed = random_seed() if base_seed is None else base_seed
@@ -667,12 +667,12 @@ def paint_request(ctx: AppContext, gen: ImageGenerator, params: dict[str, Any] |
     The init image is resized to the requested size (A1111's "just resize"); a mask must have the
     init image's size and is resized with it."""
     checked = _params(gen, _with_prompt_loras(params))
-    limit = ctx.settings.max_image_side
+    limit = ctx.config.max_image_side
     for side in ("width", "height"):
         if getattr(checked, side) > limit:
             raise InvalidOptionsError(f"{side}: at most {limit} px on this server (setting max_image_side); "
                                       f"got {getattr(checked, side)}.")
-    count = _count(count, "batch size", 1, ctx.settings.max_image_batch)
+    count = _count(count, "batch size", 1, ctx.config.max_image_batch)
     base_seed = parse_seed(seed)
     base_seed = random_seed() if base_seed is None else base_seed
     init = mask_pixels = None

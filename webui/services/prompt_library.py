@@ -59,7 +59,7 @@ def fill(text: str, values: dict[str, str]) -> str:
 
 def _checked(ctx: AppContext, name: Any, text: Any, where: str = "") -> tuple[str, str]:
     check_text(name if name is not None else "", f"name{where}", NAME_CHARS)
-    check_text(text if text is not None else "", f"text{where}", ctx.settings.max_prompt_chars)
+    check_text(text if text is not None else "", f"text{where}", ctx.config.max_prompt_chars)
     name, text = (name or "").strip(), text or ""
     if not name:
         raise InvalidOptionsError(f"A saved prompt needs a name{where}.")

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...base import StreamClock
 from ...compute import ComputeLane
 from ...compute import lane as compute_lane
 from .kv_cache import KVCache, left_pad
@@ -44,10 +45,10 @@ class BatchSequence:
     stops: Any  # decoding.StopStringFilter
     eos: set[int]
     cancel: threading.Event
+    clock: StreamClock  # told of each sampled token (the plugin contract's timing)
     out: queue.Queue[tuple[str, str | None, BaseException | None]] = field(default_factory=queue.Queue)
     ids: list[int] = field(default_factory=list)  # prompt + generated
     generated: int = 0
-    first_token_at: float | None = None
     finished: bool = False
     abandoned: bool = False  # the reader went away: free the row
 
@@ -225,11 +226,11 @@ class ContinuousBatcher:
 
     def _emit(self, seq: BatchSequence, token: int) -> bool:
         """Handle one sampled token; True if the sequence goes on."""
-        if seq.first_token_at is None:
-            seq.first_token_at = time.perf_counter()
         if token in seq.eos:
+            seq.clock.token(0)
             seq.finish("stop")
             return False
+        seq.clock.token()
         seq.generated += 1
         seq.ids.append(token)
         text = seq.stops.push(seq.detok.push(token))

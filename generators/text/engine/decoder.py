@@ -10,11 +10,10 @@ transformers' forward with its own KV cache (with temperature 0: token for token
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from ...base import GenerationFailedError, GenerationStats, SamplingParams, TextChunk, TokenLogprob
+from ...base import GenerationFailedError, SamplingParams, StreamClock, TextChunk, TokenLogprob
 from ...compute import lane
 from ..decoding import IncrementalDetokenizer, Sampler, StopStringFilter
 
@@ -43,45 +42,35 @@ class Decoder:
             self.batcher = None
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, seed: int, cancel: threading.Event | None,
-               started: float, dropped: int, logprobs: int | None = None) -> Iterator[TextChunk]:
-        """`logprobs`: None, or each chunk carries its tokens' log-probabilities and that many alternatives."""
+               clock: StreamClock, logprobs: int | None = None) -> Iterator[TextChunk]:
+        """Text chunks of the reply to `prompt_ids`; each sampled token is reported to `clock` (the plugin
+        contract turns it into the stats). `logprobs`: None, or each chunk carries its tokens'
+        log-probabilities and that many alternatives."""
         sampler = Sampler(params, seed, self.model.device, prompt_len=len(prompt_ids), logprobs=logprobs,
                           tokenizer=self.tokenizer, eos_ids=sorted(self.eos))
         detok = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         if self.batcher is not None:
-            yield from self._stream_batched(prompt_ids, params, seed, sampler, detok, stops, cancel, started, dropped)
+            yield from self._stream_batched(prompt_ids, params, sampler, detok, stops, cancel, clock)
         else:
-            yield from lane().iterate(self._stream_alone(prompt_ids, params, seed, sampler, detok, stops, cancel,
-                                                         started, dropped))
+            yield from lane().iterate(self._stream_alone(prompt_ids, params, sampler, detok, stops, cancel, clock))
 
-    def _stream_batched(self, prompt_ids: list[int], params: SamplingParams, seed: int, sampler: Any, detok: Any,
-                        stops: Any, cancel: threading.Event | None, started: float,
-                        dropped: int) -> Iterator[TextChunk]:
+    def _stream_batched(self, prompt_ids: list[int], params: SamplingParams, sampler: Sampler, detok: Any,
+                        stops: Any, cancel: threading.Event | None, clock: StreamClock) -> Iterator[TextChunk]:
         """Decode in the model's continuous batch: submit, then relay what the scheduler produces."""
         from .batcher import BatchSequence
 
         seq = BatchSequence(prompt_ids, params.max_new_tokens, sampler, detok, stops, self.eos,
-                            cancel or threading.Event())
+                            cancel or threading.Event(), clock)
         self.batcher.submit(seq)
         try:
             while True:
                 text, finish, error = seq.out.get()
                 if error is not None:
                     raise GenerationFailedError(f"Generation failed: {error}") from error
-                if finish is None:
-                    yield TextChunk(text, logprobs=self._relay_scored(sampler))
-                    continue
-                ended = time.perf_counter()
-                decode_s = ended - seq.first_token_at if seq.first_token_at else 0.0
-                stats = GenerationStats(
-                    prompt_tokens=len(prompt_ids), completion_tokens=seq.generated, seed=seed,
-                    time_to_first_token_s=(seq.first_token_at - started) if seq.first_token_at else None,
-                    tokens_per_s=(seq.generated / decode_s) if decode_s > 0 and seq.generated else None,
-                    dropped_messages=dropped)  # fmt: skip
-                yield TextChunk(text, finish_reason=finish, stats=stats,  # type: ignore[arg-type]
-                                logprobs=self._relay_scored(sampler))
-                return
+                yield TextChunk(text, finish_reason=finish, logprobs=self._relay_scored(sampler))  # type: ignore[arg-type]
+                if finish is not None:
+                    return
         finally:
             seq.abandoned = True  # a consumer that stops reading frees its row at the next step
 
@@ -94,9 +83,8 @@ class Decoder:
         return tuple(TokenLogprob(decode([t.token_id]), t.logprob, tuple((decode([i]), lp) for i, lp in t.top))
                      for t in sampler.take_scored() if t.token_id not in self.eos)
 
-    def _stream_alone(self, prompt_ids: list[int], params: SamplingParams, seed: int, sampler: Any, detok: Any,
-                      stops: Any, cancel: threading.Event | None, started: float,
-                      dropped: int) -> Iterator[TextChunk]:
+    def _stream_alone(self, prompt_ids: list[int], params: SamplingParams, sampler: Sampler, detok: Any,
+                      stops: Any, cancel: threading.Event | None, clock: StreamClock) -> Iterator[TextChunk]:
         """Batching off: decode this request by itself (advanced on the compute lane in time slices)."""
         import torch
 
@@ -105,8 +93,6 @@ class Decoder:
         all_ids = torch.tensor([prompt_ids], device=device)  # (1, T)
         next_input = all_ids
         past: Any = None
-        generated = 0
-        first_token_at: float | None = None
         finish: Literal["stop", "length", "cancelled"] = "length"
 
         # Inference mode is entered per step, never across a yield: between two items the lane runs other jobs.
@@ -118,12 +104,11 @@ class Decoder:
                 out = self.model(input_ids=next_input, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 token = sampler(all_ids, out.logits[:, -1, :])  # logits: (1, T, V) → (1, V)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
             if token in eos:
+                clock.token(0)
                 finish = "stop"
                 break
-            generated += 1
+            clock.token()
             with torch.inference_mode():
                 next_input = torch.tensor([[token]], device=device)
                 all_ids = torch.cat([all_ids, next_input], dim=1)
@@ -134,17 +119,7 @@ class Decoder:
                 finish = "stop"
                 break
         tail = "" if stops.stopped else stops.flush()
-        ended = time.perf_counter()
-        decode_s = ended - first_token_at if first_token_at else 0.0
-        stats = GenerationStats(
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=generated,
-            seed=seed,
-            time_to_first_token_s=(first_token_at - started) if first_token_at else None,
-            tokens_per_s=(generated / decode_s) if decode_s > 0 and generated else None,
-            dropped_messages=dropped,
-        )
-        yield TextChunk(tail, finish_reason=finish, stats=stats, logprobs=self._relay_scored(sampler))
+        yield TextChunk(tail, finish_reason=finish, logprobs=self._relay_scored(sampler))
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:

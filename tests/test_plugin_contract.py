@@ -1,0 +1,290 @@
+"""One contract suite over every plugin `discover_plugins()` finds — the built-ins and a third-party
+plugin installed through a real entry point — checking what each declares, for real, on a tiny model
+built here: options validated and named, load/unload idempotent, a failed load typed, text streams
+that end with stats, seeds that reproduce, cancel before the first step, images whose seeds reproduce
+whatever the batch.
+
+A new plugin needs only an entry in `TINY` (how to build a tiny one); the checks come from its
+declared capabilities, so a plugin that declares `seed` or `cancel` without keeping it fails here.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import generators.base as base
+from generators.base import (
+    CAP_CANCEL,
+    CAP_CLASS_CONDITIONAL,
+    CAP_SEED,
+    CAP_STEPS,
+    CAP_TEXT_TO_IMAGE,
+    GenerationCancelledError,
+    Generator,
+    ImageEnd,
+    ImageGenerator,
+    InvalidOptionsError,
+    PaintRequest,
+    SamplingParams,
+    StepControl,
+    StudioError,
+    TextGenerator,
+    TextRequest,
+    validate_model,
+)
+from generators.registry import discover_plugins
+from tests.test_registry import PLUGIN_CODE, install_test_distribution
+
+KNOWN_CAPABILITIES = {v for k, v in vars(base).items() if k.startswith("CAP_") and isinstance(v, str)}
+
+
+@dataclass
+class Tiny:
+    """How to build one tiny model of a plugin: load options that work, options whose load must fail
+    with a StudioError, and the plugin's own params for a request."""
+
+    options: dict[str, Any]
+    broken: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    prompt: bool = False  # text: a plain prompt (a continuation model) instead of a chat
+
+
+@dataclass
+class Kit:
+    """What the builders need: the session's tiny models and a place for files."""
+
+    tiny_model_dir: Path
+    tmp: Path
+    remote_url: str
+
+
+def _transformers(kit: Kit) -> Tiny:
+    return Tiny({"source": str(kit.tiny_model_dir), "device": "cpu", "max_batch": 4},
+                {"source": str(kit.tmp / "missing.gguf")})
+
+
+def _char_lstm(kit: Kit) -> Tiny:
+    from generators.text.char_lstm import CharLSTMConfig, build_network, save_char_lstm
+
+    vocab = list("\n !',.abcdefghijklmnopqrstuvwxyz")
+    folder = kit.tmp / "lstm"
+    if not folder.exists():
+        config = CharLSTMConfig(vocab_size=len(vocab), embed_dim=8, hidden=16, layers=1, dropout=0.0)
+        save_char_lstm(folder, build_network(config), vocab, {"note": "random weights"})
+    return Tiny({"weights": str(folder)}, {"weights": str(kit.tmp / "no-such-lstm")}, prompt=True)
+
+
+def _openai_remote(kit: Kit) -> Tiny:
+    return Tiny({"base_url": kit.remote_url, "max_retries": 0, "timeout_s": 5},
+                {"base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "timeout_s": 2})
+
+
+def _image(weights: str, params: dict[str, Any] | None = None) -> Callable[[Kit], Tiny]:
+    return lambda kit: Tiny({"weights": weights, "device": "cpu"}, {"weights": str(kit.tmp / "no-such-weights")},
+                            params or {})
+
+
+def _diffusers(kit: Kit) -> Tiny:
+    from tests.image.tiny_diffusers import save_tiny_pipeline
+
+    folder = kit.tmp / "tiny-sd"
+    if not folder.exists():
+        save_tiny_pipeline(folder)
+    return Tiny({"source": str(folder), "device": "cpu"}, {"source": str(kit.tmp / "no-such-pipeline")},
+                {"prompt": "a red cat", "width": 32, "height": 32, "steps": 2})
+
+
+def _echo(kit: Kit) -> Tiny:
+    return Tiny({}, {"greeting": 5})  # a wrong type: refused when the options are validated
+
+
+TINY: dict[str, Callable[[Kit], Tiny]] = {
+    "transformers": _transformers,
+    "char-lstm": _char_lstm,
+    "openai-remote": _openai_remote,
+    "gan": _image("builtin:gan-mnist32"),
+    "vae": _image("builtin:vae-mnist32"),
+    "digit-diffusion": _image("builtin:diffusion-mnist32", {"steps": 3}),
+    "diffusers": _diffusers,
+    "echo": _echo,  # the third-party plugin below
+}
+
+
+@pytest.fixture(scope="module")
+def third_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, type[Generator]]]:
+    """Every plugin discovered, with a third-party one (`echo`) installed as pip would leave it."""
+    root = tmp_path_factory.mktemp("dist")
+    install_test_distribution(root, "aigc_contract_echo", PLUGIN_CODE, {"echo": "aigc_contract_echo:EchoPlugin"})
+    sys.path.insert(0, str(root))
+    try:
+        yield discover_plugins()
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("aigc_contract_echo", None)
+
+
+@pytest.fixture(scope="module")
+def kit(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
+    from tests.test_openai_remote import FakeServer, delta, sse_reply
+
+    class Endless(list):  # type: ignore[type-arg]
+        """Every POST gets the same short streamed reply."""
+
+        def pop(self, index: int = -1) -> Any:
+            return sse_reply([delta("Hel"), delta("lo"), delta("", "stop")])
+
+    server = FakeServer([])
+    server.replies = Endless()
+    yield Kit(tiny_model_dir, tmp_path_factory.mktemp("contract"), server.url)
+    server.close()
+
+
+@pytest.fixture
+def plugin(request: pytest.FixtureRequest, third_party: dict[str, type[Generator]],
+           kit: Kit) -> tuple[type[Generator], Tiny]:
+    name = request.param
+    if name not in third_party:
+        pytest.fail(f"{name!r} has a tiny build here but discover_plugins() does not find it")
+    return third_party[name], TINY[name](kit)
+
+
+def by_plugin(test: Callable[..., None]) -> Any:
+    return pytest.mark.parametrize("plugin", sorted(TINY), indirect=True)(test)
+
+
+def build(cls: type[Generator], tiny: Tiny, kit: Kit, options: dict[str, Any] | None = None) -> Any:
+    return cls(f"contract-{cls.info.plugin}", tiny.options if options is None else options,
+               cache_dir=str(kit.tmp / "cache"))
+
+
+# ------------------------------------------------------------------ every plugin
+
+
+def test_every_discovered_plugin_has_a_tiny_build(third_party: dict[str, type[Generator]]) -> None:
+    assert "echo" in third_party  # the third-party plugin came through its entry point
+    missing = sorted(set(third_party) - set(TINY))
+    assert not missing, f"plugins without a tiny build in tests/test_plugin_contract.py: {missing}"
+
+
+@by_plugin
+def test_info_options_and_capabilities_are_declared(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    info = cls.info
+    assert info.capabilities <= KNOWN_CAPABILITIES, info.capabilities - KNOWN_CAPABILITIES
+    assert issubclass(cls, TextGenerator if info.modality == "text" else ImageGenerator)
+    with pytest.raises(InvalidOptionsError, match="not_an_option"):
+        build(cls, tiny, kit, {**tiny.options, "not_an_option": 1})
+    with pytest.raises(InvalidOptionsError, match="not_a_param"):
+        validate_model(info.params, {"not_a_param": 1})
+    validate_model(info.params, tiny.params)
+
+
+@by_plugin
+def test_load_and_unload_are_idempotent(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    gen = build(cls, tiny, kit)
+    assert gen.estimated_memory_bytes() >= 0 and not gen.describe()["loaded"]
+    stages: list[str] = []
+    gen.load(stages.append)
+    gen.load(stages.append)  # a second load does nothing
+    assert gen.loaded and gen.describe()["loaded"] and gen.memory_bytes() >= 0
+    gen.unload()
+    gen.unload()
+    assert not gen.loaded and gen.memory_bytes() == 0
+    gen.load()  # and loads again after an unload
+    assert gen.loaded
+    gen.unload()
+
+
+@by_plugin
+def test_a_load_that_cannot_work_fails_with_a_studio_error(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    with pytest.raises(StudioError) as caught:
+        build(cls, tiny, kit, tiny.broken).load()
+    assert str(caught.value)  # a message a person can act on, not an empty one
+
+
+# ------------------------------------------------------------------ text plugins
+
+
+def text_request(tiny: Tiny, seed: int, **params: Any) -> TextRequest:
+    sampling = SamplingParams(**{"max_new_tokens": 12, "seed": seed, "temperature": 1.0, **params})
+    if tiny.prompt:
+        return TextRequest(prompt="the sea ", params=sampling)
+    return TextRequest(messages=(base.ChatMessage("user", "Tell me about the sea."),), params=sampling)
+
+
+@by_plugin
+def test_text_streams_end_with_stats_reproduce_their_seed_and_cancel(plugin: tuple[type[Generator], Tiny],
+                                                                      kit: Kit) -> None:
+    cls, tiny = plugin
+    if cls.info.modality != "text":
+        pytest.skip("an image plugin")
+    gen = build(cls, tiny, kit)
+    gen.load()
+    try:
+        chunks = list(gen.stream(text_request(tiny, seed=11)))
+        *body, last = chunks
+        assert all(c.finish_reason is None and c.stats is None for c in body)
+        assert last.finish_reason in ("stop", "length") and last.stats is not None
+        assert last.stats.completion_tokens >= 0 and last.stats.prompt_tokens >= 0
+        text = "".join(c.text for c in chunks)
+        if CAP_SEED in cls.info.capabilities:
+            assert last.stats.seed == 11
+            assert gen.generate(text_request(tiny, seed=11))[0] == text  # sampled, not greedy: the seed decides
+        if CAP_CANCEL in cls.info.capabilities:
+            cancel = threading.Event()
+            cancel.set()  # set before the first step: no step runs
+            reply, end = gen.generate(text_request(tiny, seed=11), cancel)
+            assert end.finish_reason == "cancelled" and reply == "" and end.stats.completion_tokens == 0
+    finally:
+        gen.unload()
+
+
+# ------------------------------------------------------------------ image plugins
+
+
+@by_plugin
+def test_images_reproduce_their_seeds_whatever_the_batch_and_cancel_between_steps(
+        plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    caps = cls.info.capabilities
+    if cls.info.modality != "image":
+        pytest.skip("a text plugin")
+    gen = build(cls, tiny, kit)
+    gen.load()
+    params = validate_model(cls.info.params, tiny.params)
+    try:
+        if CAP_CLASS_CONDITIONAL in caps:
+            def run(ends: list[ImageEnd], control: StepControl | None = None) -> np.ndarray:
+                extra = {"control": control} if CAP_STEPS in caps else {}
+                return gen.sample(ends, params, **extra).pixels
+            pair = [ImageEnd(0, 5), ImageEnd(1, 6)]
+        else:
+            assert CAP_TEXT_TO_IMAGE in caps, "an image plugin draws by class or from a prompt"
+
+            def run(ends: list[ImageEnd], control: StepControl | None = None) -> np.ndarray:
+                seeds = [e.seed for e in ends]
+                return gen.paint(PaintRequest(params, seeds[0], count=len(seeds)), control).pixels
+            pair = [ImageEnd(0, 5), ImageEnd(0, 6)]
+        both = run(pair)
+        h, w, c = gen.image_size if CAP_CLASS_CONDITIONAL in caps else (params.height, params.width, 3)
+        assert both.dtype == np.uint8 and both.shape == (2, h, w, c)
+        if CAP_SEED in caps:
+            assert np.array_equal(run(pair), both)
+            assert np.array_equal(run(pair[1:])[0], both[1])  # alone = in a batch
+        if CAP_STEPS in caps:
+            cancel = threading.Event()
+            cancel.set()
+            with pytest.raises(GenerationCancelledError):
+                run(pair, StepControl(cancel=cancel))
+    finally:
+        gen.unload()

@@ -306,8 +306,9 @@ def test_a_deleted_image_is_gone_from_every_served_cache_and_the_cache_is_privat
     try:
         url = demo.local_url.rstrip("/")
         ann = Client(url, auth=("ann", "ann-password"), verbose=False, download_files=False)
-        gallery = ann.predict("gan-mnist32", "4", "1", 2, 0.0, 1.0, api_name="/generate_images")[0]
+        gallery, grid, *_ = ann.predict("gan-mnist32", "4", "1", 2, 0.0, 1.0, api_name="/generate_images")
         served = [item["image"]["path"] for item in gallery]
+        grid = grid["path"] if isinstance(grid, dict) else grid  # the batch's grid, which shows both images
         cache = ctx.settings.data_dir / "cache" / "served"
         assert all(str(cache) in p for p in served)
         assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and os.environ["GRADIO_TEMP_DIR"] == str(cache)
@@ -316,9 +317,12 @@ def test_a_deleted_image_is_gone_from_every_served_cache_and_the_cache_is_privat
         image_id = image_svc.gallery(ctx, "ann").images[-1].id
         path = image_svc.get_image(ctx, "ann", image_id).path
         copy = next(p for p in served if p.endswith(path.name))
+        assert os.path.exists(grid) and str(cache) in grid
         ann.predict(image_id, api_name="/gallery_delete")
         assert not path.exists() and not os.path.exists(copy)
         assert bob.get(f"/gradio_api/file={copy}").status_code in (403, 404)
+        assert not os.path.exists(grid)  # the grid showed the deleted image: gone too
+        assert bob.get(f"/gradio_api/file={grid}").status_code in (403, 404)
     finally:
         demo.close()
 

@@ -68,6 +68,20 @@ class ServedFiles:
             _remove(self.root / hash_file(path))
         for copy in self.root.glob(f"*/{path.name}"):
             _remove(copy.parent if copy.parent != self.root else copy)
+        self._forget_views_showing(path.stem)
+
+    def _forget_views_showing(self, image_id: str) -> None:
+        """Remove the composite pictures the page was shown (a batch's grid, a strip) that contain the
+        image `image_id`: each lists the ids it shows in its own metadata (images.signed_view)."""
+        from .services.png import read_meta
+
+        for view in self.root.glob("*/grid*.png"):
+            try:
+                shown = read_meta(view).get("images") or []
+            except Exception:  # noqa: BLE001 - an unreadable file is left to the sweep
+                continue
+            if any(isinstance(i, dict) and i.get("id") == image_id for i in shown):
+                _remove(view.parent if view.parent != self.root else view)
 
 
 def _remove(entry: Path) -> None:

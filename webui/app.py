@@ -105,7 +105,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="studio-title")
         chat_parts: dict[str, gr.components.Component] = {}
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # every workspace in view on a narrow window, none behind a "…" menu
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat_on_load = chat.build(ctx, chat_parts)
             with gr.Tab("Characters", id="characters") as characters_tab:

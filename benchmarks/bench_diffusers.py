@@ -13,7 +13,6 @@ speed: for that, `benchmarks/gpu_check.py` on a GPU.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -24,19 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import median_seconds  # noqa: E402
 from generators.base import PaintRequest, StepControl  # noqa: E402
 from generators.image.diffusers_plugin import DiffusersParams, DiffusersPlugin  # noqa: E402
 from tests.image.tiny_diffusers import save_tiny_pipeline  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -56,19 +46,20 @@ def main() -> None:
             for count in (1, 4):
                 for sampler in gen.schedulers():
                     p = DiffusersParams(prompt="a red cat", width=size, height=size, steps=args.steps, scheduler=sampler)
-                    total = timed(lambda p=p, count=count: gen.paint(PaintRequest(p, 1, count)), args.repeats)
+                    total = median_seconds(lambda p=p, count=count: gen.paint(PaintRequest(p, 1, count)), args.repeats)
                     rows.append((f"text-to-image {size}px x{count} {sampler}", total))
         init = np.full((64, 64, 3), 127, np.uint8)
         mask = np.zeros((64, 64), np.uint8)
         mask[16:48, 16:48] = 255
         p = DiffusersParams(prompt="a red cat", width=64, height=64, steps=args.steps, strength=1.0)
         rows.append(("image-to-image 64px x1 DPM++ 2M (strength 1)",
-                     timed(lambda: gen.paint(PaintRequest(p, 1, init_image=init)), args.repeats)))
+                     median_seconds(lambda: gen.paint(PaintRequest(p, 1, init_image=init)), args.repeats)))
         rows.append(("inpaint 64px x1 DPM++ 2M",
-                     timed(lambda: gen.paint(PaintRequest(p, 1, init_image=init, mask=mask)), args.repeats)))
+                     median_seconds(lambda: gen.paint(PaintRequest(p, 1, init_image=init, mask=mask)), args.repeats)))
         seen = []
         rows.append(("text-to-image 64px x1, preview every step",
-                     timed(lambda: gen.paint(PaintRequest(p, 1), StepControl(seen.append, preview_every=1)), args.repeats)))
+                     median_seconds(lambda: gen.paint(PaintRequest(p, 1), StepControl(seen.append, preview_every=1)),
+                                    args.repeats)))
         for name, total in rows:
             print(f"{name:44} {1000 * total / args.steps:9.1f} {1000 * total:9.1f}")
         print_service(gen, folder, args)
@@ -89,8 +80,8 @@ def print_service(gen: DiffusersPlugin, folder: Path, args: argparse.Namespace) 
         registry._slots["tiny-sd"].generator = gen
         ctx = AppContext(settings=settings, registry=registry, store=store)
         values = {"prompt": "a red cat", "width": 64, "height": 64, "steps": args.steps}
-        plugin = timed(lambda: gen.paint(PaintRequest(DiffusersParams(**values), 1, 4)), args.repeats)
-        service = timed(lambda: svc.paint(ctx, "local", "tiny-sd", values, 1, 4), args.repeats)
+        plugin = median_seconds(lambda: gen.paint(PaintRequest(DiffusersParams(**values), 1, 4)), args.repeats)
+        service = median_seconds(lambda: svc.paint(ctx, "local", "tiny-sd", values, 1, 4), args.repeats)
         print(f"{'plugin call, 64px x4':44} {'':9} {1000 * plugin:9.1f}")
         print(f"{'service call (4 PNGs, JSON + A1111, rows)':44} {'':9} {1000 * service:9.1f}")
         store.close()

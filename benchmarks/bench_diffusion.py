@@ -11,9 +11,7 @@ Aim: 64 digits at 25 steps with guidance in <= 2 s. All tensor work runs on the 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,19 +19,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.timing import median_seconds  # noqa: E402
 from generators.base import ImageEnd, validate_model  # noqa: E402
 from generators.image.diffusion_plugin import DiffusionParams, DigitDiffusionPlugin  # noqa: E402
 from generators.image.plugin import GANParams, GANPlugin  # noqa: E402
-
-
-def median_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -49,10 +38,10 @@ def main() -> None:
     diffusion = DigitDiffusionPlugin("diffusion-mnist32", {"weights": "builtin:diffusion-mnist32"})
     gan.load()
     diffusion.load()
-    rows = [("gan-mnist32", "-", "-", median_s(lambda: gan.sample(ends, GANParams()), max(5, args.repeats)))]
+    rows = [("gan-mnist32", "-", "-", median_seconds(lambda: gan.sample(ends, GANParams()), max(5, args.repeats)))]
     for steps, guidance in ((10, 2.0), (25, 2.0), (50, 2.0), (25, 1.0)):
         params = validate_model(DiffusionParams, {"steps": steps, "guidance": guidance, "scheduler": args.scheduler})
-        seconds = median_s(lambda p=params: diffusion.sample(ends, p), args.repeats)
+        seconds = median_seconds(lambda p=params: diffusion.sample(ends, p), args.repeats)
         rows.append(("diffusion-mnist32", f"{steps} {args.scheduler}", f"{guidance:g}", seconds))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); 64 digits per call, median of "
           f"{args.repeats} runs\n")

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.timing import median_seconds  # noqa: E402
 from generators.base import ImageEnd  # noqa: E402
 from generators.image.plugin import GANPlugin, VAEPlugin  # noqa: E402
 from generators.registry import ModelSpec, Registry  # noqa: E402
@@ -31,16 +32,6 @@ from storage import Store  # noqa: E402
 from webui.services import images as svc  # noqa: E402
 from webui.services.context import AppContext  # noqa: E402
 from webui.settings import Settings, default_models  # noqa: E402
-
-
-def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def interleaved_ms(plain, signed, repeats: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -79,7 +70,7 @@ def main() -> None:
             params = gen.info.params()
             for batch in (1, 64):
                 ends = [ImageEnd(i % 10, 1000 + i) for i in range(batch)]
-                model_ms = median_ms(lambda: gen.sample(ends, params), args.repeats)  # noqa: B023
+                model_ms = 1000 * median_seconds(lambda: gen.sample(ends, params), args.repeats)  # noqa: B023
                 plain_ms, signed_ms = interleaved_ms(
                     lambda: svc.generate(unsigned, "bench", entry.name, None, 1000, batch),  # noqa: B023
                     lambda: svc.generate(ctx, "bench", entry.name, None, 1000, batch),  # noqa: B023

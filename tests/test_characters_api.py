@@ -8,27 +8,13 @@ import openai
 import pytest
 
 from tests.conftest import free_port
-from tests.test_characters import card_json
+from tests.test_characters import (
+    card_json,
+    fake_plugin,  # noqa: F401 (the recording fake, overriding conftest's)
+)
 from webui.server import launch
 from webui.services import characters as chars
 from webui.services import chat as chat_svc
-
-
-@pytest.fixture
-def fake_plugin():
-    from tests.conftest import make_fake_text_plugin
-
-    base = make_fake_text_plugin()
-
-    class Recording(base):  # type: ignore[misc, valid-type]
-        requests: list = []
-
-        def stream(self, request, cancel=None):
-            type(self).requests.append(request)
-            return super().stream(request, cancel)
-
-    Recording.requests = []
-    return Recording
 
 
 @pytest.fixture
@@ -39,7 +25,7 @@ def server(make_ctx):
     demo.close()
 
 
-def test_a_script_gets_what_the_page_sends(server, fake_plugin) -> None:
+def test_a_script_gets_what_the_page_sends(server, fake_plugin) -> None:  # noqa: F811
     ctx, client = server
     owner = ctx.default_owner
     cid = chars.import_card(ctx, owner, json.dumps(card_json()).encode()).id

@@ -17,6 +17,7 @@ OpenMP threads from oversubscribing the CPU. `load` already runs `_load` off the
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .compute import in_fresh_thread
+from .compute import in_fresh_thread, lane
 
 Modality = Literal["text", "image"]
 ProgressFn = Callable[[str], None]
@@ -97,6 +98,24 @@ class GenerationCancelledError(StudioError):
 
     code = "cancelled"
     http_status = 409
+
+
+class OutOfMemoryError(GenerationFailedError):
+    """A generation ran out of memory (host or accelerator); the message says what to change."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an out-of-memory failure, told by its type (never its name): MemoryError, torch's
+    OutOfMemoryError (CUDA), triton's OutOfResources, or an OutOfMemoryError. Imports neither library: one
+    that is not loaded raised nothing."""
+    kinds: list[type[BaseException]] = [MemoryError, OutOfMemoryError]
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "OutOfMemoryError"):
+        kinds.append(torch.OutOfMemoryError)
+    triton_errors = sys.modules.get("triton.runtime.errors")
+    if triton_errors is not None and hasattr(triton_errors, "OutOfResources"):
+        kinds.append(triton_errors.OutOfResources)
+    return isinstance(exc, tuple(kinds))
 
 
 def describe_validation_error(exc: ValidationError, what: str = "parameter") -> str:
@@ -315,6 +334,27 @@ class ImageOutput:
     pixels: Any  # numpy.ndarray, uint8, (N, H, W, C)
     weights_hash: str
     details: dict[str, Any] = field(default_factory=dict)
+    stats: ImageStats | None = None  # set by the contract (`ImageGenerator`'s public calls)
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """What one image call took, measured by the contract the same way for every plugin: `seconds` from the
+    call to its result (a wait for the compute lane included, as a text stream's time to first token
+    includes it), the pictures returned and the denoising steps reported to its `StepControl` (0 for a
+    one-shot model such as a GAN)."""
+
+    seconds: float
+    images: int
+    steps: int = 0
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.seconds / self.steps if self.steps else None
 
 
 # ---------------------------------------------------------------- prompted images
@@ -418,6 +458,7 @@ class StepControl:
     on_step: StepCallback | None = None
     cancel: threading.Event | None = None
     preview_every: int = 5  # 0 = never
+    steps_done: int = field(default=0, init=False)  # steps reported so far (the contract's step count)
 
     def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -432,6 +473,7 @@ class StepControl:
             due = make_preview is not None and self.preview_every > 0 and (
                 step % self.preview_every == 0 or step == total)
             self.on_step(StepEvent(step, total, make_preview() if due else None))
+        self.steps_done += 1
         self.check()
 
 
@@ -441,8 +483,9 @@ class StepControl:
 class Generator(ABC):
     """Base class of every plugin: lifecycle, locking and option validation.
 
-    Subclasses set `info`, implement `_load`/`_unload` and a modality method
-    (`stream` for text, `generate` for images).
+    Subclasses set `info`, implement `_load`/`_unload` and the inner calls of their modality
+    (`_stream_chunks` for text; `_sample`, `_paint` … for images): the public calls around them are the
+    contract's, which owns timing, stats and cancel.
     """
 
     info: ClassVar[GeneratorInfo]
@@ -588,12 +631,18 @@ class TextGenerator(Generator):
 class ImageGenerator(Generator):
     """An image plugin. Two kinds of request, chosen by the declared capabilities:
 
-    - `class-conditional`: `sample(ends, params)` draws (class, seed) ends; optional latent walks and
-      reconstruction. `params` is a validated instance of `info.params`.
+    - `class-conditional`: `sample(ends, params)` draws (class, seed) ends; optional latent walks
+      (`interpolate`), reconstruction (`reconstruct`) and a denoising `trajectory`. `params` is a
+      validated instance of `info.params`.
     - `text-to-image` / `image-to-image` / `inpaint`: `paint(request, control)` makes images from a
       prompt (and an init image / mask); `params` of the request is an instance of `info.params`
-      (a `PromptParams`). A plugin that declares `steps` reports each step to `control` (progress,
-      preview, cancel) — `sample` accepts `control=` too when it declares `steps`.
+      (a `PromptParams`).
+
+    The public calls are template methods: they refuse a call the plugin does not declare, check that
+    the model is loaded, stop when the `StepControl`'s cancel is already set, run the plugin's inner
+    method (`_sample`, `_paint`, `_trajectory`, `_interpolate`, `_reconstruct`) on the compute lane and
+    put `ImageStats` on its output. A plugin that declares `steps` reports each step to the control it
+    is handed (always one: progress, preview, cancel between two steps).
 
     Same weights, params and seeds give the same pixels on CPU, whatever the batch size.
     """
@@ -608,12 +657,10 @@ class ImageGenerator(Generator):
         """(height, width, channels) of a default image."""
         return 512, 512, 3
 
-    def sample(self, ends: Sequence[ImageEnd], params: BaseModel) -> ImageOutput:
-        raise InvalidOptionsError(f"{self.name} does not draw images by class; give it a prompt instead.")
-
-    def paint(self, request: PaintRequest, control: StepControl | None = None) -> ImageOutput:
-        """Images from a prompt (text-to-image), an init image (image-to-image) or an image and a mask (inpaint)."""
-        raise InvalidOptionsError(f"{self.name} does not make images from a prompt; pick a class and a seed instead.")
+    @property
+    def weights_hash(self) -> str:
+        """What identifies the exact weights (recorded with every image); '' when the plugin cannot tell."""
+        return ""
 
     def schedulers(self) -> list[str]:
         """Scheduler (sampler) names `PromptParams.scheduler` accepts, the default first."""
@@ -622,6 +669,14 @@ class ImageGenerator(Generator):
     def loras(self) -> list[str]:
         """LoRA names `PromptParams.loras` may use with this model."""
         return []
+
+    def defaults(self) -> dict[str, Any]:
+        """Recommended request settings for this model (the UI's starting values); {} = those of `info.params`."""
+        return {}
+
+    def guess_label(self, pixels: Any) -> int | None:
+        """The class an image (H, W, C uint8 at `image_size`) looks like, or None when the plugin cannot tell."""
+        return None
 
     def check_paint(self, request: PaintRequest) -> None:
         """Refuse what this plugin cannot do before any work starts: a mode it does not declare, an
@@ -641,18 +696,76 @@ class ImageGenerator(Generator):
                 raise InvalidOptionsError(f"loras: no LoRA named {lora.name!r} for {self.name} "
                                           f"(available: {', '.join(known) or 'none'}).")
 
-    def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
-        raise InvalidOptionsError(f"{self.name} cannot interpolate between images.")
+    # -- the public calls (template methods)
+    def sample(self, ends: Sequence[ImageEnd], params: BaseModel, control: StepControl | None = None) -> ImageOutput:
+        """Image i of class ends[i].label from the noise of ends[i].seed."""
+        if CAP_CLASS_CONDITIONAL not in self.info.capabilities:
+            raise InvalidOptionsError(f"{self.name} does not draw images by class; give it a prompt instead.")
+        return self._call(control, lambda c: self._sample(ends, params, c))
+
+    def paint(self, request: PaintRequest, control: StepControl | None = None) -> ImageOutput:
+        """Images from a prompt (text-to-image), an init image (image-to-image) or an image and a mask (inpaint)."""
+        if not PROMPTED_CAPABILITIES & self.info.capabilities:
+            raise InvalidOptionsError(f"{self.name} does not make images from a prompt; pick a class and a seed instead.")
+        return self._call(control, lambda c: self._paint(request, c), lambda: self.check_paint(request))
 
     def trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],
                    control: StepControl | None = None) -> ImageOutput:
         """One image's denoising path: x_t after each of `at_steps` steps, then the model's estimate of the
         clean image at those steps (2 × len(at_steps) images; `details["steps"]` lists the steps)."""
-        raise InvalidOptionsError(f"{self.name} has no denoising trajectory; pick a diffusion model.")
+        if CAP_TRAJECTORY not in self.info.capabilities:
+            raise InvalidOptionsError(f"{self.name} has no denoising trajectory; pick a diffusion model.")
+        return self._call(control, lambda c: self._trajectory(end, params, at_steps, c))
+
+    def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
+        """`frames` images walking from `start` to `end`."""
+        if CAP_INTERPOLATE not in self.info.capabilities:
+            raise InvalidOptionsError(f"{self.name} cannot interpolate between images.")
+        return self._call(None, lambda _c: self._interpolate(start, end, frames, params))
 
     def reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
         """Encode `pixels` (H, W, C uint8, already at `image_size`) as class `label`, decode as each target."""
-        raise InvalidOptionsError(f"{self.name} cannot reconstruct images.")
+        if CAP_RECONSTRUCT not in self.info.capabilities:
+            raise InvalidOptionsError(f"{self.name} cannot reconstruct images.")
+        return self._call(None, lambda _c: self._reconstruct(pixels, label, targets))
+
+    def _call(self, control: StepControl | None, run: Callable[[StepControl], ImageOutput],
+              check: Callable[[], None] | None = None) -> ImageOutput:
+        """The bookkeeping of every public call: loaded?, the request's own checks, cancel before the first
+        step, the plugin's work on the compute lane, then the stats."""
+        control = control if control is not None else StepControl()
+        started, steps_before = time.perf_counter(), control.steps_done
+
+        def job() -> ImageOutput:
+            if not self.loaded:
+                raise LoadFailedError(f"{self.name} is not loaded.")
+            if check is not None:
+                check()
+            control.check()
+            return run(control)
+
+        out = lane().call(job)
+        if out.stats is None:
+            out = replace(out, stats=ImageStats(time.perf_counter() - started, len(out.pixels),
+                                                control.steps_done - steps_before))
+        return out
+
+    # -- what a plugin implements (the ones its capabilities declare)
+    def _sample(self, ends: Sequence[ImageEnd], params: BaseModel, control: StepControl) -> ImageOutput:
+        raise NotImplementedError(f"The {self.info.plugin} plugin declares {CAP_CLASS_CONDITIONAL} but has no _sample.")
+
+    def _paint(self, request: PaintRequest, control: StepControl) -> ImageOutput:
+        raise NotImplementedError(f"The {self.info.plugin} plugin declares {request.mode} but has no _paint.")
+
+    def _trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],
+                    control: StepControl) -> ImageOutput:
+        raise NotImplementedError(f"The {self.info.plugin} plugin declares {CAP_TRAJECTORY} but has no _trajectory.")
+
+    def _interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
+        raise NotImplementedError(f"The {self.info.plugin} plugin declares {CAP_INTERPOLATE} but has no _interpolate.")
+
+    def _reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
+        raise NotImplementedError(f"The {self.info.plugin} plugin declares {CAP_RECONSTRUCT} but has no _reconstruct.")
 
 
 def release_accelerator_memory() -> None:

@@ -24,17 +24,23 @@ import generators.base as base
 from generators.base import (
     CAP_CANCEL,
     CAP_CLASS_CONDITIONAL,
+    CAP_INTERPOLATE,
+    CAP_RECONSTRUCT,
     CAP_SEED,
     CAP_STEPS,
     CAP_TEXT_TO_IMAGE,
+    CAP_TRAJECTORY,
     GenerationCancelledError,
     Generator,
     ImageEnd,
     ImageGenerator,
     InvalidOptionsError,
+    LoadFailedError,
     PaintRequest,
+    PromptParams,
     SamplingParams,
     StepControl,
+    StepEvent,
     StudioError,
     TextGenerator,
     TextRequest,
@@ -288,3 +294,129 @@ def test_images_reproduce_their_seeds_whatever_the_batch_and_cancel_between_step
                 run(pair, StepControl(cancel=cancel))
     finally:
         gen.unload()
+
+
+# ------------------------------------------------------------------ the image contract's template calls
+
+
+def _one_image(gen: Any, params: Any, control: StepControl | None = None, seed: int = 5) -> Any:
+    """One image through the plugin's public call: a (class, seed) end, or a prompt."""
+    caps = gen.info.capabilities
+    extra = {"control": control} if control is not None else {}
+    if CAP_CLASS_CONDITIONAL in caps:
+        return gen.sample([ImageEnd(0, seed)], params, **extra)
+    return gen.paint(PaintRequest(params, seed), control)
+
+
+@by_plugin
+def test_image_calls_carry_the_contracts_stats(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    if cls.info.modality != "image":
+        pytest.skip("a text plugin")
+    caps = cls.info.capabilities
+    gen = build(cls, tiny, kit)
+    params = validate_model(cls.info.params, tiny.params)
+    with pytest.raises(LoadFailedError, match="not loaded"):  # the contract checks the load, not each plugin
+        _one_image(gen, params)
+    gen.load()
+    try:
+        seen: list[StepEvent] = []
+        out = _one_image(gen, params, StepControl(seen.append, preview_every=0) if CAP_STEPS in caps else None)
+        stats = out.stats
+        assert stats is not None and stats.seconds > 0 and stats.images == len(out.pixels) == 1
+        assert stats.images_per_s is not None and stats.images_per_s > 0
+        if CAP_STEPS in caps:  # every step reported to the control, and counted once
+            assert stats.steps == len(seen) == getattr(params, "steps", len(seen)) > 0
+            assert [e.step for e in seen] == list(range(1, stats.steps + 1))
+        else:
+            assert stats.steps == 0 and stats.seconds_per_step is None
+    finally:
+        gen.unload()
+
+
+@by_plugin
+def test_stepping_image_plugins_stop_within_one_step(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    caps = cls.info.capabilities
+    if cls.info.modality != "image" or CAP_STEPS not in caps:
+        pytest.skip("not a stepping image plugin")
+    gen = build(cls, tiny, kit)
+    gen.load()
+    params = validate_model(cls.info.params, tiny.params)
+    assert getattr(params, "steps", 2) >= 2, "the tiny build must take at least two steps to show a stop between them"
+    calls: list[Callable[[StepControl], Any]] = [lambda c: _one_image(gen, params, c)]
+    if CAP_TRAJECTORY in caps:
+        calls.append(lambda c: gen.trajectory(ImageEnd(0, 5), params, [0, 1, params.steps], c))
+    try:
+        for call in calls:
+            cancel = threading.Event()
+            seen: list[int] = []
+
+            def stop_at_first(event: StepEvent, seen: list[int] = seen, cancel: threading.Event = cancel) -> None:
+                seen.append(event.step)
+                cancel.set()  # Stop pressed while step 1 was reported
+
+            with pytest.raises(GenerationCancelledError):
+                call(StepControl(stop_at_first, cancel, preview_every=0))
+            assert seen == [1]  # no second step ran
+    finally:
+        gen.unload()
+
+
+@by_plugin
+def test_image_calls_a_plugin_does_not_declare_are_refused(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    if cls.info.modality != "image":
+        pytest.skip("a text plugin")
+    caps = cls.info.capabilities
+    gen = build(cls, tiny, kit)  # refused before any load: the declared capabilities decide
+    end = ImageEnd(0, 1)
+    undeclared: list[tuple[str, Callable[[], Any]]] = [
+        (CAP_CLASS_CONDITIONAL, lambda: gen.sample([end], gen.info.params())),
+        (CAP_TEXT_TO_IMAGE, lambda: gen.paint(PaintRequest(PromptParams(), 1))),
+        (CAP_TRAJECTORY, lambda: gen.trajectory(end, gen.info.params(), [0])),
+        (CAP_INTERPOLATE, lambda: gen.interpolate(end, ImageEnd(0, 2), 2, gen.info.params())),
+        (CAP_RECONSTRUCT, lambda: gen.reconstruct(np.zeros(gen.image_size, np.uint8), 0, [0])),
+    ]
+    for capability, call in undeclared:
+        if capability in caps or (capability == CAP_TEXT_TO_IMAGE and caps & base.PROMPTED_CAPABILITIES):
+            continue
+        with pytest.raises(InvalidOptionsError):
+            call()
+
+
+def test_an_image_plugin_writes_only_its_inner_call() -> None:
+    """What the template gives a plugin that implements `_sample` alone: the compute lane, the load check,
+    a cancel before the first step, stats, and a refusal of what it does not declare."""
+    from generators.compute import lane
+
+    threads: list[threading.Thread] = []
+
+    class Minimal(ImageGenerator):
+        info = base.GeneratorInfo("minimal", "image", "test", "the least an image plugin writes",
+                                  frozenset({CAP_CLASS_CONDITIONAL, CAP_SEED}), base.StrictModel, base.StrictModel)
+
+        def _load(self, progress: Any) -> None:
+            pass
+
+        def _unload(self) -> None:
+            pass
+
+        def _sample(self, ends: Any, params: Any, control: StepControl) -> base.ImageOutput:
+            threads.append(threading.current_thread())
+            return base.ImageOutput(np.stack([np.full((4, 4, 1), e.seed % 256, np.uint8) for e in ends]), "f" * 16)
+
+    gen = Minimal("minimal")
+    with pytest.raises(LoadFailedError, match="minimal is not loaded"):
+        gen.sample([ImageEnd(0, 1)], base.StrictModel())
+    gen.load()
+    out = gen.sample([ImageEnd(0, 1), ImageEnd(0, 2)], base.StrictModel())
+    assert out.pixels[:, 0, 0, 0].tolist() == [1, 2] and out.stats is not None and out.stats.images == 2
+    assert threads == [lane().thread]  # tensor work runs on the compute lane, never the caller's thread
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(GenerationCancelledError):
+        gen.sample([ImageEnd(0, 1)], base.StrictModel(), StepControl(cancel=cancel))
+    assert len(threads) == 1  # cancelled before the plugin ran
+    with pytest.raises(InvalidOptionsError, match="does not make images from a prompt"):
+        gen.paint(PaintRequest(PromptParams(), 1))

@@ -123,8 +123,8 @@ def build_image_router(ctx: AppContext) -> APIRouter:
         return models[0]
 
     def settings_of(model: str, **values: Any) -> dict[str, Any]:
-        gen = ctx.registry.get(model)
-        defaults = gen.defaults() if hasattr(gen, "defaults") else {}
+        gen = image_service.image_generator(ctx, model)
+        defaults = gen.defaults()
         return {**defaults, **{k: v for k, v in values.items() if v is not None}}
 
     def sampler(name: str | None) -> str | None:
@@ -221,8 +221,8 @@ def build_image_router(ctx: AppContext) -> APIRouter:
 
 def _hash_of(ctx: AppContext, model: str) -> str:
     """The model's weights hash once it is loaded (hashing a multi-GB file is the load's job), else ''."""
-    gen = ctx.registry.get(model)
-    return str(getattr(gen, "weights_hash", "")) if gen.loaded else ""
+    gen = image_service.image_generator(ctx, model)
+    return gen.weights_hash if gen.loaded else ""
 
 
 def _infotext_of(path: Any) -> str:

@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -63,10 +63,10 @@ def seeded(params: SamplingParams, offset: int) -> SamplingParams:
 def text_model(ctx: AppContext, name: str | None) -> tuple[str, TextGenerator]:
     model = name or ctx.default_model
     gen = ctx.registry.get(model)
-    if not isinstance(gen, TextGenerator):
+    if gen.info.modality != "text":
         raise wire.RequestError(f"{model!r} is not a text model; pick a language model from GET /v1/models.",
                                 "model", "model_not_found")
-    return model, gen
+    return model, cast(TextGenerator, gen)
 
 
 def check_logprobs(model: str, gen: TextGenerator, wanted: bool, param: str) -> None:

@@ -43,7 +43,6 @@ from ..base import (
     StepControl,
     StrictModel,
 )
-from ..compute import on_lane
 from . import sd_parts
 
 log = logging.getLogger(__name__)
@@ -399,17 +398,12 @@ class DiffusersPlugin(ImageGenerator):
             self._modes[mode] = pipe
         return self._modes[mode]
 
-    @on_lane
-    def paint(self, request: PaintRequest, control: StepControl | None = None) -> ImageOutput:
+    def _paint(self, request: PaintRequest, control: StepControl) -> ImageOutput:
+        """The contract has checked the request (`check_paint`) and the cancel, and runs this on the compute lane."""
         import numpy as np
         import torch
         from PIL import Image
 
-        if self._pipe is None:
-            raise LoadFailedError(f"{self.name} is not loaded.")
-        self.check_paint(request)
-        control = control or StepControl()
-        control.check()
         p = request.params
         lora_hashes = self._apply_loras({lo.name: lo.weight for lo in p.loras})
         pipe = self._pipeline_for(request.mode)

@@ -29,7 +29,6 @@ from ..base import (
     StepControl,
     StrictModel,
 )
-from ..compute import on_lane
 from .plugin import ImageLoadOptions, _TorchImagePlugin
 
 # the names of diffusion.SCHEDULERS (kept here too so importing this module needs no torch)
@@ -79,7 +78,7 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
             if not 0 <= end.seed <= MAX_SEED:
                 raise InvalidOptionsError(f"Seed {end.seed} is out of range 0–{MAX_SEED}.")
 
-    def _run(self, labels: Any, generators: list[Any], params: DiffusionParams, control: StepControl | None,
+    def _run(self, labels: Any, generators: list[Any], params: DiffusionParams, control: StepControl,
              callback: Any = None) -> Any:
         """Sample from each generator's noise (the same generator then feeds a stochastic scheduler)."""
         import torch
@@ -90,11 +89,8 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
         def on_step(i: int, n: int, x_t: Any, x0: Any) -> None:
             if callback is not None:
                 callback(i, n, x_t, x0)
-            if control is not None:
-                control.step(i + 1, n, lambda: self._to_rgb_uint8((x0.clamp(-1, 1) + 1) / 2))
+            control.step(i + 1, n, lambda: self._to_rgb_uint8((x0.clamp(-1, 1) + 1) / 2))
 
-        if control is not None:
-            control.check()
         with torch.inference_mode():
             return model.sample(labels.to(self._device), noise, steps=params.steps, guidance=params.guidance,
                                 scheduler=params.scheduler, callback=on_step, step_generators=generators)
@@ -103,12 +99,10 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
         pixels = self._to_uint8(images)
         return pixels.repeat(3, axis=3) if pixels.shape[3] == 1 else pixels
 
-    # -- the contract
-    @on_lane
-    def sample(self, ends: Sequence[ImageEnd], params: BaseModel, control: StepControl | None = None) -> ImageOutput:
+    # -- the contract's inner calls
+    def _sample(self, ends: Sequence[ImageEnd], params: BaseModel, control: StepControl) -> ImageOutput:
         import torch
 
-        self._require_loaded()
         self._check_ends(ends)
         labels = torch.tensor([end.label for end in ends])
         images = self._run(labels, self._generators([end.seed for end in ends]), params, control)
@@ -129,9 +123,8 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
         return self._model.sample(y, z.view(-1, c, h, w), steps=params.steps, guidance=params.guidance,
                                   scheduler=params.scheduler, step_generators=generators)
 
-    @on_lane
-    def trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],
-                   control: StepControl | None = None) -> ImageOutput:
+    def _trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],
+                    control: StepControl) -> ImageOutput:
         """One image's way from noise: x_t after each of ``at_steps`` steps (0 = the starting noise, ``steps`` =
         the image), then the model's estimate of the clean image at those same steps.
 
@@ -139,7 +132,6 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
         """
         import torch
 
-        self._require_loaded()
         self._check_ends([end])
         total = params.steps
         wanted = sorted(set(int(s) for s in at_steps))

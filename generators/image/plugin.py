@@ -27,6 +27,7 @@ from ..base import (
     InvalidOptionsError,
     LoadFailedError,
     ProgressFn,
+    StepControl,
     StrictModel,
 )
 from ..compute import on_lane
@@ -182,12 +183,10 @@ class _TorchImagePlugin(ImageGenerator):
         if self._model is None:
             raise LoadFailedError(f"{self.name} is not loaded.")
 
-    # -- the contract
-    @on_lane
-    def sample(self, ends: Sequence[ImageEnd], params: BaseModel) -> ImageOutput:
+    # -- the contract's inner calls (`ImageGenerator` runs them on the compute lane, loaded, and times them)
+    def _sample(self, ends: Sequence[ImageEnd], params: BaseModel, control: StepControl) -> ImageOutput:
         import torch
 
-        self._require_loaded()
         if not ends:
             raise InvalidOptionsError("Ask for at least one image.")
         z = self._latents(ends, params)
@@ -196,12 +195,10 @@ class _TorchImagePlugin(ImageGenerator):
             images = self._decode(z.to(self._device), y.to(self._device), params)
         return ImageOutput(self._to_uint8(images), self.weights_hash)
 
-    @on_lane
-    def interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
+    def _interpolate(self, start: ImageEnd, end: ImageEnd, frames: int, params: BaseModel) -> ImageOutput:
         """`frames` images walking from `start` to `end`: latents by slerp, classes by mixing their embeddings."""
         import torch
 
-        self._require_loaded()
         if frames < 2:
             raise InvalidOptionsError("An interpolation needs at least 2 frames.")
         z = self._latents([start, end], params)
@@ -284,12 +281,10 @@ class VAEPlugin(_TorchImagePlugin):
             raise InvalidOptionsError(f"Expected a {w}×{h} image with {c} channel(s), got shape {array.shape}.")
         return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).to(self._device)
 
-    @on_lane
-    def reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
+    def _reconstruct(self, pixels: Any, label: int, targets: Sequence[int]) -> ImageOutput:
         """Encode as class `label` (posterior mean), decode as each of `targets` — the same handwriting, other classes."""
         import torch
 
-        self._require_loaded()
         self._check_label(label)
         for target in targets:
             self._check_label(target)

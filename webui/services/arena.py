@@ -13,7 +13,7 @@ import random
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import select
@@ -119,9 +119,10 @@ def stream(ctx: AppContext, owner: str, battle_id: str, params: dict[str, Any] |
     def run(side: int) -> None:
         try:
             gen = ctx.registry.get(models[side])
-            if not isinstance(gen, TextGenerator):
+            if gen.info.modality != "text":
                 raise InvalidOptionsError(f"{models[side]} is not a text model.")
-            for delta, result in stream_text(ctx, owner, models[side], _request(gen, prompt, checked), cancel=cancel,
+            request = _request(cast(TextGenerator, gen), prompt, checked)
+            for delta, result in stream_text(ctx, owner, models[side], request, cancel=cancel,
                                              source="arena", preset=preset):
                 updates.put((side, delta, result.generation_id, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -288,9 +288,9 @@ def sent_prompt(ctx: AppContext, owner: str, chat_id: str) -> RenderedPrompt:
     request = _request(ctx, owner, settings, [ChatMessage(m.role, m.content) for m in path  # type: ignore[arg-type]
                                               if m.content or m.role == "user"], stored)
     with ctx.registry.use(settings.model, owner=owner) as gen:
-        if not isinstance(gen, TextGenerator):
+        if gen.info.modality != "text":
             raise InvalidOptionsError(f"{settings.model!r} is not a text model.")
-        return gen.render_prompt(request)
+        return cast(TextGenerator, gen).render_prompt(request)
 
 
 # ------------------------------------------------------------------ managing

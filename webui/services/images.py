@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pydantic import BaseModel
 
@@ -28,11 +28,10 @@ from generators.base import (
     CAP_CLASS_CONDITIONAL,
     CAP_IMAGE_TO_IMAGE,
     CAP_INPAINT,
+    CAP_RECONSTRUCT,
     CAP_STEPS,
     CAP_TEXT_TO_IMAGE,
     CAP_TRAJECTORY,
-    GenerationCancelledError,
-    GenerationFailedError,
     ImageEnd,
     ImageGenerator,
     ImageOutput,
@@ -40,7 +39,6 @@ from generators.base import (
     PaintRequest,
     StepControl,
     StepEvent,
-    StudioError,
     validate_model,
 )
 from generators.image.preprocess import open_image, prepare_image
@@ -51,8 +49,8 @@ from storage.models import ImageRecord, new_id
 from . import png, provenance
 from .ai_label import stamp as stamp_label
 from .context import AppContext, clean_title
-from .generation import is_out_of_memory, out_of_memory_message
 from .provenance import Ingredient, Sameness
+from .recording import recorded_generation
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +126,16 @@ def class_models(ctx: AppContext) -> list[str]:
     return [m for m in image_models(ctx) if CAP_CLASS_CONDITIONAL in ctx.registry.get(m).info.capabilities]
 
 
-def _image_generator(ctx: AppContext, model: str) -> ImageGenerator:
+def image_generator(ctx: AppContext, model: str) -> ImageGenerator:
+    """The image model `model` (an unknown or a text model is refused, naming the image models)."""
     gen = ctx.registry.get(model)  # UnknownGeneratorError names the available models
-    if not isinstance(gen, ImageGenerator):
+    if gen.info.modality != "image":
         raise InvalidOptionsError(f"{model!r} is not an image generator; pick one of: {', '.join(image_models(ctx)) or 'none'}.")
-    return gen
+    return cast(ImageGenerator, gen)  # the declared modality: an image plugin is an ImageGenerator (the contract test checks)
 
 
 def class_choices(ctx: AppContext, model: str) -> list[str]:
-    return _image_generator(ctx, model).class_names
+    return image_generator(ctx, model).class_names
 
 
 def parse_seed(value: Any) -> int | None:
@@ -324,32 +323,11 @@ def _store(ctx: AppContext, owner: str, gen: ImageGenerator, outputs: list[Outpu
 
 def _run(ctx: AppContext, owner: str, model: str, params_json: dict[str, Any], seed: int | None, source: str,
          work: Any) -> Any:
-    """Hold the model for `work(gen)`, recording a `generations` row with its outcome and time."""
-    ctx.check_rate(owner)
-    with ctx.store.begin() as s:
-        gen_row = repo.start_generation(s, owner, model, params_json, source=source, seed=seed,
-                                        instance_id=ctx.store.instance_id)
+    """Hold the model for `work(gen, generation_id)`, recording a `generations` row with its outcome."""
     started = time.perf_counter()
-    try:
-        with ctx.registry.use(model, owner=owner) as gen:
-            result = work(gen, gen_row.id)
-    except GenerationCancelledError:
-        with ctx.store.begin() as s:  # stopped between two steps: nothing was written
-            repo.finish_generation(s, gen_row.id, "cancelled")
-        raise
-    except BaseException as exc:
-        error = exc if isinstance(exc, StudioError) else GenerationFailedError(f"Image generation failed: {exc}")
-        if is_out_of_memory(exc):
-            error = GenerationFailedError(out_of_memory_message(ctx, model, exc))
-        if not isinstance(exc, StudioError):
-            log.exception("Image generation with %s failed", model)
-        with ctx.store.begin() as s:
-            repo.finish_generation(s, gen_row.id, "error", error=str(error))
-        if isinstance(exc, (StudioError, KeyboardInterrupt, GeneratorExit)):
-            raise
-        raise error from exc
-    with ctx.store.begin() as s:
-        repo.finish_generation(s, gen_row.id, "ok")
+    with recorded_generation(ctx, owner, model, params_json, modality="image", seed=seed, source=source,
+                             what="Image generation") as recording:
+        result = work(recording.generator, recording.id)
     log.info("%s made %s for %s in %.0f ms", model, params_json.get("kind"), owner, 1000 * (time.perf_counter() - started))
     return result
 
@@ -366,7 +344,7 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
 
     `control` (progress, preview, cancel) reaches plugins that declare `steps`; a cancel between two
     steps records the generation as `cancelled` and saves nothing."""
-    gen = _image_generator(ctx, model)
+    gen = image_generator(ctx, model)
     if CAP_CLASS_CONDITIONAL not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} makes images from a prompt, not from a class; write a prompt instead.")
     count = _count(count, "batch size", 1, ctx.config.max_image_batch)
@@ -381,6 +359,7 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
     ends = [ImageEnd(lab, s) for lab, s in zip(labels, seeds, strict=True)]
 
     def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any]:
+        # control reaches plugins that declare steps (one that overrides `sample` without it keeps working)
         stepping = control is not None and CAP_STEPS in g.info.capabilities
         out: ImageOutput = g.sample(ends, checked, control=control) if stepping else g.sample(ends, checked)
         outputs = [(_meta(g, "sample", out.weights_hash, checked, **{"class": e.label, "class_name": names[e.label],
@@ -414,7 +393,7 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
                 end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui",
                 ai_label: Any = None) -> ImageResult:
     """A latent walk from (class, seed) to (class, seed): one strip PNG and an animated GIF, saved together."""
-    gen = _image_generator(ctx, model)
+    gen = image_generator(ctx, model)
     mark = wants_label(ctx, owner, ai_label)
     frames = _count(frames, "number of frames", 2, ctx.config.max_interpolation_frames)
     names = gen.class_names
@@ -474,7 +453,7 @@ def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed:
     clean image at each shown step) and an animated GIF of the same frames.
 
     `at_steps` (a list or '0, 5, 25') picks the steps; otherwise `frames` steps evenly from noise to image."""
-    gen = _image_generator(ctx, model)
+    gen = image_generator(ctx, model)
     if CAP_TRAJECTORY not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} has no denoising trajectory; pick a diffusion model.")
     checked = _params(gen, params)
@@ -557,8 +536,8 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
     The strip shows: the prepared input, its reconstruction, then the same latent decoded as
     each class in order. `label` None lets the model's classifier guess the class.
     """
-    gen = _image_generator(ctx, model)
-    if not hasattr(gen, "guess_label") or "reconstruct" not in gen.info.capabilities:
+    gen = image_generator(ctx, model)
+    if CAP_RECONSTRUCT not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} cannot reconstruct images; pick a VAE.")
     if image is None:
         raise InvalidOptionsError("Upload or draw an image first.")
@@ -568,7 +547,7 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
     asked = parse_label(gen, label)
     mark = wants_label(ctx, owner, ai_label)
 
-    def work(g: Any, generation_id: str) -> tuple[list[SavedImage], Any, int, bool]:
+    def work(g: ImageGenerator, generation_id: str) -> tuple[list[SavedImage], Any, int, bool]:
         guessed = asked is None
         lab = g.guess_label(pixels) if guessed else asked
         if lab is None:
@@ -704,7 +683,7 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
     Each PNG carries the studio's JSON and A1111's `parameters`; `control` gets every step (progress,
     preview) and may stop between two steps — the generation is then `cancelled` and nothing is saved.
     `result.extra["request"]` keeps the PaintRequest (its init image is what the picture was made from)."""
-    gen = _image_generator(ctx, model)
+    gen = image_generator(ctx, model)
     if not set(PAINT_MODES) & gen.info.capabilities:
         raise InvalidOptionsError(f"{model} does not make images from a prompt; pick one of: "
                                   f"{', '.join(paint_models(ctx)) or 'none configured'}.")

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 
@@ -150,13 +150,15 @@ def run(ctx: AppContext, models: list[str] | None = None, progress: Progress | N
             progress((k + fraction) / len(names), message)
 
         with ctx.registry.use(name) as gen:
-            if isinstance(gen, TextGenerator):
-                measured = text_metrics(gen, step, cancel)
-            elif isinstance(gen, ImageGenerator):
-                measured = image_metrics(gen, step, cancel)
+            weights = None
+            if gen.info.modality == "text":
+                measured = text_metrics(cast(TextGenerator, gen), step, cancel)
+            elif gen.info.modality == "image":
+                image = cast(ImageGenerator, gen)
+                measured, weights = image_metrics(image, step, cancel), image.weights_hash or None
             else:
                 continue
-            details = _versions({"weights": getattr(gen, "weights_hash", None), "plugin": gen.info.plugin,
+            details = _versions({"weights": weights, "plugin": gen.info.plugin,
                                  "options": gen.options.model_dump(mode="json")})
         with ctx.store.begin() as s:
             for metric, value, dataset in measured:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from generators.base import InvalidOptionsError, TextGenerator
 from storage import repository as repo
@@ -254,9 +254,10 @@ def _generate(
             with ctx.store.begin() as s:
                 waiting = view_of(s, story_row(s, owner, story_id))
         yield replace(waiting, loading=step.text)
-    gen = ctx.registry.load(settings.model, progress)  # loaded by now: this only marks it recently used
-    if not isinstance(gen, TextGenerator):
+    loaded = ctx.registry.load(settings.model, progress)  # loaded by now: this only marks it recently used
+    if loaded.info.modality != "text":
         raise InvalidOptionsError(f"{settings.model!r} is not a text model; pick a language model.")
+    gen = cast(TextGenerator, loaded)
     count = ctx.token_counts.counter(settings.model, gen.count_tokens)
     instruct = gen.supports_chat()
     budget = gen.context_window - settings.params.max_new_tokens - reserved_tokens(instruct, count)

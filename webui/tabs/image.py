@@ -62,8 +62,9 @@ def param_default(ctx: AppContext, model: str | None, name: str, fallback: Any) 
 
 
 def scheduler_choices(ctx: AppContext, model: str | None) -> list[str]:
-    gen = ctx.registry.get(model) if model else None
-    return gen.schedulers() if gen is not None and hasattr(gen, "schedulers") else []
+    if not model or ctx.registry.get(model).info.modality != "image":
+        return []
+    return svc.image_generator(ctx, model).schedulers()
 
 
 def all_schedulers(ctx: AppContext, models: list[str]) -> list[str]:

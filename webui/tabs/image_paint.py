@@ -30,11 +30,11 @@ def model_view(ctx: AppContext, name: str | None) -> dict[str, Any]:
     """What the selected model declares: modes, samplers, LoRAs and its recommended settings."""
     if not name:
         return {"modes": [], "schedulers": [], "loras": [], "defaults": {}}
-    gen = ctx.registry.get(name)
+    gen = svc.image_generator(ctx, name)
     caps = gen.info.capabilities
     return {"modes": [label for cap, label in MODES.items() if cap in caps], "schedulers": gen.schedulers(),
             "loras": gen.loras() if CAP_LORA in caps else [],
-            "defaults": gen.defaults() if hasattr(gen, "defaults") else {}}
+            "defaults": gen.defaults()}
 
 
 def editor_parts(value: Any) -> tuple[Any, Any]:

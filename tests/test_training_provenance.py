@@ -13,6 +13,7 @@ from generators.image.plots import draw_curves, save_grid
 from storage.models import Job
 from webui.services import datasets as ds
 from webui.services import images, provenance, training
+from webui.tabs.verify import TRAINING_KINDS, report_markdown
 
 
 def a_job(folder: Path) -> Job:
@@ -39,6 +40,8 @@ def test_a_jobs_sample_grid_and_curves_are_signed_once_and_validate(make_ctx: An
         assert found.generation["model"] == "ann/digits-gan" and found.generation["kind"] == kind
         assert found.digital_source_type == source
         assert "Signed with this studio's key" in found.summary
+        shown = report_markdown(found)  # the Verify tab's report
+        assert shown.startswith("### Signed by this studio") and "| What it shows | " + TRAINING_KINDS[kind] in shown
     assert provenance.strip_manifest(grid.read_bytes()) == unsigned  # the pixels are the ones the trainer drew
     # one changed pixel byte: validation fails
     data = bytearray(grid.read_bytes())

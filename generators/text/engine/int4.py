@@ -40,9 +40,9 @@ def int4_supported() -> bool:
 def int4_is_fastest_here() -> bool:
     """Whether int4 decodes faster than float32 on this CPU (so `quantization=auto` picks it).
 
-    PyTorch's int4 kernel has a fast path only with AVX-512: measured on this project's AVX-512/AMX Xeon,
-    int4 decoded SmolLM2 ~2.5x faster than float32; on an AVX2-only EPYC the same kernel was 1.2x slower
-    than float32 for one row and 2x slower for a prefill (benchmarks/bench_precision.py prints both)."""
+    PyTorch's int4 kernel has a fast path only with AVX-512: there int4 decodes faster than float32, on an
+    AVX2-only CPU it decodes and prefills slower (benchmarks/bench_int4_kernel.py and bench_precision.py
+    print both; the README has the figures)."""
     return int4_supported() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 

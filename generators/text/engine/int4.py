@@ -37,15 +37,6 @@ def int4_supported() -> bool:
     return all(hasattr(torch, name) for name in names)
 
 
-def int4_is_fastest_here() -> bool:
-    """Whether int4 decodes faster than float32 on this CPU (so `quantization=auto` picks it).
-
-    PyTorch's int4 kernel has a fast path only with AVX-512: there int4 decodes faster than float32, on an
-    AVX2-only CPU it decodes and prefills slower (benchmarks/bench_int4_kernel.py and bench_precision.py
-    print both; the README has the figures)."""
-    return int4_supported() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
 def quantize_weight(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float weight → (packed int4 weight, scales_and_zeros (K/group, N, 2) bfloat16)."""
     n, k = weight.shape

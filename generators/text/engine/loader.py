@@ -163,7 +163,7 @@ def memory_bytes(model: Any) -> int:
 
 def estimated_memory_bytes(spec: LoadSpec, device: str | None = None) -> int:
     """A guess, before loading, of the memory `spec` will hold on `device` (None: the one its option names;
-    0: cannot tell). `auto` counts what it will pick there (int4 keeps a fifth of float32, float32 all)."""
+    0: cannot tell). `auto` counts what it will pick there (int4 keeps a fifth of float32)."""
     try:
         src = resolve_source(spec.source)
     except LoadFailedError:

@@ -11,8 +11,9 @@ OpenMP threads from oversubscribing the CPU. `load` already runs `_load` off the
 
     from generators.registry import Registry
     reg = Registry.discover()
-    for chunk in reg.get("smollm2-135m-instruct").stream(TextRequest(messages=[...])):
-        print(chunk.text, end="")
+    with reg.use("smollm2-135m-instruct") as gen:  # loaded (once) and held for this generation
+        for chunk in gen.stream(TextRequest(messages=(ChatMessage("user", "Hello!"),))):
+            print(chunk.text, end="")
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ def test_third_party_plugin_found_through_a_real_entry_point(plugin_dist: None, 
     reg.add(ModelSpec("my-echo", "echo", {"greeting": "hey"}))
     from generators.base import ChatMessage, TextRequest
 
-    text, _ = reg.get("my-echo").generate(TextRequest(messages=(ChatMessage("user", "you"),)))
+    with reg.use("my-echo") as gen:
+        text, _ = gen.generate(TextRequest(messages=(ChatMessage("user", "you"),)))
     assert text == "hey you"
 
 

@@ -110,4 +110,4 @@ def test_a_plugin_that_implements_no_stream_says_so() -> None:
         _stream_chunks = TextGenerator._stream_chunks
 
     with pytest.raises(NotImplementedError, match="scripted"):
-        list(Empty("e").stream(REQUEST))
+        list(loaded(Empty("e")).stream(REQUEST))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -74,6 +74,7 @@ def grew(before: tuple[int, ...], after: tuple[int, ...], **by: int) -> bool:
 
 @FUZZ
 @given(text=st.one_of(NASTY_TEXT, ANY_VALUE), params=PARAMS, model=st.one_of(st.just("quick"), NASTY_TEXT))
+@example(text=" <b>Hi</b> 'there' 🙂\n", params={"temperature": 0.5}, model="quick")  # accepted, every run
 def test_chat_services(ctx, text, params, model) -> None:
     before = counts(ctx)
     refused, view = outcome(lambda: chat.add_user_message(
@@ -89,6 +90,7 @@ def test_chat_services(ctx, text, params, model) -> None:
 
 @FUZZ
 @given(title=ANY_VALUE, opening=ANY_VALUE, params=PARAMS, text=ANY_VALUE)
+@example(title=" <Night> ", opening="It was dark.", params={"seed": 3}, text=" <i>Then</i> rain.\n")  # accepted
 def test_story_services(ctx, title, opening, params, text) -> None:
     before = counts(ctx)
 
@@ -116,6 +118,7 @@ def test_story_services(ctx, title, opening, params, text) -> None:
 
 @FUZZ
 @given(label=ANY_VALUE, seed=ANY_VALUE, count=ANY_VALUE, params=PARAMS, model=st.one_of(st.just("gan-mnist32"), NASTY_TEXT))
+@example(label=3, seed=2**32 - 1, count=2, params={}, model="gan-mnist32")  # accepted: the seeds wrap around
 def test_image_services(ctx, label, seed, count, params, model) -> None:
     before = counts(ctx)
     refused, result = outcome(lambda: images.generate(ctx, "local", model, label, seed, count, params if isinstance(

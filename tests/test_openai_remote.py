@@ -340,17 +340,22 @@ def test_a_stream_that_just_ends_or_reports_an_error(fake) -> None:
 
 
 def test_cancel_while_the_server_is_silent(fake) -> None:
-    cancel, answer = threading.Event(), threading.Event()
+    cancel, answer, answered = threading.Event(), threading.Event(), threading.Event()
 
     def silence() -> None:
-        cancel.set()  # the stream has begun: the user stops while the server says nothing
-        answer.wait(60)  # then it answers after all, unless the test is over first
+        # The stream has begun and the server says nothing: the user stops while the plugin waits in its read
+        # (where only the watcher that shuts the socket can end it; stopping earlier is caught before the read,
+        # so how soon this fires decides which path runs, never whether the test passes).
+        threading.Timer(0.3, cancel.set).start()
+        answer.wait(30)  # then it answers after all, unless the test is over first
+        answered.set()
 
     server = fake(sse_reply(HELLO, before_body=silence))
     gen = OpenAIRemote("f", {"base_url": server.url})
     gen.load()
     try:
         text, last = collect(gen, chat("hi"), cancel)
+        assert not answered.is_set()  # it ended on the Stop, not when the server spoke again
     finally:
         answer.set()
     assert text == "" and last.finish_reason == "cancelled" and last.stats.completion_tokens == 0

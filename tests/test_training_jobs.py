@@ -162,3 +162,17 @@ def test_digit_figures_measure_a_trained_gan_with_the_shipped_classifier() -> No
     root = Path(__file__).resolve().parent.parent / "generators" / "image" / "weights"
     figures = digit_figures("gan", root / "gan-mnist32", lambda event: None, n=100)
     assert figures["digit_accuracy"] > 0.9 and 0 < figures["frechet_distance"] < 100
+
+
+def test_a_finished_fine_tune_says_its_held_out_perplexity_before_and_after(make_ctx: Any) -> None:
+    ctx = make_ctx()
+    figures = {"ppl_before": 20.0, "ppl_after": 14.0, "ppl_change": -0.3, "steps": 8}
+    metrics = [{"type": "epoch", "epoch": 0, "step": 0, "val_ppl": 20.0},
+               {"type": "epoch", "epoch": 1, "step": 8, "val_ppl": 14.0}]
+    job = Job(id="b" * 32, owner="ann", kind="lora", name="prose", params={"rank": 16}, state="done", metrics=metrics,
+              artifacts={"folder": "", "figures": figures}, log="", dataset="my prose")
+    line = training.status_line(ctx, job)
+    assert "held-out perplexity 20.00 → 14.00 (-30.0 %)" in line and "use it as **ann/prose**" in line
+    card = training.model_card(job)
+    assert "- ppl_before: 20" in card and "- ppl_after: 14" in card and "| 0 | 0 | 20 |" in card
+    assert not training.headline_figures({"ppl_before": 20.0, "ppl_after": float("nan")})

@@ -84,15 +84,19 @@ def _thin(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class JobRunner:
     """Starts queued jobs (at most `max_running` at once), follows them, and finishes their rows.
 
-    `on_done(job)` is called with the finished row of a successful job (the app registers its model)."""
+    `on_done(job)` is called with the finished row of a successful job (the app registers its model);
+    `on_images(job, paths)` with the PNGs a job wrote for a person to see (an epoch's sample grid and the
+    curves, before the row names them; at the end every PNG of the run folder), so the app signs them."""
 
     def __init__(self, store: Store, *, max_running: int = 1, threads: int = 1,
                  on_done: Callable[[Job], None] | None = None, poll_s: float = 0.5,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable,
+                 on_images: Callable[[Job, list[Path]], Any] | None = None) -> None:
         self.store = store
         self.max_running = max_running
         self.threads = threads
         self.on_done = on_done
+        self.on_images = on_images
         self.poll_s = poll_s
         self.python = python
         self._running: dict[str, _Running] = {}
@@ -275,12 +279,14 @@ class JobRunner:
         with self.store.begin() as s:
             row = s.get(Job, job_id)
             points, log_text, artifacts = list(row.metrics), row.log, dict(row.artifacts)
+            job = row
         outcome: dict[str, Any] = {}
         while True:
             exited = run.process.poll() is not None
             events, offset = _read_events(events_path, offset)
             if events:
                 progress = None
+                images: list[Path] = []
                 for event in events:
                     kind = event.get("type")
                     if kind in ("step", "epoch"):
@@ -289,6 +295,9 @@ class JobRunner:
                             progress = min(1.0, event["step"] / event["total"])
                         if kind == "epoch" and event.get("samples"):
                             artifacts.setdefault("samples", []).append(event["samples"])
+                            images.append(Path(event["samples"]))
+                        if kind == "epoch" and (run.folder / "curves.png").is_file():
+                            images.append(run.folder / "curves.png")
                         if kind == "epoch" and event.get("sample"):
                             artifacts["last_sample"] = event["sample"]
                     elif kind == "log":
@@ -296,6 +305,8 @@ class JobRunner:
                     elif kind in ("done", "error"):
                         outcome = event
                 points = _thin(points)
+                if images:
+                    self._images(job, list(dict.fromkeys(images)))  # before the page learns of them
                 with self.store.begin() as s:
                     row = s.get(Job, job_id)
                     row.metrics, row.log, row.artifacts = list(points), log_text, dict(artifacts)
@@ -305,6 +316,7 @@ class JobRunner:
                 break
             time.sleep(self.poll_s)
         code = run.process.returncode
+        self._images(job, sorted(run.folder.glob("*.png")))  # whatever an epoch left unsigned (a race, a crash)
         with self.store.begin() as s:
             row = s.get(Job, job_id)
             row.finished_at = utcnow()
@@ -332,6 +344,13 @@ class JobRunner:
                 self.on_done(finished)
             except Exception:  # noqa: BLE001 - the job's files stay; the model is registered at next start
                 log.exception("Registering the model of job %s failed", job_id)
+
+    def _images(self, job: Job, paths: list[Path]) -> None:
+        if self.on_images and paths:
+            try:
+                self.on_images(job, paths)
+            except Exception:  # noqa: BLE001 - the job's outputs stay as they are
+                log.exception("Publishing the images of job %s failed", job.id)
 
     def _terminate(self, process: subprocess.Popen[bytes], wait_s: float = 5.0) -> None:
         if process.poll() is not None:

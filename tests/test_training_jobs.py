@@ -80,6 +80,19 @@ def test_a_job_runs_to_done_and_its_model_is_its_owners_only(jobs_ctx: Any) -> N
     assert name not in ctx.registry.names(owner="ann") and not Path(job.artifacts["folder"]).exists()
 
 
+def test_the_app_leaves_a_running_jobs_cpus_to_it_and_takes_them_back(jobs_ctx: Any) -> None:
+    """While a job runs, the runner tells the app how many CPU threads jobs use (the app lowers its compute
+    lane's threads by that much), and 0 once none runs."""
+    ctx = jobs_ctx
+    told: list[int] = []
+    ctx.jobs.on_cpus = told.append
+    text = ds.add_dataset(ctx, "ann", "cats.txt", TEXT.encode())
+    job = ctx.jobs.wait("ann", training.start_training(ctx, "ann", "lstm", text.id, "c", TINY_LSTM).id, 180)
+    assert job.state == "done", job.error
+    wait_for(lambda: len(told) == 2)
+    assert told == [ctx.jobs.threads, 0]
+
+
 def test_wrong_family_data_and_bad_parameters_are_refused_before_queueing(jobs_ctx: Any) -> None:
     ctx = jobs_ctx
     text = ds.add_dataset(ctx, "ann", "cats.txt", TEXT.encode())

@@ -23,6 +23,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_CONTINUE_TURN,
     CAP_INSTRUCT_TEMPLATE,
     CAP_LOGPROBS,
     CAP_QUANTIZATION,
@@ -104,7 +105,7 @@ class TransformersLM(TextGenerator):
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF); int4, int8, bitsandbytes",
         capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
-                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE}),
+                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE, CAP_CONTINUE_TURN}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )

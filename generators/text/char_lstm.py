@@ -30,6 +30,7 @@ from pydantic import Field
 from ..base import (
     CAP_CANCEL,
     CAP_COMPLETION,
+    CAP_LOGIT_BIAS,
     CAP_SEED,
     CAP_STREAM,
     GenerationFailedError,
@@ -241,7 +242,8 @@ def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[
                 breakers: Collection[int] = (), protected: Collection[int] = ()) -> int:
     """The next character id from logits (V,) with the request's sampling parameters.
 
-    temperature 0 is greedy (argmax). Otherwise, in transformers' order: repetition penalty
+    ``params.logit_bias`` (character id → bias) is added to the logits first, as OpenAI adds it to the model's
+    own. temperature 0 is greedy (argmax). Otherwise, in transformers' order: repetition penalty
     (on the ids in ``recent``), DRY (on ``recent``; ``breakers``: the ids of its sequence breakers),
     temperature, top-k, top-p, typical-p, min-p, XTC (never removing a ``protected`` id), then one draw from ``rng`` (a CPU
     ``torch.Generator``), so a seed gives the same characters on any device.
@@ -249,6 +251,9 @@ def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[
     import torch
 
     scores = logits.detach().float().cpu().clone()
+    if params.logit_bias:
+        biased = sorted(params.logit_bias)
+        scores[biased] += torch.tensor([params.logit_bias[t] for t in biased])
     if params.repetition_penalty != 1.0 and recent:
         idx = torch.tensor(sorted(set(recent)), dtype=torch.long)
         picked = scores[idx]
@@ -299,7 +304,8 @@ class CharLSTM(TextGenerator):
     known character) starts the text as if after a blank line; a prompt longer than the context
     window (100 000 characters) is primed with its end only. ``max_new_tokens`` counts
     characters; there is no end-of-text symbol, so a reply ends at a stop string or the limit.
-    ``repetition_penalty`` penalises the characters among the last 64.
+    ``repetition_penalty`` penalises the characters among the last 64. ``logit_bias`` names characters by
+    their index in the vocabulary (the ``vocab`` list of the model's ``config.json``).
     """
 
     info = GeneratorInfo(
@@ -307,7 +313,7 @@ class CharLSTM(TextGenerator):
         modality="text",
         family="char-rnn",
         description="Character-level LSTM trained from scratch (text continuation only, no chat)",
-        capabilities=frozenset({CAP_STREAM, CAP_COMPLETION, CAP_CANCEL, CAP_SEED}),
+        capabilities=frozenset({CAP_STREAM, CAP_COMPLETION, CAP_CANCEL, CAP_SEED, CAP_LOGIT_BIAS}),
         params=SamplingParams,
         load_options=CharLSTMLoadOptions,
     )
@@ -351,6 +357,11 @@ class CharLSTM(TextGenerator):
 
     def supports_chat(self) -> bool:
         return False
+
+    @property
+    def vocabulary_size(self) -> int | None:
+        """Its tokens are its characters: `logit_bias` names them by their index in the vocabulary."""
+        return len(self.vocab) if self.loaded else None
 
     def count_tokens(self, text: str) -> int:
         return len(text)

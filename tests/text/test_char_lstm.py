@@ -100,6 +100,9 @@ def test_sample_next_filters() -> None:
             for _ in range(50)} == {1, 2}
     penalised = SamplingParams(temperature=0.0, repetition_penalty=2.0)
     assert sample_next(logits, penalised, rng, recent=[1]) == 2
+    assert sample_next(logits, SamplingParams(temperature=0.0, logit_bias={1: -100}), rng) == 2
+    forced = SamplingParams(temperature=2.0, top_k=0, top_p=1.0, logit_bias={3: 100})
+    assert {sample_next(logits, forced, rng) for _ in range(30)} == {3}
 
 
 def test_sample_next_typical_dry_and_xtc() -> None:
@@ -162,6 +165,18 @@ def test_greedy_ignores_the_seed(tiny: CharLSTM) -> None:
         expected.append(VOCAB[token])
         logits, state = tiny.model(torch.tensor([[token]]), state)
     assert greedy[0] == "".join(expected)
+
+
+def test_logit_bias_bans_and_forces_characters_by_their_vocabulary_index(tiny: CharLSTM) -> None:
+    plain, _ = _run(tiny, temperature=0.0, max_new_tokens=30)
+    banned, _ = _run(tiny, temperature=0.0, max_new_tokens=30, logit_bias={VOCAB.index(plain[0]): -100})
+    assert banned != plain and plain[0] not in banned
+    forced, last = _run(tiny, temperature=1.0, seed=4, max_new_tokens=10, logit_bias={VOCAB.index("z"): 100})
+    assert forced == "z" * 10 and last.stats.completion_tokens == 10
+    assert tiny.vocabulary_size == len(VOCAB)
+    with pytest.raises(InvalidOptionsError, match="not a token id") as info:
+        _run(tiny, logit_bias={len(VOCAB): 1})
+    assert info.value.param == "logit_bias"
 
 
 def test_stop_strings_end_the_text(tiny: CharLSTM) -> None:

@@ -60,6 +60,12 @@ def test_logit_bias_is_added_to_the_raw_logits_and_bans_or_forces() -> None:
     assert scored.take_scored()[0].top[0][0] == 0
 
 
+def test_top_p_zero_keeps_only_the_likeliest_token() -> None:
+    logits = torch.tensor([[3.0, 2.5, 0.0, -1.0]])
+    only_top = Sampler(SamplingParams(temperature=1.5, top_k=0, top_p=0.0), seed=0, device="cpu")
+    assert {only_top(torch.tensor([[0]]), logits) for _ in range(50)} == {0}
+
+
 def test_score_prompt_matches_score_token() -> None:
     torch.manual_seed(0)
     logits = torch.randn(4, 10)

@@ -39,7 +39,7 @@ def openai_client(http: TestClient) -> openai.OpenAI:
 
 @pytest.fixture
 def http(make_ctx):  # type: ignore[no-untyped-def]
-    with served(make_ctx({"fake": {"words": 4}, "broken": {"fail_after": 1}})) as client:
+    with served(make_ctx({"fake": {"words": 4}, "broken": {"fail_after": 1}, "long": {"words": 40}})) as client:
         yield client
 
 
@@ -259,9 +259,10 @@ def test_completions_prompt_list_n_echo(client: openai.OpenAI) -> None:
     assert r.usage.completion_tokens == 8
 
 
-def test_completions_default_max_tokens_is_16_and_stop(client: openai.OpenAI) -> None:
-    r = client.completions.create(model="fake", prompt="x", stop="w2")
-    assert r.choices[0].text == "w0(x) w1(x) " or r.choices[0].finish_reason == "stop"
+def test_completions_default_max_tokens_is_16(client: openai.OpenAI) -> None:
+    r = client.completions.create(model="long", prompt="x")
+    assert r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length"
+    assert r.choices[0].text == "".join(f"w{i}(x) " for i in range(16))
 
 
 def test_completions_logprobs_with_echo_and_scoring_only(client: openai.OpenAI) -> None:
@@ -342,11 +343,21 @@ def test_the_lstm_is_reachable_on_the_completions_endpoint(make_ctx) -> None:  #
 
 
 @pytest.fixture
-def tiny_api(make_ctx, tiny_model_dir: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def tiny_api(make_ctx, tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """The tiny Llama as "tiny" (batching) and, without its chat template, as the base model "tiny-base"."""
+    import shutil
+
     from generators.text.transformers_lm import TransformersLM
 
-    options = {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 4}
-    with served(make_ctx(real={"tiny": (TransformersLM, options)})) as http:
+    base = shutil.copytree(tiny_model_dir, tmp_path / "tiny-base")
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    for template in base.glob("chat_template.j*"):
+        template.unlink()
+    models = {"tiny": (TransformersLM, {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 4}),
+              "tiny-base": (TransformersLM, {"source": str(base), "device": "cpu", "max_batch": 1})}
+    with served(make_ctx(real=models)) as http:
         yield http
 
 
@@ -377,3 +388,17 @@ def test_logit_bias_bans_and_forces_tokens_through_the_openai_client(tiny_api: T
     stream = oa.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=1.0, seed=7,
                                    stream=True, logit_bias={str(sea): 100})
     assert "".join(c.choices[0].text for c in stream if c.choices) == " sea" * 5
+
+
+def test_completions_stop_and_a_base_model_on_a_real_model(tiny_api: TestClient) -> None:
+    oa = openai_client(tiny_api)
+    for model in ("tiny", "tiny-base"):
+        plain = oa.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0)
+        text = plain.choices[0].text
+        assert len(text) >= 6 and plain.choices[0].finish_reason == "length"
+        stop = text[len(text) // 2:len(text) // 2 + 3]
+        for stops in (stop, ["never-in-there", stop]):
+            r = oa.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, stop=stops)
+            assert (r.choices[0].text, r.choices[0].finish_reason) == (text[:text.find(stop)], "stop")
+    base = tiny_api.ctx.registry.get("tiny-base")  # type: ignore[attr-defined]
+    assert not base.supports_chat()  # a base model, reached on the completions endpoint

@@ -101,6 +101,14 @@ def test_sample_next_filters() -> None:
     penalised = SamplingParams(temperature=0.0, repetition_penalty=2.0)
     assert sample_next(logits, penalised, rng, recent=[1]) == 2
     assert sample_next(logits, SamplingParams(temperature=0.0, logit_bias={1: -100}), rng) == 2
+    only_top = SamplingParams(temperature=1.0, top_k=0, top_p=0.0)  # OpenAI allows 0: the likeliest alone
+    assert {sample_next(logits, only_top, rng) for _ in range(20)} == {1}
+    # OpenAI's penalties on the characters generated so far: 3.0 - 0.2 (frequency, once) < 2.9; - 0.5 (presence)
+    once = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    assert sample_next(logits, SamplingParams(temperature=0.0, frequency_penalty=0.2), rng, counts=once) == 2
+    assert sample_next(logits, SamplingParams(temperature=0.0, frequency_penalty=0.05), rng, counts=once) == 1
+    assert sample_next(logits, SamplingParams(temperature=0.0, frequency_penalty=0.05), rng, counts=once * 3) == 2
+    assert sample_next(logits, SamplingParams(temperature=0.0, presence_penalty=0.5), rng, counts=once * 9) == 2
     forced = SamplingParams(temperature=2.0, top_k=0, top_p=1.0, logit_bias={3: 100})
     assert {sample_next(logits, forced, rng) for _ in range(30)} == {3}
 
@@ -177,6 +185,12 @@ def test_logit_bias_bans_and_forces_characters_by_their_vocabulary_index(tiny: C
     with pytest.raises(InvalidOptionsError, match="not a token id") as info:
         _run(tiny, logit_bias={len(VOCAB): 1})
     assert info.value.param == "logit_bias"
+
+
+def test_presence_and_frequency_penalties_vary_the_text(tiny: CharLSTM) -> None:
+    plain, _ = _run(tiny, temperature=0.0, max_new_tokens=40)
+    penalised, _ = _run(tiny, temperature=0.0, max_new_tokens=40, presence_penalty=2.0, frequency_penalty=2.0)
+    assert len(set(penalised)) > len(set(plain))
 
 
 def test_stop_strings_end_the_text(tiny: CharLSTM) -> None:

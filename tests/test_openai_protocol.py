@@ -402,3 +402,16 @@ def test_completions_stop_and_a_base_model_on_a_real_model(tiny_api: TestClient)
             assert (r.choices[0].text, r.choices[0].finish_reason) == (text[:text.find(stop)], "stop")
     base = tiny_api.ctx.registry.get("tiny-base")  # type: ignore[attr-defined]
     assert not base.supports_chat()  # a base model, reached on the completions endpoint
+
+
+def test_penalties_and_logprobs_are_the_models_own_on_a_real_model(tiny_api: TestClient) -> None:
+    oa = openai_client(tiny_api)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "the the the"}], "temperature": 0, "max_tokens": 16}
+    plain = oa.chat.completions.create(**ask, logprobs=True, top_logprobs=2)  # type: ignore[call-overload]
+    penalised = oa.chat.completions.create(**ask, presence_penalty=2, frequency_penalty=2)  # type: ignore[call-overload]
+    assert penalised.choices[0].message.content != plain.choices[0].message.content  # applied, not ignored
+    entries = plain.choices[0].logprobs.content
+    assert len(entries) == plain.usage.completion_tokens and all(e.logprob <= 0 for e in entries)
+    for e in entries:  # greedy: the chosen token is the likeliest of its alternatives, with its own logprob
+        assert len(e.top_logprobs) == 2 and e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-5)
+        assert e.top_logprobs[1].logprob <= e.top_logprobs[0].logprob

@@ -168,8 +168,10 @@ def test_rows_of_one_batch_each_keep_their_own_bias(tiny_lm: TransformersLM) -> 
     gives what transformers' greedy decoding gives for that request alone."""
     prompt = TextRequest(prompt="The sea and the ships", params=SamplingParams(temperature=0, max_new_tokens=30))
     greedy = greedy_reference(tiny_lm, prompt)
-    requests = [prompt, biased(prompt, {greedy[0]: -100, greedy[1]: -100}), biased(prompt, {greedy[2]: 100}),
-                biased(prompt, {t: -100 for t in set(greedy)})]
+    second = greedy_reference(tiny_lm, biased(prompt, {greedy[0]: -100}))  # what comes when its first choice goes
+    sea = tiny_lm.tokenizer.encode(" sea", add_special_tokens=False)[0]
+    requests = [prompt, biased(prompt, {greedy[0]: -100}), biased(prompt, {sea: 100}),
+                biased(prompt, {greedy[0]: -100, second[0]: -100})]
     expected = [tiny_lm.tokenizer.decode(greedy_reference(tiny_lm, r)) for r in requests]
     assert len(set(expected)) == 4  # four different replies
     results: dict[int, str] = {}

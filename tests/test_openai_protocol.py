@@ -368,10 +368,12 @@ def test_logit_bias_bans_and_forces_tokens_through_the_openai_client(tiny_api: T
 
     oa = openai_client(tiny_api)
     lm = tiny_api.ctx.registry.get("tiny")  # type: ignore[attr-defined]
-    with pytest.raises(openai.BadRequestError) as info:  # the ids are checked against the loaded model's vocabulary
+    assert not lm.loaded
+    with pytest.raises(openai.BadRequestError) as info:  # the ids are checked against the model's vocabulary
         oa.chat.completions.create(model="tiny", messages=USER, max_tokens=4,  # type: ignore[arg-type]
-                                   logit_bias={"5": 1, str(len(lm.tokenizer)): -100})
-    assert info.value.param == "logit_bias" and str(len(lm.tokenizer)) in info.value.message
+                                   logit_bias={"5": 1, "1000000": -100})
+    assert info.value.param == "logit_bias" and "1000000" in info.value.message
+    assert f"0 to {len(lm.tokenizer) - 1}" in info.value.message  # (it was loaded to say so)
     ids, _ = lm.encode(TextRequest(messages=(ChatMessage("user", "hello"),)))
     with torch.inference_mode():
         first_id = int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())  # the greedy first token

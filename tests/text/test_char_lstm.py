@@ -135,7 +135,7 @@ def test_plugin_is_registered_and_describes_itself(tiny_dir: Path) -> None:
     assert discover_plugins()["char-lstm"] is CharLSTM
     info = CharLSTM.info
     assert info.plugin == "char-lstm" and info.modality == "text" and info.family == "char-rnn"
-    assert info.capabilities == {"stream", "completion", "cancel", "seed"} and CAP_CHAT not in info.capabilities
+    assert info.capabilities == {"stream", "completion", "cancel", "seed", "logit-bias"} and CAP_CHAT not in info.capabilities
     reg = Registry({"char-lstm": CharLSTM})
     gen = reg.add(ModelSpec("lstm", "char-lstm", {"weights": str(tiny_dir), "device": "cpu"}))
     assert not gen.supports_chat() and gen.count_tokens("héllo") == 5 and gen.context_window >= 100_000

@@ -4,8 +4,9 @@
 
 Prints, for 1, 8, 16 and 128 rows (one decoding step, small batches, a prefill), the milliseconds of
 `Int4Linear` (4-bit groups of 32, bfloat16 activations: what `quantization=int4` runs) and of `nn.Linear`
-in float32, alternated round by round, and whether `quantization=auto` picks int4 here. It is the
-measurement behind `int4_is_fastest_here()`: int4 wins on AVX-512 CPUs, loses on AVX2-only ones.
+in float32, alternated round by round. One layer's weights stay in the CPU's cache between calls, so this
+times the kernels' arithmetic alone: on an AVX2-only CPU int4 loses here, yet it wins a whole model's
+decoding step, which reads every weight from memory once (bench_precision, bench_api).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from generators.text.engine.int4 import Int4Linear, int4_is_fastest_here, int4_supported  # noqa: E402
+from generators.text.engine.int4 import Int4Linear, int4_supported  # noqa: E402
 
 
 def per_call_ms(layer: torch.nn.Module, x: torch.Tensor, calls: int) -> float:
@@ -43,8 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     dense = torch.nn.Linear(576, 1536, bias=False)  # SmolLM2-135M's MLP up projection
     packed = Int4Linear(dense)
-    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; threads: {args.threads}; "
-          f"quantization=auto picks {'int4' if int4_is_fastest_here() else 'float32 (none)'} here")
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; threads: {args.threads}")
     print("| rows | float32 ms | int4 ms | int4 / float32 |")
     print("|---:|---:|---:|---:|")
     with torch.no_grad():

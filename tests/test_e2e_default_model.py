@@ -144,9 +144,9 @@ def test_openai_client_against_the_studio(running_app) -> None:
     assert [m.id for m in oa.models.list().data] == [DEFAULT_MODEL, GEMMA_MODEL, "lstm-fortunes"]  # text models only
     r = oa.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
                                    temperature=0, max_tokens=30)
-    # the default precision depends on the CPU (int4 with AVX-512, float32 on AVX2) and int4's greedy answer on
-    # its kernel, so this checks the API's shape; greedy equality with transformers is tested on float weights
-    # in test_default_model_greedy_matches_plain_generate
+    # the default precision is int4, whose greedy answer depends on the CPU's kernel (AVX2 vs AVX-512), so this
+    # checks the API's shape; greedy equality with transformers is tested on float weights in
+    # test_default_model_greedy_matches_plain_generate
     assert r.choices[0].message.content.strip() and r.usage.completion_tokens > 0
     parts = [c.choices[0].delta.content or "" for c in oa.chat.completions.create(
         model=DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],

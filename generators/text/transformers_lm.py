@@ -221,7 +221,7 @@ class TransformersLM(TextGenerator):
             return f"{chosen} (decided at load)" if chosen == "auto" else chosen
         why = " — auto: the fastest within +5 % perplexity of float32 here" if chosen == "auto" else ""
         if chosen == "auto" and self.device == "cpu" and self.quantizer.name == "none":
-            why = " — auto: int4 decodes slower than float32 on this CPU (its int4 kernel needs AVX-512)"
+            why = " — auto: this PyTorch has no CPU int4 kernel, or int4 cannot compute in this dtype"
         if self.quantizer.name == "int4":
             compute = "bfloat16" if self.options.dtype in ("auto", "bfloat16") else "float32"
             return f"int4 weights, {compute} between the kernels{why}"
@@ -299,7 +299,7 @@ class TransformersLM(TextGenerator):
             size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
         if src.is_gguf:
             size *= 5  # 4–5 bit GGUF → float32 weights in memory
-        # auto: what it will pick on this device (int4 keeps 0.2 of float32; float32 on an AVX2 CPU keeps it all)
+        # auto: what it will pick on this device (int4 keeps 0.2 of float32)
         device = self.device if self.loaded else ("cuda" if self.options.device == "cuda" else "cpu")
         quantizer = QUANTIZERS[self.options.quantization].resolve(device, self.options.dtype)
         return int(size * quantizer.memory_factor)

@@ -37,15 +37,6 @@ def int4_supported() -> bool:
     return all(hasattr(torch, name) for name in names)
 
 
-def int4_is_fastest_here() -> bool:
-    """Whether int4 decodes faster than float32 on this CPU (so `quantization=auto` picks it).
-
-    PyTorch's int4 kernel has a fast path only with AVX-512: measured on this project's AVX-512/AMX Xeon,
-    int4 decoded SmolLM2 ~2.5x faster than float32; on an AVX2-only EPYC the same kernel was 1.2x slower
-    than float32 for one row and 2x slower for a prefill (benchmarks/bench_precision.py prints both)."""
-    return int4_supported() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
 def quantize_weight(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float weight → (packed int4 weight, scales_and_zeros (K/group, N, 2) bfloat16)."""
     n, k = weight.shape

@@ -147,16 +147,15 @@ class DynamicInt8(Quantizer):
 @dataclass(frozen=True)
 class Auto(Quantizer):
     """The fastest precision whose held-out perplexity stays within +5 % of float32 on the device
-    (bench_precision): int4 on a CPU where PyTorch's int4 kernel beats float32 (AVX-512; on an AVX2-only CPU
-    it is slower: benchmarks/bench_int4_kernel.py) and a dtype it computes in, else the weights as they are
-    (on CUDA: bfloat16). Never itself loads: `resolve` names the one that does."""
+    (bench_precision, bench_api): int4 on a CPU with PyTorch's int4 kernel and a dtype it computes in — a
+    decoding step reads every weight once, so it is bound by memory traffic, and 4-bit weights move an
+    eighth of float32's (on AVX-512 and AVX2 CPUs alike; a single layer whose weights stay in cache is
+    another story: bench_int4_kernel) — else the weights as they are (on CUDA: bfloat16). Never itself
+    loads: `resolve` names the one that does."""
 
     def resolve(self, device: str, dtype: str) -> Quantizer:
-        from .int4 import int4_is_fastest_here
-
         int4 = QUANTIZERS["int4"]
-        if (device == "cpu" and dtype in ("auto", "bfloat16", "float32") and int4.refusal(device, dtype) is None
-                and int4_is_fastest_here()):
+        if device == "cpu" and dtype in ("auto", "bfloat16", "float32") and int4.refusal(device, dtype) is None:
             return int4
         return QUANTIZERS["none"]
 
@@ -165,8 +164,8 @@ class Auto(Quantizer):
 
 
 QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
-    Auto("auto", "the fastest within +5 % perplexity of float32 on the device (an AVX-512 CPU: int4; an AVX2 "
-         "CPU: float32; CUDA: none, computing in bfloat16)", memory_factor=0.2),
+    Auto("auto", "the fastest within +5 % perplexity of float32 on the device (a CPU: int4; CUDA: none, "
+         "computing in bfloat16)", memory_factor=0.2),
     Quantizer("none", "weights as loaded (dtype)"),
     BitsAndBytes("8bit", "bitsandbytes 8-bit", memory_factor=0.3, bits=8),
     BitsAndBytes("4bit", "bitsandbytes 4-bit NF4, bfloat16 compute", memory_factor=0.2, bits=4),

@@ -186,12 +186,12 @@ def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
         for e in entries:
             reg.add(ModelSpec(e.name, e.plugin, e.options))
         ctx = AppContext(settings=s, registry=reg, store=store)
-        made.append(ctx)
+        made.append((ctx, list(real or {})))
         return ctx
 
     yield build
-    for ctx in made:
-        for name in ctx.registry.names():
+    for ctx, real_models in made:
+        for name in real_models:  # (never a model a test shares across contexts, e.g. the session's pipeline)
             with contextlib.suppress(Exception):  # (a model still generating stays)
                 ctx.registry.unload(name)  # a loaded LM leaves the compute lane with it
         ctx.store.close()

@@ -10,7 +10,8 @@
    held-out perplexity on the last 10 % of the text before and after, and the wall time.
 3. `--chat-latency`: the default chat model's streaming speed (tokens/s and time to first token, through
    the plugin on the compute lane, as the Chat tab runs it) alone, then while a LoRA job trains in its own
-   process with 1 thread (how the job runner runs it).
+   process with 1 thread (how the job runner runs it): with the lane keeping all its threads, and with the
+   lane leaving the job's CPU to it (`ComputeLane.share_cpus`, what the app does while a job runs).
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def chat_speed(requests: int) -> tuple[float, float]:
 
 
 def chat_latency(requests: int) -> None:
+    from generators.compute import lane
+
     alone = chat_speed(requests)
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as out:
@@ -141,6 +144,11 @@ def chat_latency(requests: int) -> None:
             while time.monotonic() < deadline and '"type": "step"' not in (events.read_text() if events.exists() else ""):
                 time.sleep(1)  # measure while it trains, not while it loads
             during = chat_speed(requests)
+            lane().share_cpus(1).result()  # what the app's job runner does while a 1-thread job runs
+            try:
+                shared = chat_speed(requests)
+            finally:
+                lane().share_cpus(0).result()
         finally:
             worker.kill()
             worker.wait()
@@ -149,7 +157,10 @@ def chat_latency(requests: int) -> None:
     print(f"{'':<18} {'tokens/s':>8} {'first token s':>13}")
     print(f"{'alone':<18} {alone[0]:>8.1f} {alone[1]:>13.2f}")
     print(f"{'during training':<18} {during[0]:>8.1f} {during[1]:>13.2f}")
-    print(f"slowdown: {alone[0] / during[0]:.2f}x tokens/s, {during[1] / max(alone[1], 1e-9):.2f}x first token")
+    print(f"{'  lane shares CPUs':<18} {shared[0]:>8.1f} {shared[1]:>13.2f}")
+    print(f"slowdown: {alone[0] / during[0]:.2f}x tokens/s, {during[1] / max(alone[1], 1e-9):.2f}x first token; with the "
+          f"chat's threads lowered to the CPUs the job leaves: {alone[0] / shared[0]:.2f}x, "
+          f"{shared[1] / max(alone[1], 1e-9):.2f}x")
 
 
 def main() -> None:

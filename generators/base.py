@@ -41,6 +41,7 @@ CAP_SEED = "seed"
 CAP_LOGPROBS = "logprobs"  # text: log-probabilities of the chosen tokens (and the likeliest alternatives)
 CAP_LOGIT_BIAS = "logit-bias"  # text: applies `SamplingParams.logit_bias` (token ids of its `vocabulary_size`)
 CAP_INSTRUCT_TEMPLATE = "instruct-template"  # text: renders messages with a template the request brings
+CAP_CONTINUE_TURN = "continue-turn"  # text: continues a request's last (assistant) message instead of answering it
 CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
 CAP_RECONSTRUCT = "reconstruct"  # image: encode a given image, decode it (as any class)
 CAP_CLASS_CONDITIONAL = "class-conditional"  # image: `sample` draws (class, seed) ends
@@ -216,17 +217,23 @@ class TextRequest:
 
     `logprobs`: None = none; k >= 0 = each generated token's log-probability and the k likeliest
     alternatives (plugins with CAP_LOGPROBS). `template`: a Jinja chat template that replaces the model's
-    own for `messages` (plugins with CAP_INSTRUCT_TEMPLATE); None = the model's own."""
+    own for `messages` (plugins with CAP_INSTRUCT_TEMPLATE); None = the model's own. `continue_turn`: the
+    last message is the start of the model's own (assistant) turn, which it continues without closing it
+    (transformers' `continue_final_message`; plugins with CAP_CONTINUE_TURN) — how an instruct model
+    writes on in a story instead of answering it."""
 
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     logprobs: int | None = None
     template: str | None = None
+    continue_turn: bool = False
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.messages):
             raise InvalidOptionsError("A text request needs either messages or a prompt, not both.")
+        if self.continue_turn and (not self.messages or self.messages[-1].role != "assistant"):
+            raise InvalidOptionsError("Continuing a turn needs messages that end with the assistant's message.")
 
 
 @dataclass(frozen=True)
@@ -611,6 +618,9 @@ class TextGenerator(Generator):
         out where they do not fit) and its token count. Plugins with a tokenizer override it."""
         if request.prompt is not None:
             text = request.prompt
+        elif request.continue_turn:
+            *before, last = request.messages
+            text = "".join(f"{m.role.capitalize()}: {m.content}\n" for m in before) + f"Assistant: {last.content}"
         else:
             text = "".join(f"{m.role.capitalize()}: {m.content}\n" for m in request.messages) + "Assistant:"
         return RenderedPrompt(text, self.count_tokens(text))

@@ -56,6 +56,7 @@ class ComputeLane:
     def __init__(self, name: str = "compute-lane") -> None:
         self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Future[Any]]] = deque()
         self._steppers: list[Stepper] = []
+        self._own_threads: int | None = None  # torch threads before share_cpus lowered them
         self._cv = threading.Condition()
         self.jobs_run = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -78,6 +79,25 @@ class ComputeLane:
             self._jobs.append((context.run, (fn, *args), kwargs, future))
             self._cv.notify()
         return future
+
+    def share_cpus(self, busy: int) -> Future[int]:
+        """Leave `busy` CPUs to other processes of the app (training jobs): the lane's torch threads become
+        its own count minus `busy` (at least one), and all of them again at 0. Two OpenMP teams that share
+        cores each wait for the other's descheduled threads at every parallel region, so chat slows far more
+        than the cores it lost (`benchmarks/bench_lora.py --chat-latency` prints both). Resolves to the
+        lane's new thread count."""
+
+        def apply() -> int:
+            import torch
+
+            if self._own_threads is None:
+                self._own_threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, self._own_threads - busy))
+            if busy == 0:
+                self._own_threads = None
+            return torch.get_num_threads()
+
+        return self.submit(apply)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` on the lane and return what it returns (its exception is raised here)."""

@@ -145,6 +145,18 @@ class Registry:
     def get(self, name: str) -> Generator:
         return self._slot(name).generator
 
+    def get_visible(self, name: str, owner: str | None) -> Generator:
+        """`name` as `owner` may use it: someone else's own model is refused exactly like a name that does
+        not exist (the message lists the shared models and `owner`'s own), so nothing tells it is there."""
+        slot = self._slots.get(name)
+        if slot is None or (slot.owner is not None and slot.owner != owner):
+            raise self._unknown(name, owner)
+        return slot.generator
+
+    def _unknown(self, name: str, owner: str | None) -> UnknownGeneratorError:
+        known = ", ".join(self.names(owner=owner)) or "none"
+        return UnknownGeneratorError(f"Unknown model {name!r}. Available models: {known}.")
+
     def owner_of(self, name: str) -> str | None:
         """Whose own model `name` is (None: shared)."""
         return self._slot(name).owner
@@ -214,8 +226,7 @@ class Registry:
         requests get the model round-robin across `owner`s (fair share), in order within one owner."""
         slot = self._slot(name)
         if slot.owner is not None and slot.owner != owner:  # someone's own model: as if it did not exist
-            known = ", ".join(n for n, s in self._slots.items() if s.owner is None) or "none"
-            raise UnknownGeneratorError(f"Unknown model {name!r}. Available models: {known}.")
+            raise self._unknown(name, owner)
         with self._lock:
             slot.in_use += 1
         try:

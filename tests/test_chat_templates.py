@@ -104,8 +104,10 @@ def test_a_story_continues_with_its_chosen_template(ctx) -> None:  # type: ignor
     for view in story.continue_story(ctx, "erin", created.id, settings):  # noqa: B007 - the last view counts
         pass
     sent = view.last_context
-    assert sent["rendered"].startswith("You are a skilled fiction writer") and "\nUSER: " in sent["rendered"]
-    assert sent["rendered"].endswith("ASSISTANT:") and sent["rendered_tokens"] == prompt_tokens(ctx, "erin")
+    assert sent["rendered"].startswith("You are a skilled fiction writer") and "\nUSER: Write the story." in sent["rendered"]
+    # the story is the start of the model's own turn, left open in the chosen format
+    assert sent["rendered"].endswith("ASSISTANT: The lighthouse keeper woke.")
+    assert sent["rendered_tokens"] == prompt_tokens(ctx, "erin")
     reopened = story.settings_from_json(ctx, story.get_story(ctx, "erin", view.id).settings)
     assert reopened.template == "Vicuna"
     with pytest.raises(InvalidOptionsError, match="no instruct template"):

@@ -168,3 +168,16 @@ def test_a_batched_stream_cannot_be_read_from_the_lane_itself(tiny_model_dir: Pa
         lane().call(gen.generate, request)  # would wait forever for a step only the lane can run
     assert gen.generate(request)[0]  # the lane is still alive
     gen.unload()
+
+
+def test_the_lane_leaves_cpus_to_training_jobs_and_takes_them_back() -> None:
+    """share_cpus(n) lowers the lane's torch threads by n (at least one stays) and share_cpus(0) restores
+    them: a training job's OpenMP team and the lane's then do not fight over the same cores."""
+    import torch
+
+    lane = ComputeLane("share-test")
+    own = lane.call(torch.get_num_threads)
+    assert lane.share_cpus(1).result(5) == max(1, own - 1)
+    assert lane.call(torch.get_num_threads) == max(1, own - 1)
+    assert lane.share_cpus(own + 5).result(5) == 1
+    assert lane.share_cpus(0).result(5) == own and lane.call(torch.get_num_threads) == own

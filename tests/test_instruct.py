@@ -46,6 +46,24 @@ def test_a_chosen_format_replaces_the_models_template(tiny_lm: TransformersLM) -
     assert last.stats is not None and last.stats.prompt_tokens == rendered.tokens  # what was sent is what was shown
 
 
+@pytest.mark.parametrize("template", [None, "Llama 3"], ids=["own-template", "chosen-format"])
+def test_a_continued_turn_stays_open_for_the_model_to_write_on(tiny_lm: TransformersLM, template: str | None) -> None:
+    """continue_turn: the last assistant message is the start of the model's own turn — no end-of-turn after
+    it and no new turn opened — so the model writes on (what the Story workspace sends an instruct model)."""
+    source = FORMATS[template].source if template else None
+    story = (ChatMessage("system", "Write fiction."), ChatMessage("user", "Write the story."),
+             ChatMessage("assistant", "The door creaked open and"))
+    request = TextRequest(messages=story, params=SamplingParams(max_new_tokens=8), template=source, continue_turn=True)
+    rendered = tiny_lm.render_prompt(request)
+    assert rendered.text.endswith("The door creaked open and")
+    closed = tiny_lm.render_prompt(TextRequest(messages=story, params=SamplingParams(max_new_tokens=8), template=source))
+    assert closed.text.startswith(rendered.text) and len(closed.text) > len(rendered.text)  # the usual render closes it
+    _, last = tiny_lm.generate(request)
+    assert last.stats is not None and last.stats.prompt_tokens == rendered.tokens
+    with pytest.raises(InvalidOptionsError, match="end with the assistant"):
+        TextRequest(messages=story[:2], continue_turn=True)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("ChatML", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
                "Hello!<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"),

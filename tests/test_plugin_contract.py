@@ -277,6 +277,25 @@ def test_logit_bias_forces_a_token_where_declared_and_is_refused_where_not(plugi
         gen.unload()
 
 
+@by_plugin
+def test_a_continued_turn_is_left_open(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    """A plugin declaring `continue-turn` renders the last assistant message open (nothing after it) and
+    writes on from there."""
+    cls, tiny = plugin
+    if base.CAP_CONTINUE_TURN not in cls.info.capabilities:
+        pytest.skip("does not declare continue-turn")
+    gen = build(cls, tiny, kit)
+    gen.load()
+    try:
+        request = TextRequest(messages=(base.ChatMessage("user", "Write."), base.ChatMessage("assistant", "The sea was")),
+                              params=SamplingParams(max_new_tokens=3, seed=1), continue_turn=True)
+        assert gen.render_prompt(request).text.endswith("The sea was")
+        _, last = gen.generate(request)
+        assert last.stats is not None and last.stats.prompt_tokens == gen.render_prompt(request).tokens
+    finally:
+        gen.unload()
+
+
 # ------------------------------------------------------------------ image plugins
 
 

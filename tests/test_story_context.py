@@ -183,3 +183,6 @@ def test_requests_for_instruct_and_base_models() -> None:
     rep = report(ctx, chat, model="m", context_window=120).as_json()
     assert rep["mode"] == "instruct" and rep["tokens"] == ctx.tokens and [s["role"] for s in rep["sent"]] == ["system", "user"]
     assert [p["kind"] for p in rep["parts"]] == ["memory", "story", "authors_note", "story"]
+    own = to_request(ctx, instruct=True, params=params, continue_turn=True)  # the story as the model's own turn
+    assert own.continue_turn and [m.role for m in own.messages] == ["system", "user", "assistant"]
+    assert own.messages[0] == system and own.messages[-1].content == ctx.body_text

@@ -79,6 +79,23 @@ def test_levers_reach_the_model(ctx) -> None:
     assert user == "The wyrm woke.\n[Author's note: Dark tone.]\nIt was hungry.\n"
 
 
+def test_a_model_that_continues_its_own_turn_gets_the_story_as_that_turn(ctx, monkeypatch) -> None:
+    """An instruct model that can leave its turn open (CAP_CONTINUE_TURN) writes on from the story as its own
+    words instead of answering it as a user's message; the passage joins the story as usual."""
+    from dataclasses import replace
+
+    from generators.base import CAP_CONTINUE_TURN
+
+    fake = type(ctx.registry.get("fake"))
+    monkeypatch.setattr(fake, "info", replace(fake.info, capabilities=fake.info.capabilities | {CAP_CONTINUE_TURN}))
+    story = new_story(ctx, memory="Mara is a thief.")
+    done = last(svc.continue_story(ctx, OWNER, story.id, svc.settings_from_json(ctx, story.settings)))
+    sent = done.last_context["sent"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant"] and "Mara is a thief." in sent[0]["content"]
+    assert sent[-1]["content"] == "Once upon a time" and done.last_context["rendered"].endswith("Assistant: Once upon a time")
+    assert done.passages[-1].text.startswith(" w0(")
+
+
 def test_base_model_gets_plain_text(ctx, monkeypatch) -> None:
     monkeypatch.setattr(type(ctx.registry.get("fake")), "supports_chat", lambda self: False)
     story = new_story(ctx, memory="Mara is a thief.")

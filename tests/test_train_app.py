@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import free_port
 from webui.server import launch
-from webui.services import training
+from webui.services import images, training
 
 
 def digits_zip(path: Path, per_class: int = 32) -> Path:
@@ -66,6 +66,11 @@ def test_train_a_gan_one_epoch_on_an_uploaded_archive_and_use_it(app: Any, tmp_p
     assert job["state"] == "done", job
     assert job["model"] == "local/gan1" and [e["epoch"] for e in job["epochs"]] == [1]
     assert "d_loss" in job["epochs"][0] or len(job["epochs"][0]) > 3
+    # the epoch's sample grid the job wrote is signed by this studio (what the Verify tab reports)
+    grid = Path(ctx.jobs.get("local", job_id).artifacts["samples"][-1])
+    found = images.verify_image(ctx, grid.read_bytes())
+    assert found.signed_by_this_studio and found.generation["model"] == "local/gan1", found.summary
+    assert found.generation["kind"] == "training-samples" and found.generation.get("params_hash")
     # the model is in this person's pickers at once, and makes digits
     pickers = client.predict(api_name="/my_models")
     assert any("local/gan1" in [c[1] if isinstance(c, list | tuple) else c for c in p["choices"]]

@@ -80,6 +80,19 @@ def test_a_job_runs_to_done_and_its_model_is_its_owners_only(jobs_ctx: Any) -> N
     assert name not in ctx.registry.names(owner="ann") and not Path(job.artifacts["folder"]).exists()
 
 
+def test_the_app_leaves_a_running_jobs_cpus_to_it_and_takes_them_back(jobs_ctx: Any) -> None:
+    """While a job runs, the runner tells the app how many CPU threads jobs use (the app lowers its compute
+    lane's threads by that much), and 0 once none runs."""
+    ctx = jobs_ctx
+    told: list[int] = []
+    ctx.jobs.on_cpus = told.append
+    text = ds.add_dataset(ctx, "ann", "cats.txt", TEXT.encode())
+    job = ctx.jobs.wait("ann", training.start_training(ctx, "ann", "lstm", text.id, "c", TINY_LSTM).id, 180)
+    assert job.state == "done", job.error
+    wait_for(lambda: len(told) == 2)
+    assert told == [ctx.jobs.threads, 0]
+
+
 def test_wrong_family_data_and_bad_parameters_are_refused_before_queueing(jobs_ctx: Any) -> None:
     ctx = jobs_ctx
     text = ds.add_dataset(ctx, "ann", "cats.txt", TEXT.encode())
@@ -162,3 +175,17 @@ def test_digit_figures_measure_a_trained_gan_with_the_shipped_classifier() -> No
     root = Path(__file__).resolve().parent.parent / "generators" / "image" / "weights"
     figures = digit_figures("gan", root / "gan-mnist32", lambda event: None, n=100)
     assert figures["digit_accuracy"] > 0.9 and 0 < figures["frechet_distance"] < 100
+
+
+def test_a_finished_fine_tune_says_its_held_out_perplexity_before_and_after(make_ctx: Any) -> None:
+    ctx = make_ctx()
+    figures = {"ppl_before": 20.0, "ppl_after": 14.0, "ppl_change": -0.3, "steps": 8}
+    metrics = [{"type": "epoch", "epoch": 0, "step": 0, "val_ppl": 20.0},
+               {"type": "epoch", "epoch": 1, "step": 8, "val_ppl": 14.0}]
+    job = Job(id="b" * 32, owner="ann", kind="lora", name="prose", params={"rank": 16}, state="done", metrics=metrics,
+              artifacts={"folder": "", "figures": figures}, log="", dataset="my prose")
+    line = training.status_line(ctx, job)
+    assert "held-out perplexity 20.00 → 14.00 (-30.0 %)" in line and "use it as **ann/prose**" in line
+    card = training.model_card(job)
+    assert "- ppl_before: 20" in card and "- ppl_after: 14" in card and "| 0 | 0 | 20 |" in card
+    assert not training.headline_figures({"ppl_before": 20.0, "ppl_after": float("nan")})

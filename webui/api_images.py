@@ -109,11 +109,11 @@ def build_image_router(ctx: AppContext) -> APIRouter:
         except (ValueError, UnicodeDecodeError):
             raise InvalidOptionsError("The request body is not valid JSON.") from None
 
-    def pick_model(name: str | None) -> str:
-        models = image_service.paint_models(ctx)
+    def pick_model(name: str | None, owner: str) -> str:
+        models = image_service.paint_models(ctx, owner)
         if name:
             name = name.split(" [", 1)[0]  # A1111 titles are "name [hash]"
-            if name in ctx.registry.names("image"):
+            if name in ctx.registry.names("image", owner=owner):  # the shared models and the caller's own
                 return name
         if name and name not in ("dall-e-2", "dall-e-3", "gpt-image-1"):  # OpenAI clients' defaults mean "yours"
             raise InvalidOptionsError(f"model: {name!r} is not an image model here; pick one of: "
@@ -134,7 +134,7 @@ def build_image_router(ctx: AppContext) -> APIRouter:
     async def openai_images(request: Request) -> Any:
         owner = owner_of(request)
         body = _validated(OpenAIImageRequest, await body_of(request))
-        model = pick_model(body.model)
+        model = pick_model(body.model, owner)
         width, height = _size(body.size)
         params = settings_of(model, prompt=body.prompt, negative_prompt=body.negative_prompt, width=width,
                              height=height, steps=body.steps, guidance=body.guidance_scale, scheduler=sampler(body.scheduler))
@@ -152,7 +152,7 @@ def build_image_router(ctx: AppContext) -> APIRouter:
     async def a1111(request: Request, img2img: bool) -> Any:
         owner = owner_of(request)
         body = _validated(A1111Request, await body_of(request))
-        model = pick_model(body.override_settings.get("sd_model_checkpoint"))
+        model = pick_model(body.override_settings.get("sd_model_checkpoint"), owner)
         init = mask = None
         if img2img:
             if not body.init_images:
@@ -192,9 +192,9 @@ def build_image_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/sdapi/v1/sd-models")
     def sd_models(request: Request) -> Any:
-        owner_of(request)
+        owner = owner_of(request)
         out = []
-        for name in image_service.paint_models(ctx):
+        for name in image_service.paint_models(ctx, owner):
             described = ctx.registry.get(name).describe()
             short = _hash_of(ctx, name)[:10]
             out.append({"title": f"{name} [{short}]" if short else name, "model_name": name, "hash": short or None,
@@ -203,17 +203,16 @@ def build_image_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/sdapi/v1/samplers")
     def sd_samplers(request: Request) -> Any:
-        owner_of(request)
+        owner = owner_of(request)
         names: list[str] = []
-        for name in image_service.paint_models(ctx):
+        for name in image_service.paint_models(ctx, owner):
             names += [s for s in ctx.registry.get(name).schedulers() if s not in names]
         aliases = {n: [a for a, target in SAMPLER_ALIASES.items() if target == n] for n in names}
         return [{"name": n, "aliases": aliases[n], "options": {}} for n in names]
 
     @router.get("/sdapi/v1/options")
     def sd_options(request: Request) -> Any:
-        owner_of(request)
-        models = image_service.paint_models(ctx)
+        models = image_service.paint_models(ctx, owner_of(request))
         return {"sd_model_checkpoint": models[0] if models else None}
 
     return router

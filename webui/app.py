@@ -128,7 +128,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 refresh_models, models_table = models.build(ctx)
         chat_on_load(demo, chat_tab.select)
         train_on_load(demo, train_tab.select)
-        own_models(ctx, demo, [chat_tab, story_tab, image_tab])
+        own_models(ctx, demo, [chat_tab, story_tab, image_tab, evaluate_tab])
         story_on_load(demo)
         gallery_tab.select(show_gallery, gallery_inputs, gallery_outputs, **FAST, api_visibility="private")
         evaluate_tab.select(refresh_evaluate, None, evaluate_outputs, **FAST, api_visibility="private")
@@ -139,19 +139,28 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
-OWN_MODEL_PICKERS = {"chat-model": "text", "story-model": "text", "image-model": "image"}
+# elem_id -> (modality or None for every model, the choices listed before the models)
+OWN_MODEL_PICKERS: dict[str, tuple[str | None, list[str]]] = {
+    "chat-model": ("text", []), "story-model": ("text", []), "image-model": ("image", []),
+    "arena-model-a": ("text", ["random"]), "arena-model-b": ("text", ["random"]), "metrics-models": (None, []),
+}
 
 
 def own_models(ctx: AppContext, demo: gr.Blocks, tabs: list[gr.Tab]) -> None:
-    """The model pickers of Chat, Story and Image list the shared models plus the person's own (trained in the
-    Train tab), refreshed when the page loads and when one of those tabs is shown."""
-    pickers = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id in OWN_MODEL_PICKERS]
+    """The model pickers of Chat, Story, Image and Evaluate (arena, metrics) list the shared models plus the
+    person's own (trained in the Train tab), refreshed when the page loads and when one of those tabs is shown."""
+    pickers = [b for b in demo.blocks.values()
+               if isinstance(b, gr.Dropdown | gr.CheckboxGroup) and b.elem_id in OWN_MODEL_PICKERS]
     if not pickers:
         return
 
-    def choices(request: gr.Request) -> dict[gr.Dropdown, Any]:
+    def choices(request: gr.Request) -> dict[Any, Any]:
         owner = ctx.owner_for(getattr(request, "username", None))
-        return {p: gr.update(choices=ctx.registry.names(OWN_MODEL_PICKERS[p.elem_id], owner=owner)) for p in pickers}
+        out = {}
+        for p in pickers:
+            modality, first = OWN_MODEL_PICKERS[p.elem_id]
+            out[p] = gr.update(choices=first + ctx.registry.names(modality, owner=owner))
+        return out
 
     demo.load(choices, None, pickers, **FAST, api_name="my_models")  # scripts call it to see their own models
     for tab in tabs:

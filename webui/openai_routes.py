@@ -60,9 +60,10 @@ def seeded(params: SamplingParams, offset: int) -> SamplingParams:
     return params.model_copy(update={"seed": (params.seed + offset) % wire.SEED_SPACE})
 
 
-def text_model(ctx: AppContext, name: str | None) -> tuple[str, TextGenerator]:
+def text_model(ctx: AppContext, name: str | None, owner: str | None = None) -> tuple[str, TextGenerator]:
+    """The requested text model as `owner` may use it (their own models too; someone else's is unknown)."""
     model = name or ctx.default_model
-    gen = ctx.registry.get(model)
+    gen = ctx.registry.get_visible(model, owner or ctx.default_owner)
     if not isinstance(gen, TextGenerator):
         raise wire.RequestError(f"{model!r} is not a text model; pick a language model from GET /v1/models.",
                                 "model", "model_not_found")
@@ -105,7 +106,7 @@ def request_params(ctx: AppContext, owner: str | None, body: wire.SamplingFields
 
 
 def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str | None = None) -> tuple[str, list[Choice]]:
-    model, gen = text_model(ctx, body.model)
+    model, gen = text_model(ctx, body.model, owner)
     for param, kind in body.media_parts():
         raise wire.RequestError(f"Invalid content type. {kind} is only supported by certain models; {model} reads "
                                 "text only.", param, None)
@@ -164,7 +165,7 @@ async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any
 
 def completion_choices(ctx: AppContext, body: wire.CompletionRequest, owner: str | None = None) -> tuple[str, list[Choice]]:
     """One choice per (prompt, candidate); with best_of > n the candidates are ranked afterwards."""
-    model, gen = text_model(ctx, body.model)
+    model, gen = text_model(ctx, body.model, owner)
     if CAP_COMPLETION not in gen.info.capabilities:
         raise wire.RequestError(f"{model} only chats; use POST /v1/chat/completions for it.", "model")
     check_logprobs(model, gen, body.logprobs is not None or body.candidates > body.choices, "logprobs")
@@ -179,7 +180,7 @@ def completion_choices(ctx: AppContext, body: wire.CompletionRequest, owner: str
     for p_index, prompt in enumerate(prompts):
         echoed = None
         if body.echo and body.logprobs is not None:
-            with ctx.registry.use(model) as loaded:
+            with ctx.registry.use(model, owner=owner or ctx.default_owner) as loaded:
                 echoed = tuple(loaded.prompt_logprobs(prompt, body.logprobs))  # type: ignore[attr-defined]
         for j in range(body.candidates):
             request = TextRequest(prompt=prompt, params=seeded(params, j), logprobs=wanted)

@@ -85,18 +85,32 @@ class DigitDiffusion(nn.Module):
             num_class_embeds=config.num_classes + 1, norm_num_groups=config.norm_groups,
             attention_head_dim=min(32, widths[-1]),
         )
+        self.channels_last = False  # see use_channels_last
+
+    def use_channels_last(self, enabled: bool = True) -> DigitDiffusion:
+        """Keep the UNet's weights, and feed it its input, in channels-last (NHWC) memory layout.
+
+        oneDNN's CPU convolutions work in that layout: with the default (NCHW) one every convolution
+        reorders its input, weights and output to and from it. Same arithmetic, so the same images up
+        to float rounding. Saving (``save_model``) writes contiguous tensors either way."""
+        self.unet.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = enabled
+        return self
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """x (B, C, S, S), t (B,) ints, labels (B,) class ids (``null_class`` = unconditional)
         or (B, num_classes + 1) weights that mix the class embeddings (interpolation)."""
         p = self.config.patch
         h = F.pixel_unshuffle(x, p) if p > 1 else x
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         if labels.ndim == 2:  # mixed classes: pass the blended embedding through the UNet's hook
             emb = labels.to(self.unet.class_embedding.weight.dtype) @ self.unet.class_embedding.weight
             out = _with_class_embedding(self.unet, h, t, emb)
         else:
             out = self.unet(h, t, class_labels=labels).sample
-        return F.pixel_shuffle(out, p) if p > 1 else out
+        out = F.pixel_shuffle(out, p) if p > 1 else out
+        return out.contiguous()
 
     # ------------------------------------------------------------------ schedules
 

@@ -11,7 +11,9 @@ model's estimate of the clean image at each of them. Every step is reported to a
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -47,6 +49,33 @@ class DiffusionParams(StrictModel):
     scheduler: SchedulerName = Field("DPM++ 2M", description="the sampler that walks from noise to the image")
 
 
+def auto_threads(lane_threads: int, load_average: float | None = None) -> int:
+    """The threads a sampling run should use: all the lane's, or 1 when the machine is already busy.
+
+    A UNet forward is ~300 short parallel regions, each ending at a barrier of the whole OpenMP team.
+    When other programs keep the cores busy, one of the team's threads is often descheduled and every
+    barrier waits for the kernel to run it again: measured on this project's shared 2-core VM at load
+    average ~12, one forward at batch 128 took 1.6 s on 1 thread and 6.0 s on 2. So: more runnable work
+    than cores over the last minute (our own run counts ``lane_threads`` of it) -> 1 thread."""
+    if lane_threads <= 1:
+        return 1
+    if load_average is None:
+        try:
+            load_average = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return lane_threads
+    return 1 if load_average > lane_threads + 0.5 else lane_threads
+
+
+class DiffusionLoadOptions(ImageLoadOptions):
+    fast_path: bool = Field(True, description="on a CPU, run the UNet in channels-last memory layout (oneDNN's own: no "
+                            "reorder around every convolution) on the number of threads below; off: the plain "
+                            "layout on the compute lane's threads (for comparing)")
+    threads: int = Field(0, ge=0, le=256, description="torch CPU threads while sampling (fast path): 0 = auto, all "
+                         "of the lane's threads unless the load average says other programs already keep the "
+                         "cores busy, then 1 (the images are the same either way)")
+
+
 class DigitDiffusionPlugin(_TorchImagePlugin):
     info = GeneratorInfo(
         plugin="digit-diffusion",
@@ -56,9 +85,39 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
                     "guidance); DDIM / Euler / DPM++ 2M / UniPC schedulers; shows its denoising trajectory",
         capabilities=frozenset({CAP_CLASS_CONDITIONAL, CAP_SEED, CAP_STEPS, CAP_INTERPOLATE, CAP_TRAJECTORY}),
         params=DiffusionParams,
-        load_options=ImageLoadOptions,
+        load_options=DiffusionLoadOptions,
     )
     model_type = "diffusion"
+
+    def _load(self, progress: Any) -> None:
+        super()._load(progress)
+        if self.options.fast_path and self._device == "cpu":
+            self._model.use_channels_last()
+
+    @property
+    def model(self) -> Any:
+        """The loaded denoiser (a ``DigitDiffusion``), for benchmarks and notebooks."""
+        self._require_loaded()
+        return self._model
+
+    @contextlib.contextmanager
+    def _sampling_threads(self) -> Iterator[int]:
+        """Run the block on the fast path's thread count (``threads``, or ``auto_threads``); the lane's own
+        count is restored after, for the other plugins' work."""
+        import torch
+
+        before = torch.get_num_threads()
+        want = before
+        if self.options.fast_path and self._device == "cpu":
+            want = self.options.threads or auto_threads(before)
+        if want == before:
+            yield before
+            return
+        torch.set_num_threads(want)
+        try:
+            yield want
+        finally:
+            torch.set_num_threads(before)
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULER_NAMES)
@@ -95,7 +154,7 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
 
         if control is not None:
             control.check()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._sampling_threads():
             return model.sample(labels.to(self._device), noise, steps=params.steps, guidance=params.guidance,
                                 scheduler=params.scheduler, callback=on_step, step_generators=generators)
 
@@ -126,8 +185,9 @@ class DigitDiffusionPlugin(_TorchImagePlugin):
         if y.ndim == 2:  # class mixes: add the (empty) weight of the null class
             y = torch.cat([y, torch.zeros(len(y), 1, dtype=y.dtype, device=y.device)], dim=1)
         generators = self._generators([0] * len(z))  # stochastic schedulers: the same fresh noise along the walk
-        return self._model.sample(y, z.view(-1, c, h, w), steps=params.steps, guidance=params.guidance,
-                                  scheduler=params.scheduler, step_generators=generators)
+        with self._sampling_threads():
+            return self._model.sample(y, z.view(-1, c, h, w), steps=params.steps, guidance=params.guidance,
+                                      scheduler=params.scheduler, step_generators=generators)
 
     @on_lane
     def trajectory(self, end: ImageEnd, params: BaseModel, at_steps: Sequence[int],

@@ -147,6 +147,7 @@ def evaluate(gan_dir: Path | None, vae_dir: Path | None, classifier_dir: Path, n
     if diffusion_dir is not None:
         diffusion = load_model(diffusion_dir)
         _check_generator(diffusion, "diffusion", size)
+        diffusion.model.use_channels_last()  # the plugin's CPU path: these figures are of the images the app makes
         for guidance in guidances or [2.0]:
             name = f"Diffusion (guidance {guidance:g}, {steps} {scheduler} steps)"
             images = generate(diffusion, labels, seed, batch_size=250, guidance=guidance, steps=steps, scheduler=scheduler)

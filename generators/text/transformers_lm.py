@@ -23,6 +23,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_CONTINUE_TURN,
     CAP_INSTRUCT_TEMPLATE,
     CAP_LOGIT_BIAS,
     CAP_LOGPROBS,
@@ -105,7 +106,7 @@ class TransformersLM(TextGenerator):
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF); int4, int8, bitsandbytes",
         capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
-                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE, CAP_LOGIT_BIAS}),
+                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE, CAP_CONTINUE_TURN, CAP_LOGIT_BIAS}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )

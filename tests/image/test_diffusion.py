@@ -22,7 +22,7 @@ from generators.base import (
 )
 from generators.image.checkpoint import load_model, save_model
 from generators.image.diffusion import SCHEDULERS, DiffusionConfig, DigitDiffusion, min_snr_weight
-from generators.image.diffusion_plugin import SCHEDULER_NAMES, DiffusionParams, DigitDiffusionPlugin
+from generators.image.diffusion_plugin import SCHEDULER_NAMES, DiffusionParams, DigitDiffusionPlugin, auto_threads
 from generators.image.train import TrainOptions, train
 
 TINY = {"base_channels": 8, "channel_mults": "1,2", "norm_groups": 4}
@@ -90,6 +90,22 @@ def test_guidance_one_and_zero_run_one_pass_and_differ_from_guided() -> None:
     assert not torch.equal(outs[1.0], outs[3.0]) and not torch.equal(outs[0.0], outs[1.0])
 
 
+def test_channels_last_unet_predicts_what_the_plain_one_does_and_saves_plain_weights(tmp_path: Path) -> None:
+    plain, fast = tiny_model(), tiny_model().use_channels_last()
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.unet.conv_in.weight.is_contiguous()
+    x, t, ids = torch.randn(4, 1, 32, 32), torch.tensor([10, 300, 700, 990]), torch.tensor([0, 4, 9, 10])
+    with torch.no_grad():
+        expected, got = plain(x, t, ids), fast(x, t, ids)
+        mixed = fast(x, t, torch.nn.functional.one_hot(ids, 11).float())
+    assert got.is_contiguous() and torch.allclose(got, expected, atol=1e-5) and torch.allclose(mixed, expected, atol=1e-5)
+    save_model(tmp_path / "saved", fast, "diffusion", [str(d) for d in range(10)])
+    for (key, left), right in zip(plain.state_dict().items(), load_model(tmp_path / "saved").model.state_dict().values(),
+                                  strict=True):
+        assert torch.equal(left, right), key
+    assert not fast.use_channels_last(False).unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_min_snr_weights_are_bounded_by_one() -> None:
     alphas = DigitDiffusion(DiffusionConfig(**TINY)).make_scheduler("DDPM").alphas_cumprod
     t = torch.arange(0, 1000, 37)
@@ -123,6 +139,41 @@ def test_image_i_is_the_same_alone_or_in_a_batch(plugin: DigitDiffusionPlugin) -
         assert batch.shape == (5, 32, 32, 1) and batch.dtype == np.uint8
         assert np.array_equal(batch[3], alone[0]), scheduler
         assert not np.array_equal(batch[0], batch[1])
+
+
+def test_the_fast_path_is_the_default_and_draws_the_plain_paths_images(plugin: DigitDiffusionPlugin,
+                                                                       tiny_folder: Path) -> None:
+    plain = DigitDiffusionPlugin("plain", {"weights": str(tiny_folder), "fast_path": False})
+    plain.load()
+    assert plugin.model.channels_last and not plain.model.channels_last
+    ends = [ImageEnd(i % 10, 70 + i) for i in range(6)]
+    for scheduler in ("DPM++ 2M", "Euler a"):
+        fast_pixels, plain_pixels = (p.sample(ends, params(scheduler=scheduler)).pixels.astype(np.int16)
+                                     for p in (plugin, plain))
+        assert np.abs(fast_pixels - plain_pixels).max() <= 1, scheduler  # same arithmetic, other rounding at most
+        assert np.array_equal(plugin.sample(ends, params(scheduler=scheduler)).pixels, fast_pixels)  # deterministic
+
+
+def test_auto_threads_drop_to_one_only_on_a_busy_machine() -> None:
+    assert auto_threads(2, 0.4) == 2 and auto_threads(2, 2.3) == 2  # idle, or busy with our own run
+    assert auto_threads(2, 3.1) == 1 and auto_threads(4, 12.0) == 1  # other programs fill the cores
+    assert auto_threads(1, 0.0) == 1 and auto_threads(2) in (1, 2)
+
+
+def test_the_thread_count_changes_no_pixel_and_the_lane_keeps_its_own(tiny_folder: Path) -> None:
+    from generators.compute import lane
+
+    before = lane().call(torch.get_num_threads)
+    seen: list[int] = []
+    pixels = []
+    for threads in (1, 2):
+        p = DigitDiffusionPlugin(f"t{threads}", {"weights": str(tiny_folder), "threads": threads})
+        p.load()
+        with p._sampling_threads() as used:
+            seen.append(used)
+        pixels.append(p.sample([ImageEnd(i % 10, 90 + i) for i in range(4)], params(steps=3)).pixels)
+    assert seen == [1, 2] and np.array_equal(pixels[0], pixels[1])
+    assert lane().call(torch.get_num_threads) == before
 
 
 def test_steps_are_reported_with_previews_and_stop_ends_between_two_steps(plugin: DigitDiffusionPlugin) -> None:

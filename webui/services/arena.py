@@ -3,6 +3,9 @@ names; and a leaderboard from all votes — a Bradley–Terry fit with bootstrap
 
 Chat models get the prompt as a user message; continuation models (no chat template, e.g. the
 character LSTM) get it as text to continue, so any two text generators can meet.
+
+A person's own models (finished training jobs) enter their rounds like any other; the leaderboard a
+person sees leaves out the rounds that involve someone else's own model (see `own_models`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from storage.models import ArenaBattle, utcnow
 from . import presets
 from .context import AppContext, check_text
 from .generation import sampling_params, stream_text
+from .own_models import shown_to
 
 VOTES = ("a", "b", "tie", "both_bad")
 SCORE = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # A's share of the win
@@ -52,8 +56,9 @@ class Standing:
     wins: float  # ties count half
 
 
-def text_models(ctx: AppContext) -> list[str]:
-    return ctx.registry.names("text")
+def text_models(ctx: AppContext, owner: str | None = None) -> list[str]:
+    """The shared text models plus `owner`'s own."""
+    return ctx.registry.names("text", owner=owner)
 
 
 def _view(b: ArenaBattle) -> BattleView:
@@ -74,7 +79,7 @@ def start(ctx: AppContext, owner: str, prompt: Any, model_a: str | None = None, 
     check_text(prompt, "prompt", ctx.config.max_prompt_chars)
     if not prompt.strip():
         raise InvalidOptionsError("Type a prompt for the two models first.")
-    models = text_models(ctx)
+    models = text_models(ctx, owner)
     if len(models) < 2:
         raise InvalidOptionsError("The arena needs at least two text generators; configure another model.")
     picked = [m if m not in (None, "", "random") else None for m in (model_a, model_b)]
@@ -118,7 +123,7 @@ def stream(ctx: AppContext, owner: str, battle_id: str, params: dict[str, Any] |
 
     def run(side: int) -> None:
         try:
-            gen = ctx.registry.get(models[side])
+            gen = ctx.registry.get_visible(models[side], owner)
             if not isinstance(gen, TextGenerator):
                 raise InvalidOptionsError(f"{models[side]} is not a text model.")
             for delta, result in stream_text(ctx, owner, models[side], _request(gen, prompt, checked), cancel=cancel,
@@ -176,11 +181,14 @@ def vote(ctx: AppContext, owner: str, battle_id: str, choice: Any) -> BattleView
         return _view(battle)
 
 
-def votes(ctx: AppContext) -> list[tuple[str, str, str]]:
-    """(model_a, model_b, vote) of every voted round, all users (no texts)."""
+def votes(ctx: AppContext, viewer: str | None = None) -> list[tuple[str, str, str]]:
+    """(model_a, model_b, vote) of every voted round of all users (no texts) that `viewer` may see: rounds
+    with someone else's own model are left out (None: only rounds between shared models)."""
     with ctx.store.begin() as s:
-        return [tuple(r) for r in s.execute(
-            select(ArenaBattle.model_a, ArenaBattle.model_b, ArenaBattle.vote).where(ArenaBattle.vote.is_not(None)))]
+        rows = s.execute(select(ArenaBattle.model_a, ArenaBattle.model_b, ArenaBattle.vote, ArenaBattle.owner)
+                         .where(ArenaBattle.vote.is_not(None))).all()
+    return [(a, b, v) for a, b, v, player in rows
+            if shown_to(ctx, a, viewer, player) and shown_to(ctx, b, viewer, player)]
 
 
 # ------------------------------------------------------------------ Bradley–Terry
@@ -218,9 +226,10 @@ def bradley_terry(games: Sequence[tuple[str, str, float]], iterations: int = 200
     return {m: float(ratings[index[m]]) for m in models}
 
 
-def leaderboard(ctx: AppContext, samples: int = 200, seed: int = 0) -> list[Standing]:
-    """Ratings with 95 % intervals from a bootstrap over rounds, best first."""
-    games = [(a, b, SCORE[v]) for a, b, v in votes(ctx)]
+def leaderboard(ctx: AppContext, viewer: str | None = None, samples: int = 200, seed: int = 0) -> list[Standing]:
+    """Ratings with 95 % intervals from a bootstrap over rounds, best first, from the rounds `viewer` may see
+    (their own models' rounds included)."""
+    games = [(a, b, SCORE[v]) for a, b, v in votes(ctx, viewer)]
     return standings(games, samples, seed)
 
 

@@ -84,7 +84,8 @@ def reply_settings(ctx: AppContext, model: str | None, params: dict[str, Any] | 
                    preset: str | None = None, template: str | None = None, owner: str | None = None) -> ReplySettings:
     """Validate the model name, sampler values and instruct template (the owner's, by name) of a request."""
     name = model or ctx.default_model
-    ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
+    # UnknownGeneratorError with the list of models (someone else's own model is unknown to `owner`)
+    ctx.registry.get(name) if owner is None else ctx.registry.get_visible(name, owner)
     ctx.check_text(system_prompt or "", "system prompt")
     ctx.check_text(preset or "", "preset name")
     chosen = instruct.get_template(ctx, owner or ctx.default_owner, template)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from generators.base import BusyError, InvalidOptionsError
+from generators.compute import lane
 from generators.registry import Registry
 from storage import Store
 from storage.models import LOCAL_OWNER
@@ -166,7 +167,8 @@ class AppContext:
             self.signer = ImageSigner(self.store.data_dir, c.signing_cert, c.signing_key, c.signing_alg,
                                       c.sign_images)
         if self.jobs is None:
-            self.jobs = JobRunner(self.store, max_running=c.train_jobs, threads=c.train_threads)
+            self.jobs = JobRunner(self.store, max_running=c.train_jobs, threads=c.train_threads,
+                                  on_cpus=lambda busy: lane().share_cpus(busy))
         if self.accounts is None:
             self.accounts = Accounts(c.users_path, list(c.auth))
         if self.rate is None:

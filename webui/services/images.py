@@ -119,24 +119,29 @@ class GalleryPage:
 # ------------------------------------------------------------------ helpers
 
 
-def image_models(ctx: AppContext) -> list[str]:
-    return ctx.registry.names("image")
+def image_models(ctx: AppContext, owner: str | None = None) -> list[str]:
+    """The shared image models plus `owner`'s own."""
+    return ctx.registry.names("image", owner=owner)
 
 
-def class_models(ctx: AppContext) -> list[str]:
-    """The image models that draw (class, seed) images."""
-    return [m for m in image_models(ctx) if CAP_CLASS_CONDITIONAL in ctx.registry.get(m).info.capabilities]
+def class_models(ctx: AppContext, owner: str | None = None) -> list[str]:
+    """The image models that draw (class, seed) images (the shared ones and `owner`'s own)."""
+    return [m for m in image_models(ctx, owner) if CAP_CLASS_CONDITIONAL in ctx.registry.get(m).info.capabilities]
 
 
-def _image_generator(ctx: AppContext, model: str) -> ImageGenerator:
-    gen = ctx.registry.get(model)  # UnknownGeneratorError names the available models
+def _image_generator(ctx: AppContext, model: str, owner: str | None = None) -> ImageGenerator:
+    """The image model as `owner` may use it (their own trained models too; someone else's is unknown).
+    Without `owner` (a page helper describing the selected model) any registered model."""
+    # UnknownGeneratorError names the available models
+    gen = ctx.registry.get(model) if owner is None else ctx.registry.get_visible(model, owner)
     if not isinstance(gen, ImageGenerator):
-        raise InvalidOptionsError(f"{model!r} is not an image generator; pick one of: {', '.join(image_models(ctx)) or 'none'}.")
+        raise InvalidOptionsError(f"{model!r} is not an image generator; pick one of: "
+                                  f"{', '.join(image_models(ctx, owner)) or 'none'}.")
     return gen
 
 
-def class_choices(ctx: AppContext, model: str) -> list[str]:
-    return _image_generator(ctx, model).class_names
+def class_choices(ctx: AppContext, model: str, owner: str | None = None) -> list[str]:
+    return _image_generator(ctx, model, owner).class_names
 
 
 def parse_seed(value: Any) -> int | None:
@@ -366,7 +371,7 @@ def generate(ctx: AppContext, owner: str, model: str, label: Any = None, seed: A
 
     `control` (progress, preview, cancel) reaches plugins that declare `steps`; a cancel between two
     steps records the generation as `cancelled` and saves nothing."""
-    gen = _image_generator(ctx, model)
+    gen = _image_generator(ctx, model, owner)
     if CAP_CLASS_CONDITIONAL not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} makes images from a prompt, not from a class; write a prompt instead.")
     count = _count(count, "batch size", 1, ctx.config.max_image_batch)
@@ -414,7 +419,7 @@ def interpolate(ctx: AppContext, owner: str, model: str, start_label: Any, start
                 end_seed: Any, frames: Any = 10, params: dict[str, Any] | None = None, source: str = "ui",
                 ai_label: Any = None) -> ImageResult:
     """A latent walk from (class, seed) to (class, seed): one strip PNG and an animated GIF, saved together."""
-    gen = _image_generator(ctx, model)
+    gen = _image_generator(ctx, model, owner)
     mark = wants_label(ctx, owner, ai_label)
     frames = _count(frames, "number of frames", 2, ctx.config.max_interpolation_frames)
     names = gen.class_names
@@ -474,7 +479,7 @@ def trajectory(ctx: AppContext, owner: str, model: str, label: Any = None, seed:
     clean image at each shown step) and an animated GIF of the same frames.
 
     `at_steps` (a list or '0, 5, 25') picks the steps; otherwise `frames` steps evenly from noise to image."""
-    gen = _image_generator(ctx, model)
+    gen = _image_generator(ctx, model, owner)
     if CAP_TRAJECTORY not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} has no denoising trajectory; pick a diffusion model.")
     checked = _params(gen, params)
@@ -557,7 +562,7 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
     The strip shows: the prepared input, its reconstruction, then the same latent decoded as
     each class in order. `label` None lets the model's classifier guess the class.
     """
-    gen = _image_generator(ctx, model)
+    gen = _image_generator(ctx, model, owner)
     if not hasattr(gen, "guess_label") or "reconstruct" not in gen.info.capabilities:
         raise InvalidOptionsError(f"{model} cannot reconstruct images; pick a VAE.")
     if image is None:
@@ -598,9 +603,9 @@ def reconstruct(ctx: AppContext, owner: str, model: str, image: Any, label: Any 
 PAINT_MODES = (CAP_TEXT_TO_IMAGE, CAP_IMAGE_TO_IMAGE, CAP_INPAINT)
 
 
-def paint_models(ctx: AppContext) -> list[str]:
-    """The image models that make pictures from a prompt."""
-    return [m for m in image_models(ctx) if set(PAINT_MODES) & ctx.registry.get(m).info.capabilities]
+def paint_models(ctx: AppContext, owner: str | None = None) -> list[str]:
+    """The image models that make pictures from a prompt (the shared ones and `owner`'s own)."""
+    return [m for m in image_models(ctx, owner) if set(PAINT_MODES) & ctx.registry.get(m).info.capabilities]
 
 
 def _rgb(image: Any, what: str) -> Any:
@@ -704,10 +709,10 @@ def paint(ctx: AppContext, owner: str, model: str, params: dict[str, Any] | None
     Each PNG carries the studio's JSON and A1111's `parameters`; `control` gets every step (progress,
     preview) and may stop between two steps — the generation is then `cancelled` and nothing is saved.
     `result.extra["request"]` keeps the PaintRequest (its init image is what the picture was made from)."""
-    gen = _image_generator(ctx, model)
+    gen = _image_generator(ctx, model, owner)
     if not set(PAINT_MODES) & gen.info.capabilities:
         raise InvalidOptionsError(f"{model} does not make images from a prompt; pick one of: "
-                                  f"{', '.join(paint_models(ctx)) or 'none configured'}.")
+                                  f"{', '.join(paint_models(ctx, owner)) or 'none configured'}.")
     request = paint_request(ctx, gen, params, seed, count, init_image, mask)
     mark = wants_label(ctx, owner, ai_label)
     # the C2PA ingredient of an img2img / inpainting output: the init image it was made from (as resized)
@@ -779,9 +784,9 @@ def regenerate(ctx: AppContext, owner: str, meta: dict[str, Any], model: str | N
     """Make an image again from its PNG parameters (or a gallery row's)."""
     kind = meta.get("kind", "sample")
     model = model or meta.get("generator")
-    if not model or model not in image_models(ctx):
+    if not model or model not in image_models(ctx, owner):
         raise InvalidOptionsError(f"The generator {model!r} that made this image is not configured here "
-                                  f"(configured: {', '.join(image_models(ctx)) or 'none'}).")
+                                  f"(configured: {', '.join(image_models(ctx, owner)) or 'none'}).")
     params = meta.get("params") or {}
     if not isinstance(params, dict):
         raise InvalidOptionsError("The image's settings are damaged.")

@@ -9,7 +9,8 @@
 
 How a job shares the machine with generation: each job runs in a process of its own
 (`generators.training.worker`) with `train_threads` torch threads (default 1), so it never joins the
-app's compute-lane OpenMP team; the operating system shares the cores between the two. Stop terminates
+app's compute-lane OpenMP team, and while jobs run the lane leaves their threads' cores to them
+(`on_cpus`: the app lowers the lane's torch threads, `ComputeLane.share_cpus`). Stop terminates
 that process (the checkpoint written at the last epoch or every few steps stays); the process dies with
 the app, and the next start marks its job `interrupted`. The runner reads the job's events file about
 twice a second and writes progress, curve points and log lines into the row.
@@ -84,15 +85,22 @@ def _thin(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class JobRunner:
     """Starts queued jobs (at most `max_running` at once), follows them, and finishes their rows.
 
-    `on_done(job)` is called with the finished row of a successful job (the app registers its model)."""
+    `on_done(job)` is called with the finished row of a successful job (the app registers its model);
+    `on_images(job, paths)` with the PNGs a job wrote for a person to see (an epoch's sample grid and the
+    curves, before the row names them; at the end every PNG of the run folder), so the app signs them;
+    `on_cpus(n)` with the CPU threads the running jobs use, whenever that changes (0 when none runs)."""
 
     def __init__(self, store: Store, *, max_running: int = 1, threads: int = 1,
                  on_done: Callable[[Job], None] | None = None, poll_s: float = 0.5,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable,
+                 on_images: Callable[[Job, list[Path]], Any] | None = None,
+                 on_cpus: Callable[[int], object] | None = None) -> None:
         self.store = store
         self.max_running = max_running
         self.threads = threads
         self.on_done = on_done
+        self.on_images = on_images
+        self.on_cpus = on_cpus
         self.poll_s = poll_s
         self.python = python
         self._running: dict[str, _Running] = {}
@@ -265,7 +273,18 @@ class JobRunner:
             row.instance_id = self.store.instance_id
             with self._cv:
                 self._running[job_id] = _Running(process, folder)
+        self._cpus_changed()
         threading.Thread(target=self._follow, args=(job_id,), name=f"job-{job_id[:8]}", daemon=True).start()
+
+    def _cpus_changed(self) -> None:
+        if self.on_cpus is None:
+            return
+        with self._cv:
+            busy = len(self._running) * self.threads
+        try:
+            self.on_cpus(busy)
+        except Exception:  # noqa: BLE001 - sharing the CPUs is an optimisation; the job runs either way
+            log.exception("Could not share the CPUs with the training jobs")
 
     # ------------------------------------------------------------ following one job
     def _follow(self, job_id: str) -> None:
@@ -275,12 +294,14 @@ class JobRunner:
         with self.store.begin() as s:
             row = s.get(Job, job_id)
             points, log_text, artifacts = list(row.metrics), row.log, dict(row.artifacts)
+            job = row
         outcome: dict[str, Any] = {}
         while True:
             exited = run.process.poll() is not None
             events, offset = _read_events(events_path, offset)
             if events:
                 progress = None
+                images: list[Path] = []
                 for event in events:
                     kind = event.get("type")
                     if kind in ("step", "epoch"):
@@ -289,6 +310,9 @@ class JobRunner:
                             progress = min(1.0, event["step"] / event["total"])
                         if kind == "epoch" and event.get("samples"):
                             artifacts.setdefault("samples", []).append(event["samples"])
+                            images.append(Path(event["samples"]))
+                        if kind == "epoch" and (run.folder / "curves.png").is_file():
+                            images.append(run.folder / "curves.png")
                         if kind == "epoch" and event.get("sample"):
                             artifacts["last_sample"] = event["sample"]
                     elif kind == "log":
@@ -296,6 +320,8 @@ class JobRunner:
                     elif kind in ("done", "error"):
                         outcome = event
                 points = _thin(points)
+                if images:
+                    self._images(job, list(dict.fromkeys(images)))  # before the page learns of them
                 with self.store.begin() as s:
                     row = s.get(Job, job_id)
                     row.metrics, row.log, row.artifacts = list(points), log_text, dict(artifacts)
@@ -305,6 +331,7 @@ class JobRunner:
                 break
             time.sleep(self.poll_s)
         code = run.process.returncode
+        self._images(job, sorted(run.folder.glob("*.png")))  # whatever an epoch left unsigned (a race, a crash)
         with self.store.begin() as s:
             row = s.get(Job, job_id)
             row.finished_at = utcnow()
@@ -327,11 +354,19 @@ class JobRunner:
         with self._cv:
             self._running.pop(job_id, None)
             self._cv.notify_all()
+        self._cpus_changed()
         if finished.state == "done" and self.on_done:
             try:
                 self.on_done(finished)
             except Exception:  # noqa: BLE001 - the job's files stay; the model is registered at next start
                 log.exception("Registering the model of job %s failed", job_id)
+
+    def _images(self, job: Job, paths: list[Path]) -> None:
+        if self.on_images and paths:
+            try:
+                self.on_images(job, paths)
+            except Exception:  # noqa: BLE001 - the job's outputs stay as they are
+                log.exception("Publishing the images of job %s failed", job.id)
 
     def _terminate(self, process: subprocess.Popen[bytes], wait_s: float = 5.0) -> None:
         if process.poll() is not None:

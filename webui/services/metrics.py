@@ -11,6 +11,9 @@ requested class and the Fréchet distance to the held-out digits, as the image e
 computes them (fewer images here, so expect more noise than in the model card).
 
     python launch.py evaluate [--models a,b] [--data-dir DIR]
+
+A person's own models (finished training jobs) are measured like the shared ones when their owner asks;
+their results carry the owner (`details.owner`) and are shown to that owner only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from storage.models import MetricResult, new_id
 
 from .context import AppContext
 from .generation import sampling_params
+from .own_models import shown_to
 
 HERE = Path(__file__).resolve().parent.parent / "evaluation"
 HELDOUT = HERE / "heldout.txt"
@@ -135,13 +139,15 @@ def image_metrics(gen: ImageGenerator, progress: Progress, cancel: threading.Eve
 
 
 def run(ctx: AppContext, models: list[str] | None = None, progress: Progress | None = None,
-        cancel: threading.Event | None = None) -> list[Measured]:
-    """Measure every selected generator (default: all), store each value as it is measured."""
+        cancel: threading.Event | None = None, owner: str | None = None) -> list[Measured]:
+    """Measure every selected generator (default: all shared ones and `owner`'s own), store each value as
+    it is measured. `owner`'s own models may be named; other people's are unknown here."""
     progress = progress or (lambda _f, _m: None)
-    names = models or ctx.registry.names()
-    unknown = [m for m in names if m not in ctx.registry.names()]
+    visible = ctx.registry.names(owner=owner)
+    names = models or visible
+    unknown = [m for m in names if m not in visible]
     if unknown:
-        raise InvalidOptionsError(f"Unknown model(s): {', '.join(unknown)}.")
+        raise InvalidOptionsError(f"Unknown model(s): {', '.join(unknown)}. Available: {', '.join(visible) or 'none'}.")
     run_id, results = new_id(), []
     for k, name in enumerate(names):
         _stopped(cancel)
@@ -149,7 +155,7 @@ def run(ctx: AppContext, models: list[str] | None = None, progress: Progress | N
         def step(fraction: float, message: str, k: int = k) -> None:
             progress((k + fraction) / len(names), message)
 
-        with ctx.registry.use(name) as gen:
+        with ctx.registry.use(name, owner=owner or "") as gen:
             if isinstance(gen, TextGenerator):
                 measured = text_metrics(gen, step, cancel)
             elif isinstance(gen, ImageGenerator):
@@ -158,6 +164,8 @@ def run(ctx: AppContext, models: list[str] | None = None, progress: Progress | N
                 continue
             details = _versions({"weights": getattr(gen, "weights_hash", None), "plugin": gen.info.plugin,
                                  "options": gen.options.model_dump(mode="json")})
+            if ctx.registry.owner_of(name) is not None:
+                details["owner"] = ctx.registry.owner_of(name)  # shown to that owner only
         with ctx.store.begin() as s:
             for metric, value, dataset in measured:
                 s.add(MetricResult(run_id=run_id, generator=name, metric=metric, value=float(value), dataset=dataset,
@@ -167,19 +175,20 @@ def run(ctx: AppContext, models: list[str] | None = None, progress: Progress | N
     return results
 
 
-def history(ctx: AppContext, generator: str | None = None) -> list[Measured]:
-    """Every stored measurement, oldest first."""
+def history(ctx: AppContext, generator: str | None = None, viewer: str | None = None) -> list[Measured]:
+    """Every stored measurement `viewer` may see (shared models, and their own), oldest first."""
     with ctx.store.begin() as s:
         stmt = select(MetricResult).order_by(MetricResult.created_at, MetricResult.id)
         if generator:
             stmt = stmt.where(MetricResult.generator == generator)
-        return [Measured(r.generator, r.metric, r.value, r.dataset, r.created_at.isoformat(timespec="seconds"))
-                for r in s.scalars(stmt)]
+        rows = list(s.scalars(stmt))
+    return [Measured(r.generator, r.metric, r.value, r.dataset, r.created_at.isoformat(timespec="seconds"))
+            for r in rows if shown_to(ctx, r.generator, viewer, (r.details or {}).get("owner"))]
 
 
-def latest(ctx: AppContext) -> list[Measured]:
-    """The most recent value of each (generator, metric)."""
+def latest(ctx: AppContext, viewer: str | None = None) -> list[Measured]:
+    """The most recent value of each (generator, metric) `viewer` may see."""
     last: dict[tuple[str, str], Measured] = {}
-    for m in history(ctx):
+    for m in history(ctx, viewer=viewer):
         last[(m.generator, m.metric)] = m
     return sorted(last.values(), key=lambda m: (m.generator, m.metric))

@@ -42,6 +42,7 @@ STUDIO = "AIGC Studio"
 ASSERTION = "org.aigc-studio.generation"
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 TRAINED = IPTC + "trainedAlgorithmicMedia"
+ALGORITHMIC = IPTC + "algorithmicMedia"  # made by a program, no trained model (a training job's loss curves)
 COMPOSITE = IPTC + "compositeWithTrainedAlgorithmicMedia"
 MAX_VERIFY_BYTES = 64 * 2**20
 FORMATS = {b"\x89PNG\r\n\x1a\n": "image/png", b"GIF87a": "image/gif", b"GIF89a": "image/gif", b"\xff\xd8\xff": "image/jpeg"}
@@ -112,7 +113,8 @@ def manifest_definition(meta: dict[str, Any], title: str, fmt: str, ingredients:
                    {"action": "c2pa.edited", "softwareAgent": agent, "digitalSourceType": source,
                     "description": f"{meta.get('mode') or meta.get('kind')} by {meta.get('generator')}"}]
     else:
-        actions = [{"action": "c2pa.created", "softwareAgent": agent, "digitalSourceType": TRAINED,
+        source = ALGORITHMIC if meta.get("digital_source") == "algorithmic" else TRAINED
+        actions = [{"action": "c2pa.created", "softwareAgent": agent, "digitalSourceType": source,
                     "description": f"{meta.get('kind', 'image')} by {meta.get('generator')}"}]
     generation = {"model": meta.get("generator"), "plugin": meta.get("plugin"), "weights_hash": meta.get("weights_hash"),
                   "kind": meta.get("kind"), "params_hash": params_hash(meta), "params_format": meta.get("format"),
@@ -228,6 +230,16 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
         chunks.append((data[pos + 4:pos + 8], data[pos:pos + 12 + length]))
         pos += 12 + length
     return chunks
+
+
+def has_manifest(data: bytes) -> bool:
+    """Whether a PNG carries a C2PA manifest chunk (read from the chunk list: no decoding, no validation)."""
+    return sniff_format(data[:16]) == "image/png" and any(kind == MANIFEST_CHUNK for kind, _ in _png_chunks(data))
+
+
+def png_complete(data: bytes) -> bool:
+    """Whether a PNG ends with its IEND chunk (a file still being written does not)."""
+    return sniff_format(data[:16]) == "image/png" and data[-8:-4] == b"IEND"
 
 
 def strip_manifest(data: bytes) -> bytes:

@@ -13,6 +13,7 @@ from storage import repository as repo
 from storage.models import Generation, Message, Rating, Session, StoryPassage
 
 from .context import AppContext, check_text
+from .own_models import shown_to
 
 KINDS = ("message", "passage", "image")
 VALUES = {"up": 1, "good": 1, "1": 1, 1: 1, "down": -1, "bad": -1, "-1": -1, -1: -1}
@@ -93,12 +94,19 @@ def rating_of(ctx: AppContext, owner: str, kind: str, target_id: str) -> tuple[i
         return (row.value, row.comment) if row else (0, "")
 
 
-def by_generator(ctx: AppContext) -> list[GeneratorRatings]:
-    """Counts over all users (no content, so nothing of anyone's work is shown), most rated first."""
+def by_generator(ctx: AppContext, viewer: str | None = None) -> list[GeneratorRatings]:
+    """Counts over all users (no content, so nothing of anyone's work is shown), most rated first; someone
+    else's own model (a finished training job) is left out (None: only the shared models)."""
     with ctx.store.begin() as s:
         rows = s.execute(
-            select(Rating.generator, func.sum(case((Rating.value > 0, 1), else_=0)),
+            select(Rating.generator, Rating.owner, func.sum(case((Rating.value > 0, 1), else_=0)),
                    func.sum(case((Rating.value < 0, 1), else_=0)), func.sum(case((Rating.comment != "", 1), else_=0)))
-            .group_by(Rating.generator).order_by(func.count().desc(), Rating.generator)).all()
-    return [GeneratorRatings(g, int(up or 0), int(down or 0), int(c or 0)) for g, up, down, c in rows]
+            .group_by(Rating.generator, Rating.owner)).all()
+    counts: dict[str, list[int]] = {}
+    for generator, rater, up, down, comments in rows:
+        if shown_to(ctx, generator, viewer, rater):
+            total = counts.setdefault(generator, [0, 0, 0])
+            total[0], total[1], total[2] = total[0] + int(up or 0), total[1] + int(down or 0), total[2] + int(comments or 0)
+    found = [GeneratorRatings(g, up, down, c) for g, (up, down, c) in counts.items()]
+    return sorted(found, key=lambda r: (-r.total, r.generator))
 

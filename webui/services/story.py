@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from generators.base import InvalidOptionsError, TextGenerator
+from generators.base import CAP_CONTINUE_TURN, InvalidOptionsError, TextGenerator
 from storage import repository as repo
 
 from . import instruct as instruct_templates
@@ -261,7 +261,7 @@ def _generate(
     instruct = gen.supports_chat()
     budget = gen.context_window - settings.params.max_new_tokens - reserved_tokens(instruct, count)
     assembled = assemble_context(texts, settings.levers, budget, count)
-    request = to_request(assembled, instruct, settings.params)
+    request = to_request(assembled, instruct, settings.params, continue_turn=CAP_CONTINUE_TURN in gen.info.capabilities)
     if instruct:  # the story's instruct template (the model's own unless one is chosen), its stops added
         source, params = instruct_templates.apply(
             ctx, settings.model, instruct_templates.get_template(ctx, owner, settings.template), settings.params)

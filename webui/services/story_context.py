@@ -37,6 +37,8 @@ CONTINUE_SYSTEM_PROMPT = (
     "where the text stops, in the same style, tense and point of view. Write only the next part of "
     "the story: no title, no comments, no summary, no questions."
 )
+# The user's turn when the story itself is the start of the model's turn.
+STORY_REQUEST = "Write the story."
 
 
 # ------------------------------------------------------------------ levers
@@ -312,18 +314,28 @@ def assemble_context(
 
 
 def reserved_tokens(instruct: bool, count: CountFn) -> int:
-    """Tokens the request wrapper itself takes (system prompt and template, or a BOS token)."""
-    return count(CONTINUE_SYSTEM_PROMPT) + TEMPLATE_MARGIN if instruct else 2
+    """Tokens the request wrapper itself takes (system prompt, the user's turn and template, or a BOS token)."""
+    return count(CONTINUE_SYSTEM_PROMPT) + count(STORY_REQUEST) + TEMPLATE_MARGIN if instruct else 2
 
 
-def to_request(assembled: AssembledContext, instruct: bool, params: SamplingParams) -> TextRequest:
-    """Instruct models get a system prompt for continuing prose (with the premise, memory and
-    world info) and the story as the user turn; base models get the plain text to continue."""
+def to_request(assembled: AssembledContext, instruct: bool, params: SamplingParams,
+               continue_turn: bool = False) -> TextRequest:
+    """Instruct models get a system prompt for continuing prose (with the premise, memory and world info);
+    base models get the plain text to continue.
+
+    With `continue_turn` (plugins that can leave the model's turn open) the story so far is the start of the
+    model's own turn, so it writes on in the same voice; otherwise the story is the user's turn, which an
+    instruct model tends to answer ("Here's an edited version…") instead of continuing
+    (benchmarks/bench_output_quality.py measures both)."""
     if not instruct:
         return TextRequest(prompt=assembled.prompt_text, params=params)
     system = CONTINUE_SYSTEM_PROMPT
     if assembled.header:
         system += "\n\nWhat you know about this story:\n" + assembled.header_text.rstrip("\n")
+    if continue_turn:
+        messages = (ChatMessage("system", system), ChatMessage("user", STORY_REQUEST),
+                    ChatMessage("assistant", assembled.body_text))
+        return TextRequest(messages=messages, params=params, continue_turn=True)
     messages = (ChatMessage("system", system), ChatMessage("user", assembled.body_text))
     return TextRequest(messages=messages, params=params)
 

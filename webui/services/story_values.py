@@ -90,7 +90,8 @@ def story_settings(
     """Validate a continuation's settings (raises InvalidOptionsError with a readable message); with
     `owner`, also that the instruct template is one of theirs or a built-in."""
     name = model or ctx.default_model
-    ctx.registry.get(name)  # raises UnknownGeneratorError with the list of models
+    # UnknownGeneratorError with the list of models (someone else's own model is unknown to `owner`)
+    ctx.registry.get(name) if owner is None else ctx.registry.get_visible(name, owner)
     for label, text in (("premise", premise), ("memory", memory), ("author's note", authors_note)):
         if len(text or "") > MAX_LEVER_CHARS:
             raise InvalidOptionsError(f"The {label} is {len(text):,} characters long; the limit is {MAX_LEVER_CHARS:,}.")
@@ -115,9 +116,10 @@ def story_settings(
     return StorySettings(name, sampling_params(params, ctx), levers, chosen)
 
 
-def settings_from_json(ctx: AppContext, data: dict[str, Any]) -> StorySettings:
-    """The settings stored on a story (lenient: unknown models fall back to the default)."""
-    model = data.get("model") if data.get("model") in ctx.registry.names("text") else ctx.default_model
+def settings_from_json(ctx: AppContext, data: dict[str, Any], owner: str | None = None) -> StorySettings:
+    """The settings stored on a story (lenient: unknown models fall back to the default); `owner`'s own
+    models (finished training jobs) are kept."""
+    model = data.get("model") if data.get("model") in ctx.registry.names("text", owner=owner) else ctx.default_model
     return story_settings(
         ctx,
         model,

@@ -4,6 +4,10 @@ Families: `lora` (a LoRA adapter on a shared language model, on a text or chats)
 on a text), `gan`, `vae`, `diffusion` (on an image archive, or the MNIST digits that ship with the
 studio). A finished job's model joins the registry as `OWNER/NAME`, visible to its owner only, with a
 model card written from the job; deleting the job unregisters the model and removes its files.
+
+The PNGs a job writes for a person to see (the per-epoch sample grids, the loss curves) are signed with
+the studio's C2PA identity by the job runner's `on_images` hook (`sign_job_images`), before the page is
+told of them: the training code in `generators/` writes plain PNGs and knows nothing of signing.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +28,7 @@ from generators.registry import ModelSpec
 from storage.files import write_private
 from storage.models import Job
 
+from . import provenance
 from .context import AppContext
 from .datasets import dataset_folder, get_dataset
 from .jobs import check_name
@@ -141,14 +147,56 @@ def register_job_model(ctx: AppContext, job: Job) -> str | None:
     return name
 
 
+def job_image_meta(job: Job, path: Path) -> dict[str, Any]:
+    """The claims of a PNG a job wrote: which job, model, family and data; an epoch's samples or the curves."""
+    epoch = re.search(r"epoch(\d+)", path.name)
+    curves = path.name.startswith("curves")
+    meta: dict[str, Any] = {
+        "kind": "training-curves" if curves else "training-samples", "generator": registry_name(job.owner, job.name),
+        "plugin": job.kind, "weights_hash": None, "job": job.id, "family": job.kind, "dataset": job.dataset,
+        "params": dict(job.params or {}), "file": path.name}
+    if epoch:
+        meta["epoch"] = int(epoch.group(1))
+    if curves:
+        meta["digital_source"] = "algorithmic"  # a chart the studio drew, not a model's output
+    return meta
+
+
+def sign_job_images(ctx: AppContext, job: Job, paths: list[Path]) -> int:
+    """Sign, in place, each complete PNG of `paths` that carries no manifest yet; returns how many were signed.
+    A file still being written (the next epoch's curves) is left for the next call; a failure is logged, never
+    raised (the job goes on, the page shows the file unsigned)."""
+    if not ctx.signer.enabled:
+        return 0
+    signed = 0
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            if not provenance.png_complete(data) or provenance.has_manifest(data):
+                continue
+            meta = job_image_meta(job, path)
+            what = "loss curves" if meta["kind"] == "training-curves" else (
+                f"samples after epoch {meta['epoch']}" if "epoch" in meta else "samples")
+            write_private(path, ctx.signer.sign(data, "image/png", meta, f"{what} of {meta['generator']} (training)"))
+            signed += 1
+        except Exception:  # noqa: BLE001 - a file that cannot be signed must not stop the job
+            log.warning("Could not sign %s of job %s", path, job.id, exc_info=True)
+    return signed
+
+
 def start_jobs(ctx: AppContext) -> None:
     """At app start: register the owners' finished models, then run the queue."""
     ctx.jobs.on_done = lambda job: register_job_model(ctx, job)
+    ctx.jobs.on_images = lambda job, paths: sign_job_images(ctx, job, paths)
     from sqlalchemy import select
 
     with ctx.store.begin() as s:
-        done = list(s.scalars(select(Job).where(Job.state == "done")))
-    for job in done:
+        finished = list(s.scalars(select(Job).where(Job.state.in_(("done", "failed", "cancelled", "interrupted")))))
+    for job in finished:
+        # PNGs left unsigned (a job from before signing, an app killed mid-epoch) are signed now
+        sign_job_images(ctx, job, sorted(Path(job.artifacts.get("folder") or "/nonexistent").glob("*.png")))
+        if job.state != "done":
+            continue
         try:
             register_job_model(ctx, job)
         except Exception:  # noqa: BLE001 - one damaged model must not stop the others
@@ -230,11 +278,30 @@ def status_line(ctx: AppContext, job: Job) -> str:
         parts.append(f"about {eta / 60:.0f} min left" if eta >= 90 else f"about {eta:.0f} s left")
     if job.state == "done":
         parts.append(f"use it as **{registry_name(job.owner, job.name)}**")
+        parts += headline_figures(job.artifacts.get("figures") or {})
     if job.state in ("cancelled", "interrupted", "failed"):
         parts.append("Resume continues from the last checkpoint")
     if job.error:
         parts.append(job.error)
     return " · ".join(parts)
+
+
+def headline_figures(figures: dict[str, Any]) -> list[str]:
+    """The end figures a person looks for first, as short phrases (the model card lists them all)."""
+    def number(key: str) -> float | None:
+        value = figures.get(key)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    out = []
+    before, after = number("ppl_before"), number("ppl_after")
+    if before is not None and after is not None:
+        out.append(f"held-out perplexity {before:.2f} → {after:.2f} ({(after / before - 1) * 100:+.1f} %)")
+    for key, label, fmt in (("val_bpc", "held-out bits/char", ".3f"), ("digit_accuracy", "digit accuracy", ".1%"),
+                            ("frechet_distance", "Fréchet distance", ".2f")):
+        value = number(key)
+        if value is not None:
+            out.append(f"{label} {value:{fmt}}")
+    return out
 
 
 def job_view(ctx: AppContext, owner: str, job_id: str, max_points: int = 400) -> JobView:

@@ -99,8 +99,9 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
             alt_label: alternatives_label(view, focus),
         }
 
-    def describe_model(name: str | None) -> str:
-        if not name or name not in ctx.registry.names():
+    def describe_model(name: str | None, request: gr.Request = None) -> str:
+        who = ctx.owner_for(getattr(request, "username", None)) if request is not None else None
+        if not name or not ctx.registry.visible(name, who):  # the shared models and the person's own
             return ""
         loading = ctx.loads.progress(name)
         if loading is not None:
@@ -173,7 +174,7 @@ def build(ctx: AppContext, exposed: dict[str, Any] | None = None) -> Callable[[g
         exposed["open_chat"] = character_picker.opened
 
     def after_reply(query: str, cid: str | None, name: str | None, request: gr.Request) -> dict[Any, Any]:
-        return {side.chats: refresh_list(query, cid, request), model_state: describe_model(name)}
+        return {side.chats: refresh_list(query, cid, request), model_state: describe_model(name, request)}
 
     private = {"api_visibility": "private"}
     for i, trigger in enumerate((send.click, message.submit)):

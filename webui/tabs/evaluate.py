@@ -1,4 +1,7 @@
-"""The Evaluate workspace: the blind arena with its leaderboard, ratings per generator, rating by id."""
+"""The Evaluate workspace: the blind arena with its leaderboard, ratings per generator, rating by id.
+
+A person's own models (finished training jobs) join their arena pickers and metrics choices when the page
+loads (`webui.app.own_models`); the shared tables show them to that person only."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import gradio as gr
 from ..errors import ui_errors
 from ..services import arena, metrics, presets, ratings
 from ..services.context import AppContext
+from ..services.own_models import model_owner
 from . import FAST
 
 BOARD_COLUMNS = ["Model", "Rating", "95 % interval", "Rounds", "Wins (ties ½)"]
@@ -119,8 +123,9 @@ def board_plot(standings: list[arena.Standing]) -> Any:
 COLUMNS = ["Generator", "👍", "👎", "Ratings", "Share 👍", "Comments"]
 
 
-def table(ctx: AppContext) -> list[list[Any]]:
-    return [[r.generator, r.up, r.down, r.total, f"{r.share_up:.0%}", r.comments] for r in ratings.by_generator(ctx)]
+def table(ctx: AppContext, viewer: str | None = None) -> list[list[Any]]:
+    return [[r.generator, r.up, r.down, r.total, f"{r.share_up:.0%}", r.comments]
+            for r in ratings.by_generator(ctx, viewer)]
 
 
 def preset_choices(items: list[presets.Preset]) -> list[tuple[str, str]]:
@@ -136,8 +141,8 @@ def build(ctx: AppContext) -> Any:
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", lines=2, scale=4, elem_id="arena-prompt")
             with gr.Column(scale=1, min_width=200):
-                pick_a = gr.Dropdown(["random"] + models, value="random", label="Model A")
-                pick_b = gr.Dropdown(["random"] + models, value="random", label="Model B")
+                pick_a = gr.Dropdown(["random"] + models, value="random", label="Model A", elem_id="arena-model-a")
+                pick_b = gr.Dropdown(["random"] + models, value="random", label="Model B", elem_id="arena-model-b")
         with gr.Row():
             tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens", scale=2)
             temperature = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Temperature", scale=2)
@@ -179,8 +184,9 @@ def build(ctx: AppContext) -> Any:
         def handler(bid: str | None, request: gr.Request) -> tuple[Any, ...]:
             if not bid:
                 raise gr.Error("Ask both models first.")
-            view = arena.vote(ctx, owner(request), bid, choice)
-            standings = arena.leaderboard(ctx)
+            who = owner(request)
+            view = arena.vote(ctx, who, bid, choice)
+            standings = arena.leaderboard(ctx, who)
             text = (f"You voted **{VOTE_LABELS[choice]}**. A was **{view.model_a}**, B was **{view.model_b}**.")
             return text, board_rows(standings), board_plot(standings)
 
@@ -204,8 +210,8 @@ def build(ctx: AppContext) -> Any:
     for choice, button in vote_buttons.items():
         button.click(voter(choice), battle_id, [reveal, leader, leader_plot], **FAST, api_name=f"arena_vote_{choice}")
 
-    def refresh_board() -> tuple[Any, Any]:
-        standings = arena.leaderboard(ctx)
+    def refresh_board(who: str) -> tuple[Any, Any]:
+        standings = arena.leaderboard(ctx, who)
         return board_rows(standings), board_plot(standings)
 
     with gr.Tab("Metrics", id="metrics"):
@@ -213,7 +219,8 @@ def build(ctx: AppContext) -> Any:
                     "with references, classifier accuracy and Fréchet distance for the digit generators. Every run is "
                     "stored with its date and versions.")
         with gr.Row():
-            pick = gr.CheckboxGroup(ctx.registry.names(), value=ctx.registry.names(), label="Generators", scale=3)
+            pick = gr.CheckboxGroup(ctx.registry.names(), value=ctx.registry.names(), label="Generators", scale=3,
+                                    elem_id="metrics-models")
             with gr.Column(scale=1, min_width=160):
                 run_metrics = gr.Button("Run the metrics", variant="primary", elem_id="metrics-run")
                 stop_metrics = gr.Button("Stop", variant="stop", elem_id="metrics-stop")
@@ -227,13 +234,15 @@ def build(ctx: AppContext) -> Any:
 
     @ui_errors
     def do_metrics(chosen: list[str], metric: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
-        ctx.require_admin(owner(request), "run the server-wide metrics")  # results are shared by everyone
+        who = owner(request)
         if not chosen:
             raise gr.Error("Pick at least one generator.")
+        if any(model_owner(ctx, m) is None for m in chosen):  # results of the shared models are seen by everyone
+            ctx.require_admin(who, "measure the shared models (your own models you may measure: pick only those)")
         cancel = ctx.cancels.fresh("metrics:" + (request.session_hash or ""))
-        found = metrics.run(ctx, chosen, lambda f, m: progress(f, desc=m), cancel)
-        every = metrics.history(ctx)
-        return (metric_rows(metrics.latest(ctx)), history_plot(every, metric),
+        found = metrics.run(ctx, chosen, lambda f, m: progress(f, desc=m), cancel, owner=who)
+        every = metrics.history(ctx, viewer=who)
+        return (metric_rows(metrics.latest(ctx, who)), history_plot(every, metric),
                 f"Measured {len(found)} value(s) for {len(chosen)} generator(s).")
 
     def stop_run(request: gr.Request) -> str:
@@ -243,7 +252,10 @@ def build(ctx: AppContext) -> Any:
     run_metrics.click(do_metrics, [pick, which], [latest_table, plot, metrics_status], concurrency_id="generate",
                       concurrency_limit=ctx.settings.generation_slots(), api_name="run_metrics")
     stop_metrics.click(stop_run, None, metrics_status, **FAST, api_name="stop_metrics")
-    which.change(lambda m: history_plot(metrics.history(ctx), m), which, plot, **FAST, api_visibility="private")
+    def show_history(metric: str, request: gr.Request) -> Any:
+        return history_plot(metrics.history(ctx, viewer=owner(request)), metric)
+
+    which.change(show_history, which, plot, **FAST, api_visibility="private")
 
     with gr.Tab("Ratings", id="ratings"):
         gr.Markdown("Ratings of chat replies, story passages and images, per generator (all users; counts only). "
@@ -263,13 +275,19 @@ def build(ctx: AppContext) -> Any:
 
     @ui_errors
     def do_rate(k: str, tid: str, v: str, text: str, request: gr.Request) -> tuple[Any, str]:
-        stored = ratings.rate(ctx, owner(request), k, (tid or "").strip(), None if v == "clear" else v, text)
-        return table(ctx), {1: "Saved 👍.", -1: "Saved 👎.", 0: "Rating removed."}[stored]
+        who = owner(request)
+        stored = ratings.rate(ctx, who, k, (tid or "").strip(), None if v == "clear" else v, text)
+        return table(ctx, who), {1: "Saved 👍.", -1: "Saved 👎.", 0: "Rating removed."}[stored]
 
     rate.click(do_rate, [kind, target, value, comment], [board, result], **FAST, api_name="rate")
-    refresh.click(lambda: table(ctx), None, board, **FAST, api_name="ratings_table")
+    def ratings_table(request: gr.Request) -> list[list[Any]]:
+        return table(ctx, owner(request))
 
-    def refresh_all() -> tuple[Any, ...]:
-        return (table(ctx), *refresh_board())
+    refresh.click(ratings_table, None, board, **FAST, api_name="ratings_table")
 
-    return refresh_all, [board, leader, leader_plot]
+    def refresh_all(request: gr.Request) -> tuple[Any, ...]:
+        """What the person may see: the shared rows plus those of their own models."""
+        who = owner(request)
+        return (table(ctx, who), *refresh_board(who), metric_rows(metrics.latest(ctx, who)))
+
+    return refresh_all, [board, leader, leader_plot, latest_table]

@@ -1,4 +1,5 @@
-"""The Models view: every configured model, its state and memory; load, unload, quantization."""
+"""The Models view: every configured model, its state and memory; load, unload, quantization. The person's
+own models (finished training jobs, `OWNER/NAME`) are listed to them too."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from . import FAST
 COLUMNS = ["Model", "Plugin", "Modality", "State", "Memory (MB)", "Device", "Precision", "Decoding", "Source"]
 
 
-def model_rows(ctx: AppContext) -> list[list[Any]]:
+def model_rows(ctx: AppContext, viewer: str | None = None) -> list[list[Any]]:
     rows = []
-    for d in ctx.registry.describe():
+    for d in ctx.registry.describe(owner=viewer):
         opts = d["options"]
         rows.append([
             d["name"],
@@ -58,27 +59,33 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
         refresh = gr.Button("Refresh")
     status = gr.Markdown()
 
+    def viewer(request: gr.Request) -> str:
+        return ctx.owner_for(getattr(request, "username", None))
+
     def admin(request: gr.Request) -> None:
-        ctx.require_admin(ctx.owner_for(getattr(request, "username", None)))
+        ctx.require_admin(viewer(request))
+
+    def rows(request: gr.Request) -> list[list[Any]]:
+        return model_rows(ctx, viewer(request))
 
     @ui_errors
     def do_load(name: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
         admin(request)
         progress(0, desc=f"Loading {name}…")
         gen = ctx.registry.load(name, lambda msg: progress(0.5, desc=msg))
-        return {table: model_rows(ctx), status: f"**{name}** loaded ({gen.memory_bytes() / 2**20:.0f} MB)."}
+        return {table: model_rows(ctx, viewer(request)), status: f"**{name}** loaded ({gen.memory_bytes() / 2**20:.0f} MB)."}
 
     @ui_errors
     def do_unload(name: str, request: gr.Request) -> dict[Any, Any]:
         admin(request)
         ctx.registry.unload(name)
-        return {table: model_rows(ctx), status: f"**{name}** unloaded; its memory is released."}
+        return {table: model_rows(ctx, viewer(request)), status: f"**{name}** unloaded; its memory is released."}
 
     @ui_errors
     def do_apply(name: str, quant: str, dev: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
         admin(request)
         applied = apply_options(ctx, name, lambda msg: progress(0.5, desc=msg), quantization=quant, device=dev)
-        return {table: model_rows(ctx), status: applied.message}
+        return {table: model_rows(ctx, viewer(request)), status: applied.message}
 
     def pick(name: str) -> dict[Any, Any]:
         quant, dev = settings_of(ctx, name)
@@ -99,6 +106,6 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     load.click(do_load, model, outputs, concurrency_id="generate", api_name="load_model")
     unload.click(do_unload, model, outputs, api_name="unload_model")
     apply.click(do_apply, [model, quantization, device], outputs, concurrency_id="generate", api_name="configure_model")
-    refresh.click(lambda: model_rows(ctx), None, table, **FAST, api_name="list_models")
+    refresh.click(rows, None, table, **FAST, api_name="list_models")
     model.change(pick, model, [quantization, device], **FAST, api_visibility="private")
-    return (lambda: model_rows(ctx)), table
+    return rows, table

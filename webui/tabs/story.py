@@ -117,12 +117,12 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             sent: sent_text(view.last_context),
         }
 
-    def render_with_settings(view: svc.StoryView) -> dict[Any, Any]:
-        """An opened story brings back its own title and settings."""
+    def render_with_settings(view: svc.StoryView, who: str | None = None) -> dict[Any, Any]:
+        """An opened story brings back its own title and settings (`who`'s own model too)."""
         out = {**render(view), title: view.title, passage_text: _passage_text(view, None)}
         if not view.settings.get("model"):
             return out
-        st = svc.settings_from_json(ctx, view.settings).as_json()
+        st = svc.settings_from_json(ctx, view.settings, who).as_json()
         p = st["params"]
         values = [st["model"], st["premise"], st["memory"], st["authors_note"], st["an_depth"],
                   [[", ".join(e["keys"]), e["text"]] for e in st["world_info"]] or [["", ""]], st["scan_depth"],
@@ -166,7 +166,7 @@ def build(ctx: AppContext) -> Callable[[gr.Blocks], None]:
             if not sid:
                 raise gr.Error("Open or create a story first.")
             who, cancel = owner(request), ctx.cancels.current(request.session_hash or "")
-            settings = svc.settings_from_json(ctx, svc.get_story(ctx, who, sid).settings)
+            settings = svc.settings_from_json(ctx, svc.get_story(ctx, who, sid).settings, who)
             run = svc.continue_story if kind == "continue" else svc.retry
             last_sent, pending = 0.0, None
             for view in run(ctx, who, sid, settings, cancel=cancel):

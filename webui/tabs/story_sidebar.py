@@ -100,14 +100,15 @@ def wire(
     side: Sidebar,
     story_id: gr.State,
     title: gr.Textbox,
-    render: Callable[[svc.StoryView], dict[Any, Any]],
+    render: Callable[..., dict[Any, Any]],
     view_outputs: list[Any],
     new_story: Callable[..., dict[Any, Any]],
     new_inputs: set[Any],
 ) -> Callable[..., Any]:
     """Wire the sidebar's events; returns the handler that refreshes the story list.
 
-    `render` must also set the page's settings fields (an opened story brings its own)."""
+    `render(view, owner)` must also set the page's settings fields (an opened story brings its own; the
+    owner's own models among them)."""
 
     def owner(request: gr.Request) -> str:
         return ctx.owner_for(getattr(request, "username", None))
@@ -127,7 +128,7 @@ def wire(
 
     def opened(view: svc.StoryView, query: str, request: gr.Request) -> dict[Any, Any]:
         return {
-            **render(view),
+            **render(view, owner(request)),
             side.stories: refresh_list(query, view.id, request),
             side.snapshots: snapshot_choices(view.id, request),
             side.confirm_row: gr.Row(visible=False),
@@ -194,7 +195,7 @@ def wire(
     def restore(sid: str | None, snap: str | None, request: gr.Request) -> dict[Any, Any]:
         if not snap:
             raise gr.Error("Pick a saved version first.")
-        return render(svc.restore_snapshot(ctx, owner(request), sid or "", snap))
+        return render(svc.restore_snapshot(ctx, owner(request), sid or "", snap), owner(request))
 
     def exporter(fmt: str) -> Callable[..., Any]:
         @ui_errors

@@ -13,6 +13,7 @@ from ..services import datasets as ds
 from ..services import training
 from ..services.context import AppContext
 from . import FAST
+from .image import served
 
 DIGITS_LABEL = "MNIST digits (built in, 5,000 images)"
 REFRESH_S = 2.0
@@ -83,8 +84,8 @@ def build(ctx: AppContext) -> Any:
                                         elem_id="train-loss")
                 epoch_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Per epoch (held out)",
                                          height=260, elem_id="train-epochs-plot")
-            samples = gr.Image(label="Samples after the last epoch", type="pil", visible=False, height=300,
-                               elem_id="train-samples")
+            samples = gr.Image(label="Samples after the last epoch (a signed PNG: Verify tells who made it)",
+                               type="filepath", visible=False, height=300, elem_id="train-samples")
             text_sample = gr.Textbox(label="Sample after the last epoch", visible=False, lines=4)
             card = gr.Markdown(elem_id="train-card")
             log = gr.Textbox(label="Log", lines=6, max_lines=12, autoscroll=True)
@@ -104,11 +105,8 @@ def build(ctx: AppContext) -> Any:
             return {c: gr.skip() for c in shown}
         if last and last[0] == job_id and last[4] == key[4]:  # the same grid: not sent again
             grid = gr.update(visible=view.samples is not None)
-        elif view.samples is not None:
-            from PIL import Image
-
-            with Image.open(view.samples) as opened:
-                grid = gr.update(value=opened.copy(), visible=True)
+        elif view.samples is not None:  # the file itself (signed by the job runner), copied into Gradio's cache
+            grid = gr.update(value=served(view.samples), visible=True)
         else:
             grid = gr.update(value=None, visible=False)
         return {status: view.status, loss_plot: _plot(view.steps, "step"), epoch_plot: _plot(view.epochs, "epoch"),

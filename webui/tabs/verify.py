@@ -13,6 +13,8 @@ from ..services.context import AppContext
 from ..services.provenance import Verification
 from . import FAST
 
+TRAINING_KINDS = {"training-samples": "samples drawn during a training job (the model was still learning)",
+                  "training-curves": "the loss curves of a training job (a chart, not a model's output)"}
 BADGES = {"trusted": "Signed by this studio", "valid": "Validly signed, not by this studio",
           "invalid": "Not authentic", "none": "No content credentials"}
 
@@ -41,8 +43,11 @@ def report_markdown(report: Verification) -> str:
         ("Digital source type", report.digital_source_type.rsplit("/", 1)[-1] or "—"),
     ]
     if gen:
-        rows += [("Claimed model", f"{gen.get('model')} ({gen.get('plugin')}, weights {gen.get('weights_hash')})"),
-                 ("Claimed parameters hash", f"`{str(gen.get('params_hash', ''))[:16]}…`"),
+        weights = f", weights {gen['weights_hash']}" if gen.get("weights_hash") else ""
+        rows.append(("Claimed model", f"{gen.get('model')} ({gen.get('plugin')}{weights})"))
+        if gen.get("kind") in TRAINING_KINDS:
+            rows.append(("What it shows", TRAINING_KINDS[gen["kind"]]))
+        rows += [("Claimed parameters hash", f"`{str(gen.get('params_hash', ''))[:16]}…`"),
                  ("Parameters text matches the signed hash", _yes_no(report.params_match)),
                  ("Visible “AI-generated” label", _yes_no(gen.get("visible_label")))]
     if report.ingredients:

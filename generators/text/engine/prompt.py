@@ -11,16 +11,23 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(tokenizer is not None and getattr(tokenizer, "chat_template", None))
 
 
-def chat_ids(tokenizer: Any, messages: list[ChatMessage], template: str | None = None) -> list[int]:
+def chat_ids(tokenizer: Any, messages: list[ChatMessage], template: str | None = None,
+             continue_turn: bool = False) -> list[int]:
     """Messages through `template` (a Jinja chat template), else the tokenizer's own chat template, or as
-    a plain transcript for a base model."""
+    a plain transcript for a base model. `continue_turn`: the last (assistant) message is left open for the
+    model to continue, with no end-of-turn after it and no new turn opened."""
     dicts = [{"role": m.role, "content": m.content} for m in messages]
     if template or has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(dicts, chat_template=template or None, tokenize=False,
-                                             add_generation_prompt=True)
+                                             add_generation_prompt=not continue_turn,
+                                             continue_final_message=continue_turn)
         return tokenizer.encode(text, add_special_tokens=False)
     # A base model has no template: a plain transcript it can continue.
-    text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts) + "Assistant:"
+    if continue_turn:
+        text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts[:-1])
+        text += f"Assistant: {dicts[-1]['content']}"
+    else:
+        text = "".join(f"{d['role'].capitalize()}: {d['content']}\n" for d in dicts) + "Assistant:"
     return tokenizer.encode(text, add_special_tokens=True)
 
 
@@ -46,7 +53,7 @@ def fit_prompt(tokenizer: Any, request: TextRequest, context_window: int) -> tup
         raise InvalidOptionsError("There is no user message to reply to.")
 
     def ids_for(dropped: int) -> list[int]:
-        return chat_ids(tokenizer, system + turns[dropped:], request.template)
+        return chat_ids(tokenizer, system + turns[dropped:], request.template, request.continue_turn)
 
     ids = ids_for(0)
     if len(ids) <= budget:

@@ -11,8 +11,9 @@ OpenMP threads from oversubscribing the CPU. `load` already runs `_load` off the
 
     from generators.registry import Registry
     reg = Registry.discover()
-    for chunk in reg.get("smollm2-135m-instruct").stream(TextRequest(messages=[...])):
-        print(chunk.text, end="")
+    with reg.use("smollm2-135m-instruct") as gen:  # loaded (once) and held for this generation
+        for chunk in gen.stream(TextRequest(messages=(ChatMessage("user", "Hello!"),))):
+            print(chunk.text, end="")
 """
 
 from __future__ import annotations
@@ -199,10 +200,6 @@ class GeneratorInfo:
     capabilities: frozenset[str]
     params: type[BaseModel]  # per-request parameters (defaults + bounds)
     load_options: type[BaseModel]  # how an instance is loaded
-
-    def param_schema(self) -> dict[str, Any]:
-        """JSON schema of the request parameters, with defaults and bounds."""
-        return self.params.model_json_schema()
 
 
 @dataclass(frozen=True)
@@ -542,10 +539,12 @@ class TextGenerator(Generator):
     """A text plugin streams chunks; `generate` is the stream joined.
 
     A plugin implements `_stream_chunks`, the inner generator: it reports to the `StreamClock` it is
-    given and ends with a chunk that has a `finish_reason`; `stream` (the template) times the call and
-    puts the stats on that last chunk."""
+    given and ends with a chunk that has a `finish_reason`; `stream` (the template) refuses an unloaded
+    model, times the call and puts the stats on that last chunk."""
 
     def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
+        if not self.loaded:
+            raise LoadFailedError(f"Model {self.name!r} is not loaded.")
         self.check_request(request)
         clock = StreamClock()
         chunks = self._stream_chunks(request, cancel, clock)

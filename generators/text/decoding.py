@@ -99,7 +99,7 @@ class Sampler:
         torch = self._torch
         scores = self.processors(input_ids, logits) if self.processors else logits
         if self.greedy:
-            token = int(scores.max(dim=-1).indices.item())  # the first maximal index, as argmax, 3x faster on CPU
+            token = int(scores.max(dim=-1).indices.item())  # the first maximal index, as argmax, and cheaper on CPU
         else:
             probs = torch.softmax(scores.float(), dim=-1).cpu()
             token = int(torch.multinomial(probs, 1, generator=self.rng).item())

@@ -4,10 +4,10 @@ Why one thread. PyTorch on a CPU splits each operator over an OpenMP (libgomp) t
 thread that runs a parallel region gets a team of its own, kept until that thread exits. A web
 server answers requests on a pool of threads, so left alone every request thread grows a team; once
 the process holds more OpenMP threads than CPUs, libgomp cuts its spin-wait to ~100 iterations and
-each of the hundreds of small parallel regions of a decoding step pays a futex wake-up. Measured on
-this project's 2-core VM (`benchmarks/bench_threads.py`): an MKL sgemv of 1536 x 576 goes from 65 to
-170-190 us, one int4 stream from 42 to 21 tokens/s. With all tensor work on one thread there is one
-team, and decoding runs as fast as in a script's main thread.
+each of the hundreds of small parallel regions of a decoding step pays a futex wake-up, which makes
+small kernels and whole decoding steps several times slower (`benchmarks/bench_threads.py` prints both
+sides). With all tensor work on one thread there is one team, and decoding runs as fast as in a
+script's main thread.
 
 So plugins run their tensor work here:
 - `call(fn, ...)` (or a method decorated with `@on_lane`) runs one job and returns its result
@@ -16,7 +16,7 @@ So plugins run their tensor work here:
   char LSTM) interleaves with everything else instead of holding the lane for a whole reply;
 - a stepper (the continuous batcher) is ticked between jobs while it has work: one decoding step
   of the whole batch per tick;
-- `in_fresh_thread(fn, ...)` is for the long, rare jobs (loading a model: up to ~15 s) that should
+- `in_fresh_thread(fn, ...)` is for the long, rare jobs (loading a model) that should
   not stall every stream: a short-lived thread whose OpenMP team goes away when it exits.
 
 The lane is per process, like torch's own thread pool it exists to protect (a second lane would be a

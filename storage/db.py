@@ -20,8 +20,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from .files import create_private_file, private_dir
 from .models import Generation, Message, StoryPassage, new_id
@@ -100,7 +99,7 @@ class Store:
         """Whether other app instances may use this database at the same time (PostgreSQL)."""
         return self.engine.dialect.name == "postgresql"
 
-    def _instance_alive(self, s: OrmSession, instance_id: str | None) -> bool:
+    def _instance_alive(self, s: Session, instance_id: str | None) -> bool:
         if not self.shared or not instance_id or instance_id == self.instance_id:
             return instance_id == self.instance_id
         key = instance_lock_key(instance_id)
@@ -108,7 +107,7 @@ class Store:
         return not got  # someone holds it: that instance is alive
 
     @contextmanager
-    def begin(self) -> Iterator[OrmSession]:
+    def begin(self) -> Iterator[Session]:
         """One transaction: commits on success, rolls back on error, always closes."""
         with self._sessions.begin() as session:
             yield session

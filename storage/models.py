@@ -39,7 +39,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON}
 
 
-class Session(Base):
+class SessionRecord(Base):
     """A chat, a story or an image session."""
 
     __tablename__ = "sessions"
@@ -77,7 +77,7 @@ class Message(Base):
     created_at: Mapped[Created]
     updated_at: Mapped[Updated]
 
-    session: Mapped[Session] = relationship(back_populates="messages")
+    session: Mapped[SessionRecord] = relationship(back_populates="messages")
 
 
 class Generation(Base):

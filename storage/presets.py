@@ -7,7 +7,7 @@ owner's own, and a row of someone else's looks the same as a missing one.
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import Session
 
 from .models import InstructTemplate, ModelPreset, SamplerPreset, new_id
 from .repository import NotFoundError
@@ -15,25 +15,25 @@ from .repository import NotFoundError
 # ------------------------------------------------------------------ sampler presets
 
 
-def list_presets(s: OrmSession, owner: str) -> list[SamplerPreset]:
+def list_presets(s: Session, owner: str) -> list[SamplerPreset]:
     return list(s.scalars(select(SamplerPreset).where(SamplerPreset.owner == owner)
                           .order_by(func.lower(SamplerPreset.name))))
 
 
-def find_preset(s: OrmSession, owner: str, name: str) -> SamplerPreset | None:
+def find_preset(s: Session, owner: str, name: str) -> SamplerPreset | None:
     """The owner's preset of that name (case-insensitive), or None."""
     return s.scalars(select(SamplerPreset).where(SamplerPreset.owner == owner,
                                                  func.lower(SamplerPreset.name) == name.lower())).first()
 
 
-def get_preset(s: OrmSession, owner: str, name: str) -> SamplerPreset:
+def get_preset(s: Session, owner: str, name: str) -> SamplerPreset:
     row = find_preset(s, owner, name)
     if row is None:
         raise NotFoundError(f"You have no preset named {name!r}.")
     return row
 
 
-def save_preset(s: OrmSession, owner: str, name: str, params: dict) -> SamplerPreset:
+def save_preset(s: Session, owner: str, name: str, params: dict) -> SamplerPreset:
     """Create the preset, or replace the values of the owner's preset of that name."""
     row = find_preset(s, owner, name)
     if row is None:
@@ -45,7 +45,7 @@ def save_preset(s: OrmSession, owner: str, name: str, params: dict) -> SamplerPr
     return row
 
 
-def rename_preset(s: OrmSession, owner: str, name: str, new_name: str) -> SamplerPreset:
+def rename_preset(s: Session, owner: str, name: str, new_name: str) -> SamplerPreset:
     """Rename, and point the owner's model defaults that used the old name at the new one."""
     row = get_preset(s, owner, name)
     for default in s.scalars(select(ModelPreset).where(ModelPreset.owner == owner, ModelPreset.preset == row.name)):
@@ -55,7 +55,7 @@ def rename_preset(s: OrmSession, owner: str, name: str, new_name: str) -> Sample
     return row
 
 
-def delete_preset(s: OrmSession, owner: str, name: str) -> None:
+def delete_preset(s: Session, owner: str, name: str) -> None:
     """Delete, and forget the model defaults that named it (those models start from the workspace again)."""
     row = get_preset(s, owner, name)
     for default in s.scalars(select(ModelPreset).where(ModelPreset.owner == owner, ModelPreset.preset == row.name)):
@@ -67,12 +67,12 @@ def delete_preset(s: OrmSession, owner: str, name: str) -> None:
 # ------------------------------------------------------------------ the default preset per model
 
 
-def model_defaults(s: OrmSession, owner: str) -> dict[str, str]:
+def model_defaults(s: Session, owner: str) -> dict[str, str]:
     """Model name → preset name, for the owner."""
     return {r.model: r.preset for r in s.scalars(select(ModelPreset).where(ModelPreset.owner == owner))}
 
 
-def set_model_default(s: OrmSession, owner: str, model: str, preset: str | None) -> None:
+def set_model_default(s: Session, owner: str, model: str, preset: str | None) -> None:
     """Make `preset` the owner's default for `model`; None forgets the default."""
     row = s.scalars(select(ModelPreset).where(ModelPreset.owner == owner, ModelPreset.model == model)).first()
     if preset is None:
@@ -88,17 +88,17 @@ def set_model_default(s: OrmSession, owner: str, model: str, preset: str | None)
 # ------------------------------------------------------------------ instruct templates
 
 
-def list_templates(s: OrmSession, owner: str) -> list[InstructTemplate]:
+def list_templates(s: Session, owner: str) -> list[InstructTemplate]:
     return list(s.scalars(select(InstructTemplate).where(InstructTemplate.owner == owner)
                           .order_by(func.lower(InstructTemplate.name))))
 
 
-def find_template(s: OrmSession, owner: str, name: str) -> InstructTemplate | None:
+def find_template(s: Session, owner: str, name: str) -> InstructTemplate | None:
     return s.scalars(select(InstructTemplate).where(InstructTemplate.owner == owner,
                                                     func.lower(InstructTemplate.name) == name.lower())).first()
 
 
-def save_template(s: OrmSession, owner: str, name: str, source: str) -> InstructTemplate:
+def save_template(s: Session, owner: str, name: str, source: str) -> InstructTemplate:
     row = find_template(s, owner, name)
     if row is None:
         row = InstructTemplate(id=new_id(), owner=owner, name=name, source=source)
@@ -109,7 +109,7 @@ def save_template(s: OrmSession, owner: str, name: str, source: str) -> Instruct
     return row
 
 
-def delete_template(s: OrmSession, owner: str, name: str) -> None:
+def delete_template(s: Session, owner: str, name: str) -> None:
     row = find_template(s, owner, name)
     if row is None:
         raise NotFoundError(f"You have no instruct template named {name!r}.")

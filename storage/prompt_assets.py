@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import Session
 
 from .models import Character, Persona, SavedPrompt, new_id
 from .repository import NotFoundError, is_row_id
@@ -22,21 +22,21 @@ def _pattern(query: str) -> str:
     return "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def get_owned(s: OrmSession, model: type[Row], owner: str, row_id: str | None) -> Row:
+def get_owned(s: Session, model: type[Row], owner: str, row_id: str | None) -> Row:
     row = s.get(model, row_id) if is_row_id(row_id) else None
     if row is None or row.owner != owner:
         raise NotFoundError(f"No {WHAT[model]} with that id was found; it may have been deleted.")
     return row
 
 
-def create_owned(s: OrmSession, model: type[Row], owner: str, **values: Any) -> Row:
+def create_owned(s: Session, model: type[Row], owner: str, **values: Any) -> Row:
     row = model(id=new_id(), owner=owner, **values)
     s.add(row)
     s.flush()
     return row
 
 
-def update_owned(s: OrmSession, model: type[Row], owner: str, row_id: str, **values: Any) -> Row:
+def update_owned(s: Session, model: type[Row], owner: str, row_id: str, **values: Any) -> Row:
     row = get_owned(s, model, owner, row_id)
     for key, value in values.items():
         setattr(row, key, value)
@@ -44,11 +44,11 @@ def update_owned(s: OrmSession, model: type[Row], owner: str, row_id: str, **val
     return row
 
 
-def delete_owned(s: OrmSession, model: type[Row], owner: str, row_id: str) -> None:
+def delete_owned(s: Session, model: type[Row], owner: str, row_id: str) -> None:
     s.delete(get_owned(s, model, owner, row_id))
 
 
-def list_characters(s: OrmSession, owner: str, query: str = "", limit: int = 500) -> list[Character]:
+def list_characters(s: Session, owner: str, query: str = "", limit: int = 500) -> list[Character]:
     """By name; `query` matches the name, description, creator, creator's notes or tags (case-insensitive)."""
     stmt = select(Character).where(Character.owner == owner)
     q = query.strip()
@@ -67,15 +67,15 @@ def list_characters(s: OrmSession, owner: str, query: str = "", limit: int = 500
     return rows
 
 
-def list_personas(s: OrmSession, owner: str) -> list[Persona]:
+def list_personas(s: Session, owner: str) -> list[Persona]:
     return list(s.scalars(select(Persona).where(Persona.owner == owner).order_by(Persona.name, Persona.created_at)))
 
 
-def default_persona(s: OrmSession, owner: str) -> Persona | None:
+def default_persona(s: Session, owner: str) -> Persona | None:
     return s.scalar(select(Persona).where(Persona.owner == owner, Persona.is_default.is_(True)).limit(1))
 
 
-def set_default_persona(s: OrmSession, owner: str, persona_id: str | None) -> None:
+def set_default_persona(s: Session, owner: str, persona_id: str | None) -> None:
     """Make one persona the owner's default (None: no default)."""
     if persona_id is not None:
         get_owned(s, Persona, owner, persona_id)
@@ -84,7 +84,7 @@ def set_default_persona(s: OrmSession, owner: str, persona_id: str | None) -> No
         s.execute(update(Persona).where(Persona.id == persona_id).values(is_default=True))
 
 
-def list_prompts(s: OrmSession, owner: str, query: str = "") -> list[SavedPrompt]:
+def list_prompts(s: Session, owner: str, query: str = "") -> list[SavedPrompt]:
     stmt = select(SavedPrompt).where(SavedPrompt.owner == owner)
     if query.strip():
         p = _pattern(query.strip())

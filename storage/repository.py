@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
-from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import Session
 
 from .db import StorageError
 from .models import (
@@ -20,7 +20,7 @@ from .models import (
     ImageRecord,
     Message,
     OwnerSetting,
-    Session,
+    SessionRecord,
     StoryEdit,
     StoryPassage,
     StorySnapshot,
@@ -38,8 +38,8 @@ class NotFoundError(StorageError):
 # ------------------------------------------------------------------ sessions
 
 
-def create_session(s: OrmSession, owner: str, kind: str, title: str = "", settings: dict[str, Any] | None = None) -> Session:
-    row = Session(id=new_id(), owner=owner, kind=kind, title=title, settings=dict(settings or {}))
+def create_session(s: Session, owner: str, kind: str, title: str = "", settings: dict[str, Any] | None = None) -> SessionRecord:
+    row = SessionRecord(id=new_id(), owner=owner, kind=kind, title=title, settings=dict(settings or {}))
     s.add(row)
     s.flush()
     return row
@@ -50,8 +50,8 @@ def is_row_id(value: object) -> bool:
     return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
-def get_session(s: OrmSession, owner: str, session_id: str, kind: str | None = None) -> Session:
-    row = s.get(Session, session_id) if is_row_id(session_id) else None
+def get_session(s: Session, owner: str, session_id: str, kind: str | None = None) -> SessionRecord:
+    row = s.get(SessionRecord, session_id) if is_row_id(session_id) else None
     if row is None or row.owner != owner or (kind is not None and row.kind != kind):
         shown = session_id if is_row_id(session_id) else "given"
         raise NotFoundError(f"No {kind or 'session'} with the {shown} id was found; it may have been deleted."
@@ -60,33 +60,28 @@ def get_session(s: OrmSession, owner: str, session_id: str, kind: str | None = N
     return row
 
 
-def list_sessions(s: OrmSession, owner: str, kind: str, query: str = "", limit: int = 200) -> list[Session]:
+def list_sessions(s: Session, owner: str, kind: str, query: str = "", limit: int = 200) -> list[SessionRecord]:
     """Newest first; `query` matches the title or any message text (case-insensitive)."""
-    stmt = select(Session).where(Session.owner == owner, Session.kind == kind)
+    stmt = select(SessionRecord).where(SessionRecord.owner == owner, SessionRecord.kind == kind)
     q = query.strip()
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         in_messages = select(Message.session_id).where(Message.content.ilike(pattern, escape="\\"))
         in_passages = select(StoryPassage.session_id).where(StoryPassage.text.ilike(pattern, escape="\\"))
         stmt = stmt.where(
-            or_(Session.title.ilike(pattern, escape="\\"), Session.id.in_(in_messages), Session.id.in_(in_passages))
+            or_(SessionRecord.title.ilike(pattern, escape="\\"), SessionRecord.id.in_(in_messages),
+                SessionRecord.id.in_(in_passages))
         )
-    return list(s.scalars(stmt.order_by(Session.updated_at.desc()).limit(limit)))
+    return list(s.scalars(stmt.order_by(SessionRecord.updated_at.desc()).limit(limit)))
 
 
-def rename_session(s: OrmSession, owner: str, session_id: str, title: str) -> Session:
+def rename_session(s: Session, owner: str, session_id: str, title: str) -> SessionRecord:
     row = get_session(s, owner, session_id)
     row.title = title.strip()[:200]
     return row
 
 
-def update_settings(s: OrmSession, owner: str, session_id: str, settings: dict[str, Any]) -> Session:
-    row = get_session(s, owner, session_id)
-    row.settings = {**row.settings, **settings}
-    return row
-
-
-def delete_session(s: OrmSession, owner: str, session_id: str) -> None:
+def delete_session(s: Session, owner: str, session_id: str) -> None:
     row = get_session(s, owner, session_id)
     s.execute(delete(Message).where(Message.session_id == row.id))
     s.delete(row)
@@ -103,13 +98,13 @@ class Branch:
     count: int
 
 
-def messages_of(s: OrmSession, session_id: str) -> list[Message]:
+def messages_of(s: Session, session_id: str) -> list[Message]:
     return list(s.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq)))
 
 
 def add_message(
-    s: OrmSession,
-    session: Session,
+    s: Session,
+    session: SessionRecord,
     parent_id: str | None,
     role: str,
     content: str,
@@ -142,14 +137,14 @@ def add_message(
     return msg
 
 
-def get_message(s: OrmSession, session: Session, message_id: str) -> Message:
+def get_message(s: Session, session: SessionRecord, message_id: str) -> Message:
     msg = s.get(Message, message_id)
     if msg is None or msg.session_id != session.id:
         raise NotFoundError("That message no longer exists in this chat.")
     return msg
 
 
-def set_message_content(s: OrmSession, message_id: str, content: str, status: str | None = None) -> None:
+def set_message_content(s: Session, message_id: str, content: str, status: str | None = None) -> None:
     msg = s.get(Message, message_id)
     if msg is None:
         raise NotFoundError("That message no longer exists (was the chat deleted?).")
@@ -158,7 +153,7 @@ def set_message_content(s: OrmSession, message_id: str, content: str, status: st
         msg.status = status
 
 
-def active_path(s: OrmSession, session: Session) -> list[tuple[Message, Branch]]:
+def active_path(s: Session, session: SessionRecord) -> list[tuple[Message, Branch]]:
     """Messages from the root to the active leaf, each with its place among its siblings."""
     msgs = messages_of(s, session.id)
     return path_with_branches(msgs, session.active_leaf_id)
@@ -182,7 +177,7 @@ def path_with_branches(msgs: Sequence[Message], leaf_id: str | None) -> list[tup
     return out
 
 
-def switch_branch(s: OrmSession, session: Session, message_id: str, step: int) -> Message:
+def switch_branch(s: Session, session: SessionRecord, message_id: str, step: int) -> Message:
     """Show the sibling `step` places away from `message_id`; the active leaf becomes the
     newest message under it. Returns the sibling now shown."""
     msgs = messages_of(s, session.id)
@@ -206,8 +201,8 @@ def switch_branch(s: OrmSession, session: Session, message_id: str, step: int) -
 
 
 def add_passage(
-    s: OrmSession,
-    story: Session,
+    s: Session,
+    story: SessionRecord,
     author: str,
     text: str,
     *,
@@ -226,14 +221,14 @@ def add_passage(
     return row
 
 
-def get_passage(s: OrmSession, story: Session, passage_id: str) -> StoryPassage:
+def get_passage(s: Session, story: SessionRecord, passage_id: str) -> StoryPassage:
     row = s.get(StoryPassage, passage_id)
     if row is None or row.session_id != story.id:
         raise NotFoundError("That passage no longer exists in this story.")
     return row
 
 
-def set_passage_text(s: OrmSession, passage_id: str, text: str, status: str | None = None) -> None:
+def set_passage_text(s: Session, passage_id: str, text: str, status: str | None = None) -> None:
     row = s.get(StoryPassage, passage_id)
     if row is None:
         raise NotFoundError("That passage no longer exists (was the story deleted?).")
@@ -242,12 +237,12 @@ def set_passage_text(s: OrmSession, passage_id: str, text: str, status: str | No
         row.status = status
 
 
-def current_edit(s: OrmSession, story: Session) -> StoryEdit | None:
+def current_edit(s: Session, story: SessionRecord) -> StoryEdit | None:
     row = s.get(StoryEdit, story.active_leaf_id) if story.active_leaf_id else None
     return row if row is not None and row.session_id == story.id else None
 
 
-def story_passages(s: OrmSession, story: Session) -> list[StoryPassage]:
+def story_passages(s: Session, story: SessionRecord) -> list[StoryPassage]:
     """The passages of the story as it stands now (at the undo cursor), in order."""
     edit = current_edit(s, story)
     if edit is None or not edit.passage_ids:
@@ -256,7 +251,7 @@ def story_passages(s: OrmSession, story: Session) -> list[StoryPassage]:
     return [rows[i] for i in edit.passage_ids if i in rows]
 
 
-def record_edit(s: OrmSession, story: Session, action: str, passage_ids: Sequence[str]) -> StoryEdit:
+def record_edit(s: Session, story: SessionRecord, action: str, passage_ids: Sequence[str]) -> StoryEdit:
     """Make `passage_ids` the story's new state. Edits after the cursor (the redo steps) are
     dropped, as in every editor; the passages they listed stay as alternatives."""
     cur = current_edit(s, story)
@@ -270,7 +265,7 @@ def record_edit(s: OrmSession, story: Session, action: str, passage_ids: Sequenc
     return edit
 
 
-def drop_last_edit(s: OrmSession, story: Session, edit_id: str) -> None:
+def drop_last_edit(s: Session, story: SessionRecord, edit_id: str) -> None:
     """Forget `edit_id` if it is the current edit (a continuation that produced nothing)."""
     cur = current_edit(s, story)
     if cur is None or cur.id != edit_id:
@@ -282,7 +277,7 @@ def drop_last_edit(s: OrmSession, story: Session, edit_id: str) -> None:
     s.delete(cur)
 
 
-def step_edit(s: OrmSession, story: Session, step: int) -> StoryEdit | None:
+def step_edit(s: Session, story: SessionRecord, step: int) -> StoryEdit | None:
     """Move the undo cursor one edit back (-1) or forward (+1); None when there is nowhere to go."""
     cur = current_edit(s, story)
     if cur is None:
@@ -296,7 +291,7 @@ def step_edit(s: OrmSession, story: Session, step: int) -> StoryEdit | None:
     return target
 
 
-def undo_redo_available(s: OrmSession, story: Session) -> tuple[bool, bool]:
+def undo_redo_available(s: Session, story: SessionRecord) -> tuple[bool, bool]:
     cur = current_edit(s, story)
     if cur is None:
         return False, False
@@ -306,7 +301,7 @@ def undo_redo_available(s: OrmSession, story: Session) -> tuple[bool, bool]:
     return cur.seq > seqs[0], cur.seq < seqs[1]
 
 
-def neighbour_edits(s: OrmSession, story: Session) -> tuple[StoryEdit | None, StoryEdit | None]:
+def neighbour_edits(s: Session, story: SessionRecord) -> tuple[StoryEdit | None, StoryEdit | None]:
     """(the edit Undo would take back, the edit Redo would bring back): None where there is none."""
     cur = current_edit(s, story)
     if cur is None:
@@ -318,13 +313,13 @@ def neighbour_edits(s: OrmSession, story: Session) -> tuple[StoryEdit | None, St
     return (cur if has_before else None), after
 
 
-def passage_group(s: OrmSession, story: Session, group_id: str) -> list[StoryPassage]:
+def passage_group(s: Session, story: SessionRecord, group_id: str) -> list[StoryPassage]:
     """Every version of one place in the story, oldest first."""
     stmt = select(StoryPassage).where(StoryPassage.session_id == story.id, StoryPassage.group_id == group_id)
     return list(s.scalars(stmt.order_by(StoryPassage.seq)))
 
 
-def group_sizes(s: OrmSession, story: Session, group_ids: Sequence[str]) -> dict[str, list[str]]:
+def group_sizes(s: Session, story: SessionRecord, group_ids: Sequence[str]) -> dict[str, list[str]]:
     """group id → ids of its versions in creation order (for the ◀ n of m ▶ labels)."""
     rows = s.execute(
         select(StoryPassage.group_id, StoryPassage.id)
@@ -337,18 +332,18 @@ def group_sizes(s: OrmSession, story: Session, group_ids: Sequence[str]) -> dict
     return out
 
 
-def all_passages(s: OrmSession, story: Session) -> list[StoryPassage]:
+def all_passages(s: Session, story: SessionRecord) -> list[StoryPassage]:
     """Every passage of the story ever written (every version), in creation order."""
     return list(s.scalars(select(StoryPassage).where(StoryPassage.session_id == story.id).order_by(StoryPassage.seq)))
 
 
-def edits_of(s: OrmSession, story: Session) -> list[StoryEdit]:
+def edits_of(s: Session, story: SessionRecord) -> list[StoryEdit]:
     """The whole undo log, oldest first (the cursor is `story.active_leaf_id`)."""
     return list(s.scalars(select(StoryEdit).where(StoryEdit.session_id == story.id).order_by(StoryEdit.seq)))
 
 
 def add_snapshot(
-    s: OrmSession, story: Session, name: str, passages: list[dict[str, Any]], created_at: datetime | None = None
+    s: Session, story: SessionRecord, name: str, passages: list[dict[str, Any]], created_at: datetime | None = None
 ) -> StorySnapshot:
     row = StorySnapshot(
         id=new_id(), session_id=story.id, name=name.strip()[:200], passages=passages, created_at=created_at or utcnow()
@@ -358,22 +353,22 @@ def add_snapshot(
     return row
 
 
-def rename_snapshot(s: OrmSession, story: Session, snapshot_id: str, name: str) -> StorySnapshot:
+def rename_snapshot(s: Session, story: SessionRecord, snapshot_id: str, name: str) -> StorySnapshot:
     row = get_snapshot(s, story, snapshot_id)
     row.name = name.strip()[:200]
     return row
 
 
-def delete_snapshot(s: OrmSession, story: Session, snapshot_id: str) -> None:
+def delete_snapshot(s: Session, story: SessionRecord, snapshot_id: str) -> None:
     s.delete(get_snapshot(s, story, snapshot_id))
 
 
-def snapshots_of(s: OrmSession, story: Session) -> list[StorySnapshot]:
+def snapshots_of(s: Session, story: SessionRecord) -> list[StorySnapshot]:
     stmt = select(StorySnapshot).where(StorySnapshot.session_id == story.id)
     return list(s.scalars(stmt.order_by(StorySnapshot.created_at.desc(), StorySnapshot.name)))
 
 
-def get_snapshot(s: OrmSession, story: Session, snapshot_id: str) -> StorySnapshot:
+def get_snapshot(s: Session, story: SessionRecord, snapshot_id: str) -> StorySnapshot:
     row = s.get(StorySnapshot, snapshot_id) if snapshot_id else None
     if row is None or row.session_id != story.id:
         raise NotFoundError("That snapshot no longer exists in this story.")
@@ -384,7 +379,7 @@ def get_snapshot(s: OrmSession, story: Session, snapshot_id: str) -> StorySnapsh
 
 
 def start_generation(
-    s: OrmSession,
+    s: Session,
     owner: str,
     generator: str,
     params: dict[str, Any],
@@ -403,7 +398,7 @@ def start_generation(
     return row
 
 
-def finish_generation(s: OrmSession, generation_id: str, outcome: str, **fields: Any) -> Generation:
+def finish_generation(s: Session, generation_id: str, outcome: str, **fields: Any) -> Generation:
     row = s.get(Generation, generation_id)
     if row is None:
         raise NotFoundError(f"Generation {generation_id!r} not found.")
@@ -414,7 +409,7 @@ def finish_generation(s: OrmSession, generation_id: str, outcome: str, **fields:
     return row
 
 
-def generations_of(s: OrmSession, owner: str, session_id: str | None = None, limit: int = 100) -> list[Generation]:
+def generations_of(s: Session, owner: str, session_id: str | None = None, limit: int = 100) -> list[Generation]:
     stmt = select(Generation).where(Generation.owner == owner)
     if session_id is not None:
         stmt = stmt.where(Generation.session_id == session_id)
@@ -424,7 +419,7 @@ def generations_of(s: OrmSession, owner: str, session_id: str | None = None, lim
 # ------------------------------------------------------------------ export / import
 
 
-def export_session(s: OrmSession, session: Session) -> dict[str, Any]:
+def export_session(s: Session, session: SessionRecord) -> dict[str, Any]:
     """The whole session as plain JSON-able data: every branch, not only the visible one."""
     return {
         "format": EXPORT_FORMAT,
@@ -448,7 +443,7 @@ def export_session(s: OrmSession, session: Session) -> dict[str, Any]:
     }
 
 
-def import_session(s: OrmSession, owner: str, data: dict[str, Any], kind: str | None = None) -> Session:
+def import_session(s: Session, owner: str, data: dict[str, Any], kind: str | None = None) -> SessionRecord:
     """Recreate an exported session under new ids (importing twice gives two copies)."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise StorageError(f"This is not an AIGC Studio export (expected \"format\": \"{EXPORT_FORMAT}\").")
@@ -483,14 +478,14 @@ def import_session(s: OrmSession, owner: str, data: dict[str, Any], kind: str | 
 # ------------------------------------------------------------------ images
 
 
-def add_image(s: OrmSession, owner: str, **fields: Any) -> ImageRecord:
+def add_image(s: Session, owner: str, **fields: Any) -> ImageRecord:
     image = ImageRecord(owner=owner, **fields)
     s.add(image)
     s.flush()
     return image
 
 
-def get_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
+def get_image(s: Session, owner: str, image_id: str) -> ImageRecord:
     image = s.get(ImageRecord, image_id) if is_row_id(image_id) else None
     if image is None or image.owner != owner:
         raise NotFoundError("That image does not exist (it may have been deleted).")
@@ -506,7 +501,7 @@ def _image_filter(owner: str, model: str | None, label: int | None) -> list[Any]
     return where
 
 
-def list_images(s: OrmSession, owner: str, model: str | None = None, label: int | None = None,
+def list_images(s: Session, owner: str, model: str | None = None, label: int | None = None,
                 offset: int = 0, limit: int = 24) -> tuple[list[ImageRecord], int]:
     """One page of an owner's images, newest first, and the total that match."""
     where = _image_filter(owner, model, label)
@@ -518,11 +513,11 @@ def list_images(s: OrmSession, owner: str, model: str | None = None, label: int 
     return list(rows), total
 
 
-def image_models(s: OrmSession, owner: str) -> list[str]:
+def image_models(s: Session, owner: str) -> list[str]:
     return list(s.scalars(select(ImageRecord.model).where(ImageRecord.owner == owner).distinct().order_by(ImageRecord.model)))
 
 
-def delete_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
+def delete_image(s: Session, owner: str, image_id: str) -> ImageRecord:
     image = get_image(s, owner, image_id)
     s.delete(image)
     s.flush()
@@ -532,12 +527,12 @@ def delete_image(s: OrmSession, owner: str, image_id: str) -> ImageRecord:
 # ------------------------------------------------------------------ owner settings
 
 
-def get_owner_setting(s: OrmSession, owner: str, key: str, default: Any = None) -> Any:
+def get_owner_setting(s: Session, owner: str, key: str, default: Any = None) -> Any:
     row = s.get(OwnerSetting, (owner, key))
     return default if row is None else row.value
 
 
-def set_owner_setting(s: OrmSession, owner: str, key: str, value: Any) -> None:
+def set_owner_setting(s: Session, owner: str, key: str, value: Any) -> None:
     row = s.get(OwnerSetting, (owner, key))
     if row is None:
         s.add(OwnerSetting(owner=owner, key=key, value=value))

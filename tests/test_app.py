@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 import pytest
 from gradio_client import Client
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from webui.app import build_app
 from webui.server import launch
+from webui.services.context import CancelTokens
 
 SAMPLER = (0.0, 0.95, 50, 0.0, 1.0, 256, "", "")  # temperature … stop strings, in the page's order
+LONG = (*SAMPLER[:5], 2048, *SAMPLER[6:])  # the longest reply the page allows
 
 
 def test_build_app_without_launching(make_ctx) -> None:
@@ -24,7 +24,7 @@ def test_build_app_without_launching(make_ctx) -> None:
 
 @pytest.fixture
 def app(make_ctx):
-    ctx = make_ctx({"fake": {"words": 400, "delay_s": 0.005}, "quick": {"words": 5}}, port=free_port())
+    ctx = make_ctx({"endless": {"words": 100_000, "delay_s": 0.02}, "quick": {"words": 5}}, port=free_port())
     demo = launch(ctx, quiet=True)
     yield ctx, Client(demo.local_url, verbose=False)
     demo.close()
@@ -56,19 +56,39 @@ def test_send_reply_regenerate_and_flip(app) -> None:
 def test_stop_cancels_only_this_session(app) -> None:
     ctx, client = app
     other = Client(client.src, verbose=False)
-    client.predict("fake", "", "mine", *SAMPLER, api_name="/send")
+    client.predict("endless", "", "mine", *LONG, api_name="/send")
     other.predict("quick", "", "theirs", *SAMPLER, api_name="/send")
-    job = client.submit("fake", "", *SAMPLER, api_name="/reply")
-    time.sleep(1.0)
+    job = client.submit("endless", "", *LONG, api_name="/reply")  # 2,048 words: 40 s unless stopped
+    wait_until(lambda: len(job.outputs()) >= 2, "the reply to start streaming")
     other.predict(api_name="/stop")  # someone else's Stop must not stop my reply
-    time.sleep(0.5)
-    assert not job.done()
+    seen = len(job.outputs())
+    wait_until(lambda: job.done() or len(job.outputs()) >= seen + 10, "more of the reply after their Stop")
+    assert not job.done()  # still streaming after their Stop
     client.predict(api_name="/stop")
-    deadline = time.monotonic() + 20
-    while not job.done() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(job.done, "my Stop to end the reply")
     chatbot, notice, _ = job.outputs()[-1]
     assert "Stopped after" in notice and "(stopped)" in last_text(chatbot)
+
+
+def test_cancel_events_go_when_the_browser_session_ends(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.1")  # a page's heartbeat; its end is what `unload` runs on
+    ctx, client = app
+    visitor = Client(client.src, verbose=False)
+    send(visitor, "hello")  # a chat turn gives this browser session its cancel event
+    assert len(ctx.cancels) == 1
+    visitor.close()  # the tab is closed: its heartbeat stops
+    wait_until(lambda: len(ctx.cancels) == 0, "the closed session's cancel event to be dropped")
+
+
+def test_discard_session_drops_every_event_of_that_session_only() -> None:
+    tokens = CancelTokens()
+    for key in ("abc", "paint:abc", "metrics:abc", "image:abc", "xyz", "paint:xyz", "paint:xabc"):
+        tokens.fresh(key)
+    running = tokens.current("abc")
+    assert tokens.discard_session("abc") == 4 and len(tokens) == 3
+    assert not tokens.cancel("paint:abc") and tokens.cancel("paint:xyz") and tokens.cancel("paint:xabc")
+    assert not running.is_set()  # a generation still holding its event is not stopped by the tab closing
+    assert tokens.discard_session("") == 0 and len(tokens) == 3
 
 
 def test_errors_reach_the_page_as_messages(app) -> None:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from generators.base import StudioError
 from storage.db import StorageError
-from storage.models import Generation, ImageRecord, Message, Session, StoryPassage
+from storage.models import Generation, ImageRecord, Message, SessionRecord, StoryPassage
 from webui.api import EXCEPTION_HANDLERS, build_router
 from webui.services import chat, images, story
 from webui.services.story_values import story_settings
@@ -47,32 +47,50 @@ def ctx(make_ctx):  # type: ignore[no-untyped-def]
 
 def counts(ctx: Any) -> tuple[int, ...]:
     with ctx.store.begin() as s:
-        return tuple(s.scalar(select(func.count()).select_from(m)) for m in (Session, Message, StoryPassage, Generation,
-                                                                              ImageRecord))
+        return tuple(s.scalar(select(func.count()).select_from(m))
+                     for m in (SessionRecord, Message, StoryPassage, Generation, ImageRecord))
+
+
+def outcome(fn: Any) -> tuple[bool, Any]:
+    """(True, None) if fn raised a person-readable error, (False, its result) if it succeeded. Anything else
+    (a TypeError, a KeyError …) fails the test."""
+    try:
+        result = fn()
+    except (StudioError, StorageError) as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+        return True, None
+    return False, result
 
 
 def refused_cleanly(fn: Any) -> bool:
-    """True if fn raised a person-readable error; False if it succeeded. Anything else fails the test."""
-    try:
-        fn()
-    except (StudioError, StorageError) as exc:
-        assert str(exc) and "Traceback" not in str(exc)
-        return True
-    return False
+    return outcome(fn)[0]
+
+
+def grew(before: tuple[int, ...], after: tuple[int, ...], **by: int) -> bool:
+    """Whether exactly the named tables grew by the given rows (sessions, messages, passages, generations, images)."""
+    names = ("sessions", "messages", "passages", "generations", "images")
+    return after == tuple(b + by.get(n, 0) for n, b in zip(names, before, strict=True))
 
 
 @FUZZ
 @given(text=st.one_of(NASTY_TEXT, ANY_VALUE), params=PARAMS, model=st.one_of(st.just("quick"), NASTY_TEXT))
+@example(text=" <b>Hi</b> 'there' 🙂\n", params={"temperature": 0.5}, model="quick")  # accepted, every run
 def test_chat_services(ctx, text, params, model) -> None:
     before = counts(ctx)
-    refused = refused_cleanly(lambda: chat.add_user_message(
+    refused, view = outcome(lambda: chat.add_user_message(
         ctx, "local", None, text, chat.reply_settings(ctx, model, params if isinstance(params, dict) else {"x": params})))
     if refused:
         assert counts(ctx) == before
+        return
+    # accepted: a new chat holding the message as typed (trimmed), and nothing else
+    assert grew(before, counts(ctx), sessions=1, messages=1)
+    saved = chat.get_chat(ctx, "local", view.id).messages
+    assert [(m.role, m.content) for m in saved] == [("user", text.strip())]
 
 
 @FUZZ
 @given(title=ANY_VALUE, opening=ANY_VALUE, params=PARAMS, text=ANY_VALUE)
+@example(title=" <Night> ", opening="It was dark.", params={"seed": 3}, text=" <i>Then</i> rain.\n")  # accepted
 def test_story_services(ctx, title, opening, params, text) -> None:
     before = counts(ctx)
 
@@ -80,26 +98,44 @@ def test_story_services(ctx, title, opening, params, text) -> None:
         return story.create_story(ctx, "local", title, story_settings(ctx, "quick", params if isinstance(params, dict) else {}),
                                   opening)
 
-    if refused_cleanly(create):
+    refused, made = outcome(create)
+    if refused:
         assert counts(ctx) == before
         return
-    made = story.list_stories(ctx, "local")[0]
+    # accepted: one story, its opening (if any) its only passage, its title as given (or "Untitled story")
+    opened = bool(opening and opening.strip())
+    assert grew(before, counts(ctx), sessions=1, passages=int(opened))
+    assert [p.text for p in story.get_story(ctx, "local", made.id).passages] == ([opening] if opened else [])
+    assert made.title == ((title or "").strip()[:200] or "Untitled story")
     before = counts(ctx)
-    if refused_cleanly(lambda: story.write(ctx, "local", made.id, text)):
+    refused, view = outcome(lambda: story.write(ctx, "local", made.id, text))
+    if refused:
         assert counts(ctx) == before
+        return
+    assert grew(before, counts(ctx), passages=1)
+    assert view.passages[-1].author == "user" and view.passages[-1].text in (text, " " + text)
 
 
 @FUZZ
 @given(label=ANY_VALUE, seed=ANY_VALUE, count=ANY_VALUE, params=PARAMS, model=st.one_of(st.just("gan-mnist32"), NASTY_TEXT))
+@example(label=3, seed=2**32 - 1, count=2, params={}, model="gan-mnist32")  # accepted: the seeds wrap around
 def test_image_services(ctx, label, seed, count, params, model) -> None:
     before = counts(ctx)
-    if refused_cleanly(lambda: images.generate(ctx, "local", model, label, seed, count, params if isinstance(params, dict)
-                                               else {"truncation": params})):
+    refused, result = outcome(lambda: images.generate(ctx, "local", model, label, seed, count, params if isinstance(
+        params, dict) else {"truncation": params}))
+    if refused:
         assert counts(ctx) == before
+    else:  # accepted: every image saved once, on disk, from consecutive seeds
+        made = result.images
+        assert made and grew(before, counts(ctx), generations=1, images=len(made))
+        assert all(i.path.is_file() and i.model == model for i in made)
+        assert [i.seed for i in made] == [(made[0].seed + k) % 2**32 for k in range(len(made))]
     assert refused_cleanly(lambda: images.get_image(ctx, "local", label if isinstance(label, str) else "x"))
     before = counts(ctx)
-    refused_cleanly(lambda: images.gallery(ctx, "local", model, label, count))
+    refused, page = outcome(lambda: images.gallery(ctx, "local", model, label, count))
     assert counts(ctx) == before
+    if not refused:
+        assert len(page.images) <= page.total and 1 <= page.page <= page.pages
 
 
 def is_utf8(text: str) -> bool:
@@ -145,6 +181,13 @@ def test_chat_completions_api(ctx, api, body) -> None:
     assert_clear(response)
     if response.status_code >= 400:
         assert counts(ctx) == before
+        return
+    assert response.status_code == 200
+    if response.headers["content-type"].startswith("text/event-stream"):
+        assert response.text.rstrip().endswith("data: [DONE]")
+    else:
+        assert isinstance(response.json()["choices"][0]["message"]["content"], str)
+    assert grew(before, counts(ctx), generations=1)  # the reply was recorded, nothing else was kept
 
 
 @FUZZ
@@ -161,6 +204,9 @@ def test_images_and_read_apis(ctx, api, body, path) -> None:
     assert_clear(response)
     if response.status_code >= 400:
         assert counts(ctx) == before
+    else:
+        made = response.json()["data"]
+        assert made and counts(ctx)[4] == before[4] + len(made)
     from urllib.parse import quote
 
     for url in (f"/api/chats/{quote(path, safe='')}", f"/api/stories/{quote(path, safe='')}",

@@ -23,23 +23,43 @@ def test_bleu_and_rouge_on_fixed_inputs_match_hand_computed_values() -> None:
     assert scorer.score("a b c d", "a c d e")["rougeL"].fmeasure == pytest.approx(0.75)
 
 
-def test_log_likelihood_in_windows_equals_one_pass(tiny_model_dir) -> None:
+def test_log_likelihood_in_windows_scores_each_token_once_with_its_windows_context(tiny_model_dir) -> None:
     import torch
 
-    from generators.text.transformers_lm import TransformersLM
+    from generators.text.transformers_lm import TransformersLM, scoring_windows
 
-    lm = TransformersLM("tiny", {"source": str(tiny_model_dir), "device": "cpu", "context_length": 64})
+    window = 64
+    lm = TransformersLM("tiny", {"source": str(tiny_model_dir), "device": "cpu", "context_length": window})
     lm.load()
-    text = "The lighthouse keeper walked down to the harbour before dawn. " * 3
-    nll, tokens = lm.log_likelihood(text)
-    ids = [lm.tokenizer.bos_token_id, *lm.tokenizer.encode(text, add_special_tokens=False)]
-    assert tokens == len(ids) - 1
-    if len(ids) <= 64:  # short enough for one pass: the windowed sum must equal the direct one
+
+    def ids_of(text: str) -> list[int]:
+        return [lm.tokenizer.bos_token_id, *lm.tokenizer.encode(text, add_special_tokens=False)]
+
+    def next_token_nll(context: list[int], token: int) -> float:
         with torch.inference_mode():
-            logits = lm.model(input_ids=torch.tensor([ids])).logits[0, :-1]
-        direct = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
-        assert nll == pytest.approx(direct, rel=1e-4)
+            logits = lm.model(input_ids=torch.tensor([context])).logits[0, -1].float()
+        return -torch.log_softmax(logits, -1)[token].item()
+
+    # a text of several windows: every token after the first counted once, predicted from the part of the
+    # text its window holds (each token scored here by a forward of its own)
+    text = "The lighthouse keeper walked down to the harbour before dawn. " * 12
+    ids = ids_of(text)
+    assert len(ids) > 2 * window
+    nll, tokens = lm.log_likelihood(text)
+    assert tokens == len(ids) - 1
+    expected = sum(next_token_nll(ids[start:p], ids[p]) for start, end, first_new in scoring_windows(len(ids), window)
+                   for p in range(start + 1 + first_new, end))
+    assert nll == pytest.approx(expected, rel=1e-4)
     assert 1 < math.exp(nll / tokens) < 2 * len(lm.tokenizer)  # a random model is near uniform, not worse
+
+    # a text that fits one window: the plain one-pass sum
+    short = "The lighthouse keeper walked down to the harbour before dawn."
+    ids = ids_of(short)
+    assert len(ids) <= window
+    with torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    direct = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
+    assert lm.log_likelihood(short) == (pytest.approx(direct, rel=1e-4), len(ids) - 1)
 
 
 def test_run_stores_values_with_versions_and_history(make_ctx) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from generators.base import LoadFailedError
 from storage.models import LOCAL_OWNER as OWNER
-from tests.conftest import make_fake_text_plugin
+from tests.conftest import make_fake_text_plugin, wait_until
 from webui.services import chat as chat_svc
 from webui.services import story as story_svc
 from webui.services.loading import describe_stage, wait_until_loaded
@@ -98,8 +98,7 @@ def test_two_requests_wait_for_one_load_and_the_status_line_can_see_it(make_ctx,
     seen: list[Any] = []
     other = threading.Thread(target=lambda: seen.extend(wait_until_loaded(ctx, "fake")))
     other.start()
-    time.sleep(0.2)
-    assert ctx.loads.progress("fake") is not None  # what the Chat status line reads while loading
+    wait_until(lambda: ctx.loads.progress("fake") is not None, "the status line to show the load")  # while loading
     mine = list(wait_until_loaded(ctx, "fake"))
     other.join()
     assert mine and seen and fake_plugin.load_count == 1

@@ -1,8 +1,9 @@
-"""One contract suite over every plugin `discover_plugins()` finds — the built-ins and a third-party
-plugin installed through a real entry point — checking what each declares, for real, on a tiny model
-built here: options validated and named, load/unload idempotent, a failed load typed, text streams
-that end with stats, seeds that reproduce, cancel before the first step, images whose seeds reproduce
-whatever the batch.
+"""One contract suite over every plugin `discover_plugins()` finds — the built-ins, a third-party plugin
+and the example plugins of `examples/`, each installed through a real entry point as pip would leave it —
+checking what each declares, for real, on a tiny model built here: options validated and named,
+load/unload idempotent (also from two threads at once), failures typed, text streams that end with
+stats, seeds that reproduce, cancel before the first step and within one step, images whose seeds
+reproduce whatever the batch.
 
 A new plugin needs only an entry in `TINY` (how to build a tiny one); the checks come from its
 declared capabilities, so a plugin that declares `seed` or `cancel` without keeping it fails here.
@@ -23,7 +24,10 @@ import pytest
 import generators.base as base
 from generators.base import (
     CAP_CANCEL,
+    CAP_CHAT,
     CAP_CLASS_CONDITIONAL,
+    CAP_COMPLETION,
+    CAP_LOGIT_BIAS,
     CAP_SEED,
     CAP_STEPS,
     CAP_TEXT_TO_IMAGE,
@@ -35,6 +39,7 @@ from generators.base import (
     PaintRequest,
     SamplingParams,
     StepControl,
+    StreamClock,
     StudioError,
     TextGenerator,
     TextRequest,
@@ -106,6 +111,10 @@ def _echo(kit: Kit) -> Tiny:
     return Tiny({}, {"greeting": 5})  # a wrong type: refused when the options are validated
 
 
+def _example_markov(kit: Kit) -> Tiny:
+    return Tiny({}, {"corpus": str(kit.tmp / "no-such-corpus.txt")}, prompt=True)
+
+
 TINY: dict[str, Callable[[Kit], Tiny]] = {
     "transformers": _transformers,
     "char-lstm": _char_lstm,
@@ -115,20 +124,26 @@ TINY: dict[str, Callable[[Kit], Tiny]] = {
     "digit-diffusion": _image("builtin:diffusion-mnist32", {"steps": 3}),
     "diffusers": _diffusers,
     "echo": _echo,  # the third-party plugin below
+    "example-markov": _example_markov,  # examples/text_plugin.py
 }
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
 def third_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, type[Generator]]]:
-    """Every plugin discovered, with a third-party one (`echo`) installed as pip would leave it."""
+    """Every plugin discovered, with a third-party one (`echo`) and the examples a newcomer copies installed
+    as pip would leave them."""
     root = tmp_path_factory.mktemp("dist")
     install_test_distribution(root, "aigc_contract_echo", PLUGIN_CODE, {"echo": "aigc_contract_echo:EchoPlugin"})
+    install_test_distribution(root, "aigc_example_text", (EXAMPLES / "text_plugin.py").read_text(),
+                              {"example-markov": "aigc_example_text:MarkovText"})
     sys.path.insert(0, str(root))
     try:
         yield discover_plugins()
     finally:
         sys.path.remove(str(root))
-        sys.modules.pop("aigc_contract_echo", None)
+        for module in ("aigc_contract_echo", "aigc_example_text"):
+            sys.modules.pop(module, None)
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +151,10 @@ def kit(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from tests.test_openai_remote import FakeServer, delta, sse_reply
 
     class Endless(list):  # type: ignore[type-arg]
-        """Every POST gets the same short streamed reply."""
+        """Every POST gets the same streamed reply, long enough to be stopped in the middle."""
 
         def pop(self, index: int = -1) -> Any:
-            return sse_reply([delta("Hel"), delta("lo"), delta("", "stop")])
+            return sse_reply([delta(f"w{i} ") for i in range(30)] + [delta("", "stop")])
 
     server = FakeServer([])
     server.replies = Endless()
@@ -169,7 +184,7 @@ def build(cls: type[Generator], tiny: Tiny, kit: Kit, options: dict[str, Any] | 
 
 
 def test_every_discovered_plugin_has_a_tiny_build(third_party: dict[str, type[Generator]]) -> None:
-    assert "echo" in third_party  # the third-party plugin came through its entry point
+    assert {"echo", "example-markov"} <= set(third_party)  # third-party plugins came through their entry points
     missing = sorted(set(third_party) - set(TINY))
     assert not missing, f"plugins without a tiny build in tests/test_plugin_contract.py: {missing}"
 
@@ -201,6 +216,33 @@ def test_load_and_unload_are_idempotent(plugin: tuple[type[Generator], Tiny], ki
     assert not gen.loaded and gen.memory_bytes() == 0
     gen.load()  # and loads again after an unload
     assert gen.loaded
+    gen.unload()
+
+
+@by_plugin
+def test_two_threads_loading_at_once_load_once(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    gen = build(cls, tiny, kit)
+    loads: list[int] = []
+    real_load = gen._load
+
+    def counted(progress: Any) -> None:
+        loads.append(1)
+        real_load(progress)
+
+    gen._load = counted
+    both = threading.Barrier(2)
+
+    def load() -> None:
+        both.wait()
+        gen.load()
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gen.loaded and loads == [1]
     gen.unload()
 
 
@@ -237,6 +279,8 @@ def test_text_streams_end_with_stats_reproduce_their_seed_and_cancel(plugin: tup
         assert last.finish_reason in ("stop", "length") and last.stats is not None
         assert last.stats.completion_tokens >= 0 and last.stats.prompt_tokens >= 0
         text = "".join(c.text for c in chunks)
+        if text:  # what was written was counted and timed
+            assert last.stats.completion_tokens >= 1 and last.stats.time_to_first_token_s is not None
         if CAP_SEED in cls.info.capabilities:
             assert last.stats.seed == 11
             assert gen.generate(text_request(tiny, seed=11))[0] == text  # sampled, not greedy: the seed decides
@@ -245,6 +289,80 @@ def test_text_streams_end_with_stats_reproduce_their_seed_and_cancel(plugin: tup
             cancel.set()  # set before the first step: no step runs
             reply, end = gen.generate(text_request(tiny, seed=11), cancel)
             assert end.finish_reason == "cancelled" and reply == "" and end.stats.completion_tokens == 0
+    finally:
+        gen.unload()
+
+
+@by_plugin
+def test_logit_bias_forces_a_token_where_declared_and_is_refused_where_not(plugin: tuple[type[Generator], Tiny],
+                                                                          kit: Kit) -> None:
+    cls, tiny = plugin
+    if cls.info.modality != "text":
+        pytest.skip("an image plugin")
+    gen = build(cls, tiny, kit)
+    gen.load()
+    try:
+        if CAP_LOGIT_BIAS not in cls.info.capabilities:  # what the API asks before it runs anything
+            with pytest.raises(InvalidOptionsError, match="logit_bias"):
+                gen.check_request(text_request(tiny, seed=1, logit_bias={1: 1}))
+            return
+        size = gen.vocabulary_size
+        if size is None:
+            pytest.skip("the server checks and applies the ids (tests/test_openai_remote.py)")
+        token = size // 2
+        one, _ = gen.generate(text_request(tiny, seed=1, max_new_tokens=1, logit_bias={token: 100}))
+        four, last = gen.generate(text_request(tiny, seed=2, max_new_tokens=4, logit_bias={token: 100}))
+        assert one and four == one * 4 and last.stats.completion_tokens == 4  # that token, every time
+        with pytest.raises(InvalidOptionsError, match="logit_bias") as info:
+            gen.generate(text_request(tiny, seed=1, logit_bias={size: -100}))
+        assert info.value.param == "logit_bias"
+    finally:
+        gen.unload()
+
+
+@by_plugin
+def test_text_cancel_stops_within_one_token(plugin: tuple[type[Generator], Tiny], kit: Kit,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cls, tiny = plugin
+    if cls.info.modality != "text" or CAP_CANCEL not in cls.info.capabilities:
+        pytest.skip("not a text plugin that declares cancel")
+    cancel = threading.Event()
+
+    class StopAtThree(StreamClock):  # Stop is pressed as the third token is sampled, wherever the plugin decodes
+        def token(self, count: int = 1) -> None:
+            super().token(count)
+            if self.tokens >= 3:
+                cancel.set()
+
+    monkeypatch.setattr(base, "StreamClock", StopAtThree)
+    gen = build(cls, tiny, kit)
+    gen.load()
+    try:
+        reply, last = gen.generate(text_request(tiny, seed=5, max_new_tokens=40, temperature=1.0), cancel)
+    finally:
+        gen.unload()
+    assert cancel.is_set(), "the reply ended before its third token: the tiny build must write more"
+    assert last.finish_reason == "cancelled" and last.stats is not None
+    assert 3 <= last.stats.completion_tokens <= 4  # at most one more token after Stop
+
+
+@by_plugin
+def test_text_failures_are_typed(plugin: tuple[type[Generator], Tiny], kit: Kit) -> None:
+    cls, tiny = plugin
+    caps = cls.info.capabilities
+    if cls.info.modality != "text":
+        pytest.skip("an image plugin")
+    gen = build(cls, tiny, kit)
+    with pytest.raises(StudioError, match="not loaded"):  # the contract checks the load, not each plugin
+        gen.generate(text_request(tiny, seed=1))
+    gen.load()
+    try:
+        chat = TextRequest(messages=(base.ChatMessage("user", "Hi."),), params=SamplingParams(max_new_tokens=4))
+        prompt = TextRequest(prompt="Once", params=SamplingParams(max_new_tokens=4))
+        for request, needs in ((chat, CAP_CHAT), (prompt, CAP_COMPLETION)):
+            if needs not in caps and caps & {CAP_CHAT, CAP_COMPLETION}:  # declares the other kind only
+                with pytest.raises(StudioError):
+                    gen.generate(request)
     finally:
         gen.unload()
 

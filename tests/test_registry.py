@@ -24,18 +24,22 @@ def install_test_distribution(root: Path, name: str, module_code: str, entry_poi
 
 
 PLUGIN_CODE = """
-from generators.base import GeneratorInfo, SamplingParams, StrictModel, TextChunk, TextGenerator, GenerationStats
+from generators.base import GeneratorInfo, InvalidOptionsError, SamplingParams, StrictModel, TextChunk, TextGenerator
 
 class Opts(StrictModel):
     greeting: str = "hello"
 
 class EchoPlugin(TextGenerator):
-    info = GeneratorInfo("echo", "text", "echo", "echoes", frozenset({"stream"}), SamplingParams, Opts)
+    info = GeneratorInfo("echo", "text", "echo", "echoes", frozenset({"stream", "chat"}), SamplingParams, Opts)
     def _load(self, progress): progress("echo loading")
     def _unload(self): pass
-    def stream(self, request, cancel=None):
+    def _stream_chunks(self, request, cancel, clock):
+        if request.prompt is not None:
+            raise InvalidOptionsError("echo answers chat messages, not a prompt")
+        clock.begin(len(request.messages), 0)
+        clock.token()
         yield TextChunk(self.options.greeting + " " + request.messages[-1].content)
-        yield TextChunk("", "stop", GenerationStats(1, 1, 0, 0.0, 1.0))
+        yield TextChunk("", "stop")
 """
 
 
@@ -61,7 +65,8 @@ def test_third_party_plugin_found_through_a_real_entry_point(plugin_dist: None, 
     reg.add(ModelSpec("my-echo", "echo", {"greeting": "hey"}))
     from generators.base import ChatMessage, TextRequest
 
-    text, _ = reg.get("my-echo").generate(TextRequest(messages=(ChatMessage("user", "you"),)))
+    with reg.use("my-echo") as gen:
+        text, _ = gen.generate(TextRequest(messages=(ChatMessage("user", "you"),)))
     assert text == "hey you"
 
 

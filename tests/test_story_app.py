@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from webui.app import build_app
 from webui.server import launch
 
@@ -37,7 +36,7 @@ def test_build_app_has_the_story_api(make_ctx) -> None:
 
 @pytest.fixture
 def app(make_ctx):  # type: ignore[no-untyped-def]
-    ctx = make_ctx({"slow": {"words": 400, "delay_s": 0.005}, "quick": {"words": 5}}, port=free_port())
+    ctx = make_ctx({"slow": {"words": 100_000, "delay_s": 0.02}, "quick": {"words": 5}}, port=free_port())
     demo = launch(ctx, quiet=True)
     yield ctx, Client(demo.local_url, verbose=False)
     demo.close()
@@ -103,15 +102,13 @@ def test_stop_keeps_the_text_and_errors_are_messages(app) -> None:
         client.predict(*page(""), api_name="/write")
     with pytest.raises(Exception, match="greater than maximum value 100"):  # the slider refuses it
         client.predict(*page("x", depth=101), api_name="/write")
-    client.predict(*page("Night fell.", model="slow", tokens=400), api_name="/write")
+    client.predict(*page("Night fell.", model="slow", tokens=2048), api_name="/write")  # 40 s unless stopped
     with pytest.raises(Exception, match="does not end with a continuation"):
         client.predict(api_name="/retry")
     job = client.submit(api_name="/continue")
-    time.sleep(1.0)
+    wait_until(lambda: len(job.outputs()) >= 2, "the continuation to start streaming")
     client.predict(api_name="/story_stop")
-    deadline = time.monotonic() + 20
-    while not job.done() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(job.done, "Stop to end the continuation")
     html, notice, *_ = job.outputs()[-1]
     assert "Stopped after" in notice and "(stopped)" in html, (notice, html[-300:], len(job.outputs()))
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from generators.base import InvalidOptionsError
-from storage.models import Session, StoryEdit, StoryPassage, StorySnapshot
+from storage.models import SessionRecord, StoryEdit, StoryPassage, StorySnapshot
 from storage.repository import NotFoundError
 from webui.services import story as svc
 
@@ -173,7 +173,7 @@ BROKEN = {
 
 def _counts(ctx) -> list[int]:  # type: ignore[no-untyped-def]
     with ctx.store.begin() as s:
-        return [s.scalar(select(func.count()).select_from(t)) for t in (Session, StoryPassage, StoryEdit, StorySnapshot)]
+        return [s.scalar(select(func.count()).select_from(t)) for t in (SessionRecord, StoryPassage, StoryEdit, StorySnapshot)]
 
 
 @pytest.mark.parametrize("how", list(BROKEN))

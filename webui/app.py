@@ -136,7 +136,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         models_tab.select(refresh_models, None, models_table, **FAST, api_visibility="private")
         for tab, (show, inputs, output) in ((characters_tab, show_characters), (prompts_tab, show_prompts)):
             tab.select(show, inputs, output, **FAST, api_visibility="private")
+        demo.unload(forget_session(ctx))
     return demo
+
+
+def forget_session(ctx: AppContext) -> Any:
+    """What runs when a browser tab closes (Gradio's unload, once its heartbeat stops): the session's cancel
+    events go, so they do not pile up for the life of the server."""
+
+    def forget(request: gr.Request) -> None:
+        ctx.cancels.discard_session(getattr(request, "session_hash", None) or "")
+
+    return forget
 
 
 # elem_id -> (modality or None for every model, the choices listed before the models)

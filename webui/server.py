@@ -63,7 +63,7 @@ def create_context(settings: Settings) -> AppContext:
 
 
 def password_check(accounts: Accounts) -> Callable[[str, str], Awaitable[bool]]:
-    """Gradio's login check, off the event loop: the argon2 hash (~100 ms of CPU) runs in a worker
+    """Gradio's login check, off the event loop: the argon2 hash (slow on purpose) runs in a worker
     thread, one at a time, so a flood of logins neither blocks other requests nor takes every core."""
     one_at_a_time = asyncio.Semaphore(1)
 

@@ -9,7 +9,7 @@ A source is one of:
   * a local folder with a transformers checkpoint;
   * a Hugging Face hub id (downloaded only if the user allows downloads).
 
-transformers dequantizes a GGUF file on every load (11–15 s for SmolLM2-135M), so a GGUF
+transformers dequantizes a GGUF file on every load (slow: seconds even for a small model), so a GGUF
 source is converted once into a safetensors folder under the cache directory; every later
 load (and bitsandbytes quantization, which refuses GGUF) reads that folder instead.
 """

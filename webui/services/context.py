@@ -29,7 +29,11 @@ from .story_context import TokenCountCache
 
 
 class CancelTokens:
-    """One cancel event per browser session (or API request), so Stop stops only its owner."""
+    """One cancel event per browser session (or API request), so Stop stops only its owner.
+
+    Keys are a browser session's id, or `purpose:id` where one page has several Stop buttons (`paint:`,
+    `metrics:` …). When the browser session ends, `discard_session` drops all of its events, so they do
+    not pile up for the life of the server."""
 
     def __init__(self) -> None:
         self._events: dict[str, threading.Event] = {}
@@ -53,9 +57,21 @@ class CancelTokens:
         event.set()
         return True
 
-    def discard(self, key: str) -> None:
+    def discard_session(self, session: str) -> int:
+        """Forget every event of a browser session (its own key and its `purpose:session` keys); how many.
+        A generation still running keeps its event and stops as before; only the entries go."""
+        if not session:
+            return 0
+        suffix = ":" + session
         with self._lock:
-            self._events.pop(key, None)
+            keys = [k for k in self._events if k == session or k.endswith(suffix)]
+            for key in keys:
+                del self._events[key]
+        return len(keys)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
 
 
 def check_text(text: Any, what: str = "text", limit: int | None = None) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import case, func, select
 
 from generators.base import InvalidOptionsError
 from storage import repository as repo
-from storage.models import Generation, Message, Rating, Session, StoryPassage
+from storage.models import Generation, Message, Rating, SessionRecord, StoryPassage
 
 from .context import AppContext, check_text
 from .own_models import shown_to
@@ -47,7 +47,7 @@ def _target(s: Any, owner: str, kind: str, target_id: str) -> tuple[str | None, 
         return image.generation_id, image.model
     row_cls = Message if kind == "message" else StoryPassage
     row = s.get(row_cls, target_id)
-    session = s.get(Session, row.session_id) if row is not None else None
+    session = s.get(SessionRecord, row.session_id) if row is not None else None
     if row is None or session is None or session.owner != owner:
         raise repo.NotFoundError("That output does not exist (it may have been deleted).")
     author = row.role if kind == "message" else row.author

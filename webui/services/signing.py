@@ -10,8 +10,8 @@ first, and its PEM private key) or one the studio makes at first start under DAT
 
 Algorithm: ES256 (ECDSA on P-256 with SHA-256). C2PA allows ES256/384/512, PS256/384/512 and
 Ed25519; ES256 is the one every C2PA validator and trust list accepts, its signatures and
-certificates are small (a manifest of a 28×28 digit grows the PNG by ~3 KB, where RSA-PS256 would
-add ~1 KB more per certificate and signature) and signing takes well under a millisecond.
+certificates are small (smaller than RSA-PS256's, which matters when the image itself is a small
+digit) and signing is cheap.
 A bare self-signed leaf is refused by c2pa ("the certificate is invalid"), hence the CA + leaf
 with SubjectKeyIdentifier / AuthorityKeyIdentifier and the emailProtection usage C2PA asks for.
 Readers elsewhere report such a chain as valid but untrusted (it is on no public trust list);

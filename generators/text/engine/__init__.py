@@ -10,6 +10,8 @@ Modules, from the leaves up (no module imports one above it):
 - `batcher`: the continuous batcher with its prefix cache and chunked prefill.
 - `decoder`: a loaded model's token loop (alone or batched); `prompt`: fitting a chat into the
   context window; `scoring`: log-likelihood.
+- `loader`: from a source and load options to a model ready to decode (device, quantizer, GGUF cache,
+  adapter, oneDNN packing, the C++ loop), and the memory estimates.
 
 Sampling, detokenizing and stop strings are `generators/text/decoding.py`, shared with the other
 text plugins. Importing the package imports no torch; its modules do.

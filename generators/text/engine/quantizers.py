@@ -180,3 +180,16 @@ QUANTIZATION_CHOICES: tuple[str, ...] = tuple(QUANTIZERS)
 def quantization_help() -> str:
     """One line per choice, for a CLI flag or a form field."""
     return "; ".join(f"{q.name}: {q.help}" for q in QUANTIZERS.values())
+
+
+def describe_precision(chosen: str, running: Quantizer, device: str, dtype: str, model: Any) -> str:
+    """What a loaded model runs and why, in words (the Models view): `chosen` is the option, `running` the
+    quantizer it resolved to on `device`, `dtype` the dtype option."""
+    why = " — auto: the fastest within +5 % perplexity of float32 here" if chosen == "auto" else ""
+    if chosen == "auto" and device == "cpu" and running.name == "none":
+        why = " — auto: this PyTorch has no CPU int4 kernel, or int4 cannot compute in this dtype"
+    if running.name == "int4":
+        compute = "bfloat16" if dtype in ("auto", "bfloat16") else "float32"
+        return f"int4 weights, {compute} between the kernels{why}"
+    model_dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
+    return f"{running.name if running.name != 'none' else model_dtype}{why}"

@@ -9,7 +9,7 @@ then the final norm and the head — straight through, writing each new key and 
 preallocated `KVCache` column instead of concatenating. Rows stay 2-D (B, features): with one new
 token per row the attention's (B, heads, 1, head_dim) is a view of them, so there are no transposes;
 RoPE rotates by a flip of the two halves times a signed sin; the RMS norm is one layer-norm kernel
-(see `_norm`). Each operator costs a couple of µs of dispatch whatever it computes, so these count.
+(see `_norm`). Each operator costs its dispatch whatever it computes, so these count.
 Projections come from the kernel table (projection.py); two kernel choices are measured per model at
 load (measure.py). Prefill and scoring keep using the model's forward: with many tokens per call its
 overhead does not matter.

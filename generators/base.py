@@ -24,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -41,6 +41,7 @@ CAP_CANCEL = "cancel"
 CAP_QUANTIZATION = "quantization"
 CAP_SEED = "seed"
 CAP_LOGPROBS = "logprobs"  # text: log-probabilities of the chosen tokens (and the likeliest alternatives)
+CAP_LOGIT_BIAS = "logit-bias"  # text: applies `SamplingParams.logit_bias` (token ids of its `vocabulary_size`)
 CAP_INSTRUCT_TEMPLATE = "instruct-template"  # text: renders messages with a template the request brings
 CAP_CONTINUE_TURN = "continue-turn"  # text: continues a request's last (assistant) message instead of answering it
 CAP_INTERPOLATE = "interpolate"  # image: latent walk between two (class, seed) ends
@@ -72,8 +73,15 @@ class UnknownGeneratorError(StudioError):
 
 
 class InvalidOptionsError(StudioError):
+    """A request or option a person must change; `param` names the field when one is to blame (the HTTP API
+    reports it as OpenAI's `param`)."""
+
     code = "invalid_request_error"
     http_status = 400
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class LoadFailedError(StudioError):
@@ -150,6 +158,9 @@ class StrictModel(BaseModel):
 
 
 DRY_BREAKERS = ("\n", ":", '"', "*")  # text-generation-webui's and koboldcpp's defaults
+MAX_LOGIT_BIAS = 300  # OpenAI's bound on the tokens one request may bias
+_TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+_Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
 class SamplingParams(StrictModel):
@@ -181,6 +192,9 @@ class SamplingParams(StrictModel):
     max_new_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="empty = random")
     stop: tuple[str, ...] = Field((), max_length=8, description="strings that end the reply")
+    logit_bias: dict[_TokenId, _Bias] = Field(
+        default_factory=dict, max_length=MAX_LOGIT_BIAS, description="token id → a value added to its logit before "
+        "sampling (OpenAI's logit_bias: -100 in effect bans the token, 100 forces it); ids are the model's own")
 
     @model_validator(mode="after")
     def _no_empty_stop(self) -> "SamplingParams":
@@ -574,6 +588,7 @@ class TextGenerator(Generator):
     def stream(self, request: TextRequest, cancel: threading.Event | None = None) -> Iterator[TextChunk]:
         if not self.loaded:
             raise LoadFailedError(f"Model {self.name!r} is not loaded.")
+        self.check_request(request)
         clock = StreamClock()
         chunks = self._stream_chunks(request, cancel, clock)
         try:
@@ -599,6 +614,27 @@ class TextGenerator(Generator):
             parts.append(chunk.text)
             last = chunk
         return "".join(parts), last
+
+    @property
+    def vocabulary_size(self) -> int | None:
+        """How many token ids the model has (ids 0 … size-1), where it knows (a plugin with a tokenizer, once
+        loaded); None: unknown (not loaded, or a remote server that checks them itself)."""
+        return None
+
+    def check_request(self, request: TextRequest) -> None:
+        """Refuse what this model cannot do before any work starts: a `logit_bias` on a plugin that does not
+        declare CAP_LOGIT_BIAS, or one naming token ids outside its vocabulary (where it is known)."""
+        bias = request.params.logit_bias
+        if not bias:
+            return
+        if CAP_LOGIT_BIAS not in self.info.capabilities:
+            raise InvalidOptionsError(f"{self.name} cannot apply logit_bias (its {self.info.plugin} plugin does not "
+                                      "bias tokens); leave 'logit_bias' unset for it.", "logit_bias")
+        size = self.vocabulary_size
+        outside = sorted(t for t in bias if size is not None and t >= size)
+        if outside:
+            raise InvalidOptionsError(f"Invalid key in 'logit_bias': {outside[0]} is not a token id of {self.name}, "
+                                      f"whose vocabulary has the ids 0 to {size - 1}.", "logit_bias")
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` for this model (plugins override with their tokenizer)."""

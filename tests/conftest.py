@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -65,6 +66,7 @@ def make_fake_text_plugin() -> type:
         CAP_CANCEL,
         CAP_CHAT,
         CAP_COMPLETION,
+        CAP_LOGIT_BIAS,
         CAP_LOGPROBS,
         CAP_STREAM,
         GenerationFailedError,
@@ -91,7 +93,7 @@ def make_fake_text_plugin() -> type:
             modality="text",
             family="fake",
             description="scripted words for tests",
-            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_LOGPROBS}),
+            capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_LOGPROBS, CAP_LOGIT_BIAS}),
             params=SamplingParams,
             load_options=FakeOptions,
         )
@@ -113,6 +115,10 @@ def make_fake_text_plugin() -> type:
         @property
         def context_window(self) -> int:
             return self.options.context_window
+
+        @property
+        def vocabulary_size(self) -> int | None:
+            return 1000 if self.loaded else None  # its words are not tokens: ids only for the logit_bias checks
 
         def stream(self, request: Any, cancel: threading.Event | None = None) -> Any:
             prompt = request.messages[-1].content if request.messages else request.prompt
@@ -160,8 +166,10 @@ def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
 
     made: list[Any] = []
 
-    def build(models: dict[str, dict[str, Any]] | None = None, *, images: bool = False, **settings: Any) -> Any:
-        """Fake text models by name (options per model); `images` adds the shipped GAN, VAE and digit diffusion."""
+    def build(models: dict[str, dict[str, Any]] | None = None, *, images: bool = False,
+              real: dict[str, tuple[type, dict[str, Any]]] | None = None, **settings: Any) -> Any:
+        """Fake text models by name (options per model); `images` adds the shipped GAN, VAE and digit diffusion;
+        `real`: more models by name, each (plugin class, options), e.g. a tiny TransformersLM."""
         from generators.image.diffusion_plugin import DigitDiffusionPlugin
         from generators.image.plugin import GANPlugin, VAEPlugin
         from webui.settings import default_models
@@ -169,18 +177,23 @@ def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
         entries = [ModelEntry(name=n, plugin="fake-text", options=o) for n, o in (models or {"fake": {}}).items()]
         if images:
             entries += [m for m in default_models() if m.plugin in ("gan", "vae", "digit-diffusion")]
+        entries += [ModelEntry(name=n, plugin=cls.info.plugin, options=o) for n, (cls, o) in (real or {}).items()]
         s = Settings(data_dir=tmp_path / "data", models=entries, **settings)
         store = Store(s.database_url, s.data_dir)
         reg = Registry({"fake-text": fake_plugin, "gan": GANPlugin, "vae": VAEPlugin,
-                        "digit-diffusion": DigitDiffusionPlugin}, cache_dir=str(tmp_path / "cache"))
+                        "digit-diffusion": DigitDiffusionPlugin, **{cls.info.plugin: cls for cls, _ in (real or {}).values()}},
+                       cache_dir=str(tmp_path / "cache"))
         for e in entries:
             reg.add(ModelSpec(e.name, e.plugin, e.options))
         ctx = AppContext(settings=s, registry=reg, store=store)
-        made.append(ctx)
+        made.append((ctx, list(real or {})))
         return ctx
 
     yield build
-    for ctx in made:
+    for ctx, real_models in made:
+        for name in real_models:  # (never a model a test shares across contexts, e.g. the session's pipeline)
+            with contextlib.suppress(Exception):  # (a model still generating stays)
+                ctx.registry.unload(name)  # a loaded LM leaves the compute lane with it
         ctx.store.close()
 
 

@@ -8,7 +8,10 @@ ASGI (fake models: the rules are the API's, not a model's).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -21,18 +24,28 @@ from webui.api import EXCEPTION_HANDLERS, build_router
 USER = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-def http(make_ctx):  # type: ignore[no-untyped-def]
-    ctx = make_ctx({"fake": {"words": 4}, "broken": {"fail_after": 1}})
+@contextlib.contextmanager
+def served(ctx: Any) -> Iterator[TestClient]:
+    """The API routes of `ctx` over ASGI; the client carries the context (`client.ctx`)."""
     app = FastAPI(routes=build_router(ctx).routes, exception_handlers=EXCEPTION_HANDLERS)
     with TestClient(app, raise_server_exceptions=False) as client:
         client.ctx = ctx  # type: ignore[attr-defined]
         yield client
 
 
+def openai_client(http: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+
+
+@pytest.fixture
+def http(make_ctx):  # type: ignore[no-untyped-def]
+    with served(make_ctx({"fake": {"words": 4}, "broken": {"fail_after": 1}, "long": {"words": 40}})) as client:
+        yield client
+
+
 @pytest.fixture
 def client(http: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+    return openai_client(http)
 
 
 # ---------------------------------------------------------------- refusals: (endpoint, body changes, param, code)
@@ -67,6 +80,15 @@ REFUSED = [
     ("five stop strings", CHAT, {"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length"),
     ("no messages", CHAT, {"messages": []}, "messages", "empty_array"),
     ("logit_bias above 100", CHAT, {"logit_bias": {"5": 101}}, "logit_bias.5", "integer_above_max_value"),
+    ("logit_bias below -100", TEXT, {"logit_bias": {"5": -101}}, "logit_bias.5", "integer_below_min_value"),
+    ("logit_bias a decimal bias", CHAT, {"logit_bias": {"5": 0.5}}, "logit_bias.5", "invalid_type"),
+    ("logit_bias not an object", CHAT, {"logit_bias": [5]}, "logit_bias", "invalid_type"),
+    ("logit_bias keyed by a word", CHAT, {"logit_bias": {"hello": 5}}, "logit_bias", None),
+    ("logit_bias keyed by a negative id", TEXT, {"logit_bias": {"-1": 5}}, "logit_bias", None),
+    ("logit_bias on 301 tokens", CHAT, {"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias", None),
+    ("logit_bias id outside the model's vocabulary", CHAT, {"logit_bias": {"1000": -100}}, "logit_bias", None),
+    ("completion logit_bias id outside the vocabulary", TEXT, {"logit_bias": {"7": 1, "5000": 1}}, "logit_bias", None),
+    ("logit_bias id outside every vocabulary", CHAT, {"logit_bias": {"9" * 40: 1}}, "logit_bias", None),
     # rules between fields
     ("stream_options without stream", CHAT, {"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
     ("stream_options with stream false", CHAT, {"stream": False, "stream_options": {}}, "stream_options", "invalid_value"),
@@ -237,9 +259,10 @@ def test_completions_prompt_list_n_echo(client: openai.OpenAI) -> None:
     assert r.usage.completion_tokens == 8
 
 
-def test_completions_default_max_tokens_is_16_and_stop(client: openai.OpenAI) -> None:
-    r = client.completions.create(model="fake", prompt="x", stop="w2")
-    assert r.choices[0].text == "w0(x) w1(x) " or r.choices[0].finish_reason == "stop"
+def test_completions_default_max_tokens_is_16(client: openai.OpenAI) -> None:
+    r = client.completions.create(model="long", prompt="x")
+    assert r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length"
+    assert r.choices[0].text == "".join(f"w{i}(x) " for i in range(16))
 
 
 def test_completions_logprobs_with_echo_and_scoring_only(client: openai.OpenAI) -> None:
@@ -294,27 +317,103 @@ def test_rate_limit_is_off_without_auth_and_says_when_to_retry(make_ctx) -> None
     assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded") and "60 s" in error["message"]
 
 
-def test_the_lstm_is_reachable_on_the_completions_endpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from generators.registry import ModelSpec, Registry
+def test_the_lstm_is_reachable_on_the_completions_endpoint(make_ctx) -> None:  # type: ignore[no-untyped-def]
     from generators.text.char_lstm import CharLSTM
-    from storage import Store
-    from webui.services.context import AppContext
-    from webui.settings import ModelEntry, Settings
 
-    entry = ModelEntry(name="lstm-fortunes", plugin="char-lstm", options={"weights": "builtin:lstm-fortunes"})
-    settings = Settings(data_dir=tmp_path / "data", models=[entry])
-    reg = Registry({"char-lstm": CharLSTM}, cache_dir=str(tmp_path / "cache"))
-    reg.add(ModelSpec(entry.name, entry.plugin, entry.options))
-    ctx = AppContext(settings=settings, registry=reg, store=Store(settings.database_url, settings.data_dir))
-    app = FastAPI(routes=build_router(ctx).routes, exception_handlers=EXCEPTION_HANDLERS)
-    try:
-        with TestClient(app) as http:
-            oa = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
-            r = oa.completions.create(model="lstm-fortunes", prompt="You will", max_tokens=20, seed=1, echo=True, n=2)
-            assert [c.text[:8] for c in r.choices] == ["You will"] * 2 and len(r.choices[0].text) > 8
-            assert r.choices[0].text != r.choices[1].text  # seeds 1 and 2
-            with pytest.raises(openai.BadRequestError) as info:  # it cannot score tokens
-                oa.completions.create(model="lstm-fortunes", prompt="You", max_tokens=2, logprobs=1)
-            assert info.value.param == "logprobs"
-    finally:
-        ctx.store.close()
+    ctx = make_ctx(real={"lstm-fortunes": (CharLSTM, {"weights": "builtin:lstm-fortunes"})})
+    with served(ctx) as http:
+        oa = openai_client(http)
+        r = oa.completions.create(model="lstm-fortunes", prompt="You will", max_tokens=20, seed=1, echo=True, n=2)
+        assert [c.text[:8] for c in r.choices] == ["You will"] * 2 and len(r.choices[0].text) > 8
+        assert r.choices[0].text != r.choices[1].text  # seeds 1 and 2
+        with pytest.raises(openai.BadRequestError) as info:  # it cannot score tokens
+            oa.completions.create(model="lstm-fortunes", prompt="You", max_tokens=2, logprobs=1)
+        assert info.value.param == "logprobs"
+        # its tokens are its characters: logit_bias names them by their index in its vocabulary
+        vocab = ctx.registry.get("lstm-fortunes").vocab
+        forced = oa.completions.create(model="lstm-fortunes", prompt="You will", max_tokens=5, seed=1,
+                                       logit_bias={str(vocab.index("z")): 100})
+        assert forced.choices[0].text == "zzzzz"
+        with pytest.raises(openai.BadRequestError) as info:
+            oa.completions.create(model="lstm-fortunes", prompt="You", max_tokens=2, logit_bias={str(len(vocab)): -100})
+        assert info.value.param == "logit_bias" and f"0 to {len(vocab) - 1}" in info.value.message
+
+
+# ---------------------------------------------------------------- logit_bias on a real (tiny) model
+
+
+@pytest.fixture
+def tiny_api(make_ctx, tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """The tiny Llama as "tiny" (batching) and, without its chat template, as the base model "tiny-base"."""
+    import shutil
+
+    from generators.text.transformers_lm import TransformersLM
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "tiny-base")
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    for template in base.glob("chat_template.j*"):
+        template.unlink()
+    models = {"tiny": (TransformersLM, {"source": str(tiny_model_dir), "device": "cpu", "max_batch": 4}),
+              "tiny-base": (TransformersLM, {"source": str(base), "device": "cpu", "max_batch": 1})}
+    with served(make_ctx(real=models)) as http:
+        yield http
+
+
+def test_logit_bias_bans_and_forces_tokens_through_the_openai_client(tiny_api: TestClient) -> None:
+    import torch
+
+    from generators.base import ChatMessage, TextRequest
+
+    oa = openai_client(tiny_api)
+    lm = tiny_api.ctx.registry.get("tiny")  # type: ignore[attr-defined]
+    assert not lm.loaded
+    with pytest.raises(openai.BadRequestError) as info:  # the ids are checked against the model's vocabulary
+        oa.chat.completions.create(model="tiny", messages=USER, max_tokens=4,  # type: ignore[arg-type]
+                                   logit_bias={"5": 1, "1000000": -100})
+    assert info.value.param == "logit_bias" and "1000000" in info.value.message
+    assert f"0 to {len(lm.tokenizer) - 1}" in info.value.message  # (it was loaded to say so)
+    ids, _ = lm.encode(TextRequest(messages=(ChatMessage("user", "hello"),)))
+    with torch.inference_mode():
+        first_id = int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())  # the greedy first token
+    first = lm.tokenizer.decode([first_id])
+    plain = oa.chat.completions.create(model="tiny", messages=USER, temperature=0, max_tokens=8,  # type: ignore[arg-type]
+                                       logprobs=True)
+    assert plain.choices[0].logprobs.content[0].token == first
+    banned = oa.chat.completions.create(model="tiny", messages=USER, temperature=0, max_tokens=8, n=2,  # type: ignore[arg-type]
+                                        logprobs=True, logit_bias={str(first_id): -100})
+    tokens = [[t.token for t in c.logprobs.content] for c in banned.choices]
+    assert tokens[0] == tokens[1] and first not in tokens[0]  # n=2 decoded as a batch, both rows banned
+    assert banned.choices[0].message.content != plain.choices[0].message.content
+    sea = lm.tokenizer.encode(" sea", add_special_tokens=False)[0]
+    stream = oa.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=1.0, seed=7,
+                                   stream=True, logit_bias={str(sea): 100})
+    assert "".join(c.choices[0].text for c in stream if c.choices) == " sea" * 5
+
+
+def test_completions_stop_and_a_base_model_on_a_real_model(tiny_api: TestClient) -> None:
+    oa = openai_client(tiny_api)
+    for model in ("tiny", "tiny-base"):
+        plain = oa.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0)
+        text = plain.choices[0].text
+        assert len(text) >= 6 and plain.choices[0].finish_reason == "length"
+        stop = text[len(text) // 2:len(text) // 2 + 3]
+        for stops in (stop, ["never-in-there", stop]):
+            r = oa.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, stop=stops)
+            assert (r.choices[0].text, r.choices[0].finish_reason) == (text[:text.find(stop)], "stop")
+    base = tiny_api.ctx.registry.get("tiny-base")  # type: ignore[attr-defined]
+    assert not base.supports_chat()  # a base model, reached on the completions endpoint
+
+
+def test_penalties_and_logprobs_are_the_models_own_on_a_real_model(tiny_api: TestClient) -> None:
+    oa = openai_client(tiny_api)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "the the the"}], "temperature": 0, "max_tokens": 16}
+    plain = oa.chat.completions.create(**ask, logprobs=True, top_logprobs=2)  # type: ignore[call-overload]
+    penalised = oa.chat.completions.create(**ask, presence_penalty=2, frequency_penalty=2)  # type: ignore[call-overload]
+    assert penalised.choices[0].message.content != plain.choices[0].message.content  # applied, not ignored
+    entries = plain.choices[0].logprobs.content
+    assert len(entries) == plain.usage.completion_tokens and all(e.logprob <= 0 for e in entries)
+    for e in entries:  # greedy: the chosen token is the likeliest of its alternatives, with its own logprob
+        assert len(e.top_logprobs) == 2 and e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-5)
+        assert e.top_logprobs[1].logprob <= e.top_logprobs[0].logprob

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from generators.base import (
+    CAP_LOGIT_BIAS,
     BusyError,
     ChatMessage,
     GenerationFailedError,
@@ -375,6 +376,19 @@ def test_prompts_use_completions_when_the_server_has_it(fake) -> None:
     assert not base.supports_chat()
     collect(base, chat("Hello"))
     assert server.posts[1][0] == "/v1/completions" and server.posts[1][1]["prompt"] == "User: Hello\nAssistant:"
+
+
+def test_openais_own_sampling_fields_reach_the_server(fake) -> None:
+    server = fake(sse_reply([delta("hi", "stop")]), sse_reply([delta("hi", "stop")]))
+    gen = OpenAIRemote("f", {"base_url": server.url})
+    gen.load()
+    assert CAP_LOGIT_BIAS in gen.info.capabilities and gen.vocabulary_size is None  # the server checks the ids
+    collect(gen, chat("Hello", logit_bias={42: -100, 7: 2.5}, presence_penalty=0.5, frequency_penalty=-1.0))
+    body = server.posts[0][1]
+    assert body["logit_bias"] == {"42": -100, "7": 2.5} and isinstance(body["logit_bias"]["42"], int)
+    assert body["presence_penalty"] == 0.5 and body["frequency_penalty"] == -1.0
+    collect(gen, chat("Hello"))
+    assert not {"logit_bias", "presence_penalty", "frequency_penalty"} & set(server.posts[1][1])  # sent when in use
 
 
 def test_prompts_fall_back_to_chat_once_completions_is_missing(fake) -> None:

@@ -28,6 +28,7 @@ from generators.base import (
     CAP_CLASS_CONDITIONAL,
     CAP_COMPLETION,
     CAP_INTERPOLATE,
+    CAP_LOGIT_BIAS,
     CAP_RECONSTRUCT,
     CAP_SEED,
     CAP_STEPS,
@@ -294,6 +295,33 @@ def test_text_streams_end_with_stats_reproduce_their_seed_and_cancel(plugin: tup
             cancel.set()  # set before the first step: no step runs
             reply, end = gen.generate(text_request(tiny, seed=11), cancel)
             assert end.finish_reason == "cancelled" and reply == "" and end.stats.completion_tokens == 0
+    finally:
+        gen.unload()
+
+
+@by_plugin
+def test_logit_bias_forces_a_token_where_declared_and_is_refused_where_not(plugin: tuple[type[Generator], Tiny],
+                                                                          kit: Kit) -> None:
+    cls, tiny = plugin
+    if cls.info.modality != "text":
+        pytest.skip("an image plugin")
+    gen = build(cls, tiny, kit)
+    gen.load()
+    try:
+        if CAP_LOGIT_BIAS not in cls.info.capabilities:  # what the API asks before it runs anything
+            with pytest.raises(InvalidOptionsError, match="logit_bias"):
+                gen.check_request(text_request(tiny, seed=1, logit_bias={1: 1}))
+            return
+        size = gen.vocabulary_size
+        if size is None:
+            pytest.skip("the server checks and applies the ids (tests/test_openai_remote.py)")
+        token = size // 2
+        one, _ = gen.generate(text_request(tiny, seed=1, max_new_tokens=1, logit_bias={token: 100}))
+        four, last = gen.generate(text_request(tiny, seed=2, max_new_tokens=4, logit_bias={token: 100}))
+        assert one and four == one * 4 and last.stats.completion_tokens == 4  # that token, every time
+        with pytest.raises(InvalidOptionsError, match="logit_bias") as info:
+            gen.generate(text_request(tiny, seed=1, logit_bias={size: -100}))
+        assert info.value.param == "logit_bias"
     finally:
         gen.unload()
 

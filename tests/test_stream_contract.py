@@ -111,3 +111,29 @@ def test_a_plugin_that_implements_no_stream_says_so() -> None:
 
     with pytest.raises(NotImplementedError, match="scripted"):
         list(loaded(Empty("e")).stream(REQUEST))
+
+
+def test_the_contract_refuses_a_logit_bias_the_plugin_cannot_apply_or_whose_ids_it_lacks() -> None:
+    biased = TextRequest(prompt="hi", params=SamplingParams(logit_bias={5: -100}))
+    with pytest.raises(base.InvalidOptionsError, match="cannot apply logit_bias") as info:
+        next(loaded(Scripted("s")).stream(biased))  # it does not declare CAP_LOGIT_BIAS
+    assert info.value.param == "logit_bias"
+
+    class Biasing(Scripted):
+        info = GeneratorInfo("biasing", "text", "test", "scripted tokens",
+                             frozenset({"stream", base.CAP_LOGIT_BIAS}), SamplingParams, StrictModel)
+        vocabulary_size = 5  # ids 0 … 4
+
+    with pytest.raises(base.InvalidOptionsError, match="5 is not a token id of b.*0 to 4") as info:
+        next(loaded(Biasing("b")).stream(biased))
+    assert info.value.param == "logit_bias"
+    ok = TextRequest(prompt="hi", params=SamplingParams(logit_bias={4: -100}))
+    assert "".join(c.text for c in loaded(Biasing("b")).stream(ok)) == "abc"
+
+
+def test_sampling_params_bound_logit_bias_like_openai() -> None:
+    assert SamplingParams(logit_bias={"42": -100}).logit_bias == {42: -100.0}  # JSON keys are strings
+    assert SamplingParams(logit_bias={7: 2.5}).model_dump(mode="json")["logit_bias"] == {"7": 2.5}
+    for bad in ({1: 101}, {1: -100.5}, {-1: 1}, {i: 1 for i in range(base.MAX_LOGIT_BIAS + 1)}):
+        with pytest.raises(ValueError, match="logit_bias"):
+            SamplingParams(logit_bias=bad)

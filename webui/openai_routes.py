@@ -75,6 +75,21 @@ def check_logprobs(model: str, gen: TextGenerator, wanted: bool, param: str) -> 
         raise wire.RequestError(f"{model} cannot return log-probabilities; leave '{param}' unset.", param)
 
 
+def check_with_model(ctx: AppContext, owner: str | None, model: str, gen: TextGenerator, params: SamplingParams) -> None:
+    """What only the model can judge, before anything runs or is recorded: whether it applies `logit_bias`
+    and whether the ids are in its vocabulary (known once it is loaded, so it is loaded now: the generation
+    that follows needs it anyway). A 400 naming `logit_bias`, as OpenAI answers."""
+    if not params.logit_bias or not ctx.registry.visible(model, owner or ctx.default_owner):
+        return  # (someone else's model: the generation says it does not exist)
+    request = TextRequest(prompt="", params=params)
+    try:
+        gen.check_request(request)  # the declared capability: no need to load a model that cannot
+        if gen.vocabulary_size is None and not gen.loaded:
+            ctx.registry.load(model).check_request(request)  # type: ignore[attr-defined]
+    except InvalidOptionsError as exc:
+        raise wire.RequestError(str(exc), exc.param or "logit_bias", None) from None
+
+
 # ---------------------------------------------------------------- chat
 
 
@@ -97,6 +112,7 @@ def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str |
                                 "text only.", param, None)
     check_logprobs(model, gen, body.logprobs is True, "logprobs")
     params, preset = request_params(ctx, owner, body, model, body.max_new_tokens)
+    check_with_model(ctx, owner, model, gen, params)
     messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, m.text())  # type: ignore[arg-type]
                      for m in body.messages)
     ctx.check_text("".join(m.content for m in messages), "conversation")
@@ -112,7 +128,7 @@ def chat_choices(ctx: AppContext, body: wire.ChatCompletionRequest, owner: str |
 
 async def chat_completions(ctx: AppContext, owner: str, request: Request) -> Any:
     body = wire.parse(wire.ChatCompletionRequest, await request.body())
-    model, choices = chat_choices(ctx, body, owner)
+    model, choices = await run_in_threadpool(chat_choices, ctx, body, owner)  # it may load the model (logit_bias)
     ctx.check_rate(owner, consume=False)
     cid = "chatcmpl-" + uuid.uuid4().hex
     cancel = threading.Event()
@@ -158,6 +174,7 @@ def completion_choices(ctx: AppContext, body: wire.CompletionRequest, owner: str
         ctx.check_text(p, "prompt")
     ctx.check_max_new_tokens(body.max_new_tokens)
     params, preset = request_params(ctx, owner, body, model, max(1, body.max_new_tokens))
+    check_with_model(ctx, owner, model, gen, params)
     wanted = body.logprobs if body.logprobs is not None else (0 if body.candidates > body.choices else None)
     choices = []
     for p_index, prompt in enumerate(prompts):

@@ -9,7 +9,8 @@ The OpenAI API reference (chat completions, completions) is the specification:
 
 Fields OpenAI knows but the studio cannot act on (`tools`, `response_format`, `user`, `metadata`, …)
 and unknown fields are accepted and ignored, as vLLM and llama.cpp's server do, so existing clients
-keep working; `top_k`, `min_p` and `repetition_penalty` are the usual local-server extensions, and
+keep working; `logit_bias` is applied by the models that declare they can (token ids checked against the
+model's vocabulary); `top_k`, `min_p` and `repetition_penalty` are the usual local-server extensions, and
 `typical_p`, `dry_multiplier`/`dry_base`/`dry_allowed_length`/`dry_sequence_breakers` and
 `xtc_threshold`/`xtc_probability` those of text-generation-webui and koboldcpp (the OpenAI client sends them
 through `extra_body`).
@@ -21,9 +22,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from generators.base import InvalidOptionsError, StudioError
+from generators.base import MAX_LOGIT_BIAS, InvalidOptionsError, StudioError
 
 SEED_SPACE = 2**32  # the studio's seeds are 32-bit; any integer maps onto one (seed mod 2**32)
 MAX_CHOICES = 128  # OpenAI's bound for `n`
@@ -221,6 +222,23 @@ class SamplingFields(WireModel):
     # sampler fields sent beside it override its values
     preset: str | None = Field(None, min_length=1, max_length=100)
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, int] | None) -> dict[str, int] | None:
+        """Keys are token ids written as JSON strings (OpenAI's words when one is not); whether the id exists
+        is the model's to say (`TextGenerator.check_request`)."""
+        for key in bias or {}:
+            if not (key.isascii() and key.isdigit()):
+                raise RuleError(f"Invalid key in 'logit_bias': {key[:40]}. You should only be submitting non-negative "
+                                "integers (token ids of the model's tokenizer).", "logit_bias", None)
+            if len(key) > 10 or int(key) >= 2**31:
+                raise RuleError(f"Invalid key in 'logit_bias': {key[:40]} is not a token id of any model.", "logit_bias",
+                                None)
+        if bias is not None and len(bias) > MAX_LOGIT_BIAS:
+            raise RuleError(f"Invalid 'logit_bias': {len(bias)} tokens; at most {MAX_LOGIT_BIAS} tokens can be biased "
+                            "in one request.", "logit_bias", None)
+        return bias
+
     @model_validator(mode="before")
     @classmethod
     def _stream_options_need_stream(cls, data: Any) -> Any:
@@ -261,6 +279,7 @@ class SamplingFields(WireModel):
             "max_new_tokens": max_new_tokens,
             "seed": None if self.seed is None else self.seed % SEED_SPACE,
             "stop": tuple(s for s in self.stop_list() if s) or None,
+            "logit_bias": {int(t): b for t, b in self.logit_bias.items()} if self.logit_bias else None,
         }
 
 
@@ -368,7 +387,8 @@ def studio_error_body(exc: StudioError) -> dict[str, Any]:
     if isinstance(exc, RequestError):
         return error_body(str(exc), type_, exc.openai_code, exc.param)
     code = {"busy": "rate_limit_exceeded", "invalid_request_error": "invalid_value"}.get(exc.code, exc.code)
-    return error_body(str(exc), type_, code, "model" if exc.code == "model_not_found" else None)
+    param = "model" if exc.code == "model_not_found" else getattr(exc, "param", None)  # a field a plugin named
+    return error_body(str(exc), type_, code, param)
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:

@@ -30,6 +30,7 @@ from pydantic import Field
 from ..base import (
     CAP_CANCEL,
     CAP_COMPLETION,
+    CAP_LOGIT_BIAS,
     CAP_SEED,
     CAP_STREAM,
     GenerationFailedError,
@@ -238,21 +239,29 @@ def resolve_weights(source: str) -> Path:
 
 
 def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[int] = (),
-                breakers: Collection[int] = (), protected: Collection[int] = ()) -> int:
+                breakers: Collection[int] = (), protected: Collection[int] = (), counts: Any = None) -> int:
     """The next character id from logits (V,) with the request's sampling parameters.
 
-    temperature 0 is greedy (argmax). Otherwise, in transformers' order: repetition penalty
-    (on the ids in ``recent``), DRY (on ``recent``; ``breakers``: the ids of its sequence breakers),
+    ``params.logit_bias`` (character id → bias) is added to the logits first, as OpenAI adds it to the model's
+    own. temperature 0 is greedy (argmax). Otherwise, in transformers' order: repetition penalty
+    (on the ids in ``recent``), OpenAI's presence and frequency penalties (``counts``: how often each
+    character was generated so far, (V,); the prompt does not count), DRY (on ``recent``; ``breakers``: the
+    ids of its sequence breakers),
     temperature, top-k, top-p, typical-p, min-p, XTC (never removing a ``protected`` id), then one draw from ``rng`` (a CPU
     ``torch.Generator``), so a seed gives the same characters on any device.
     """
     import torch
 
     scores = logits.detach().float().cpu().clone()
+    if params.logit_bias:
+        biased = sorted(params.logit_bias)
+        scores[biased] += torch.tensor([params.logit_bias[t] for t in biased])
     if params.repetition_penalty != 1.0 and recent:
         idx = torch.tensor(sorted(set(recent)), dtype=torch.long)
         picked = scores[idx]
         scores[idx] = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
+    if (params.presence_penalty or params.frequency_penalty) and counts is not None:
+        scores -= counts * params.frequency_penalty + (counts > 0).float() * params.presence_penalty
     if params.dry_multiplier > 0.0 and recent:
         dry = DryPenalty(params.dry_multiplier, params.dry_base, params.dry_allowed_length, breakers)
         scores = dry(torch.tensor([list(recent)]), scores[None])[0]
@@ -266,6 +275,7 @@ def sample_next(logits: Any, params: SamplingParams, rng: Any, recent: Sequence[
         ordered, order = torch.sort(scores, descending=True)
         mass = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
         drop = mass - torch.softmax(ordered, dim=-1) >= params.top_p  # the mass before this one already suffices
+        drop[0] = False  # the likeliest always stays (top_p = 0: only it)
         scores[order[drop]] = -math.inf
     if params.typical_p < 1.0:
         from transformers.generation.logits_process import TypicalLogitsWarper
@@ -299,7 +309,9 @@ class CharLSTM(TextGenerator):
     known character) starts the text as if after a blank line; a prompt longer than the context
     window (100 000 characters) is primed with its end only. ``max_new_tokens`` counts
     characters; there is no end-of-text symbol, so a reply ends at a stop string or the limit.
-    ``repetition_penalty`` penalises the characters among the last 64.
+    ``repetition_penalty`` penalises the characters among the last 64; ``presence_penalty`` and
+    ``frequency_penalty`` the characters generated so far (OpenAI's formula). ``logit_bias`` names characters by
+    their index in the vocabulary (the ``vocab`` list of the model's ``config.json``).
     """
 
     info = GeneratorInfo(
@@ -307,7 +319,7 @@ class CharLSTM(TextGenerator):
         modality="text",
         family="char-rnn",
         description="Character-level LSTM trained from scratch (text continuation only, no chat)",
-        capabilities=frozenset({CAP_STREAM, CAP_COMPLETION, CAP_CANCEL, CAP_SEED}),
+        capabilities=frozenset({CAP_STREAM, CAP_COMPLETION, CAP_CANCEL, CAP_SEED, CAP_LOGIT_BIAS}),
         params=SamplingParams,
         load_options=CharLSTMLoadOptions,
     )
@@ -351,6 +363,11 @@ class CharLSTM(TextGenerator):
 
     def supports_chat(self) -> bool:
         return False
+
+    @property
+    def vocabulary_size(self) -> int | None:
+        """Its tokens are its characters: `logit_bias` names them by their index in the vocabulary."""
+        return len(self.vocab) if self.loaded else None
 
     def count_tokens(self, text: str) -> int:
         return len(text)
@@ -445,6 +462,7 @@ class CharLSTM(TextGenerator):
         history = (prompt_ids or self._start_ids())[-REPETITION_WINDOW:]
         breakers = {self._index[b[-1]] for b in params.dry_sequence_breakers if b[-1] in self._index}
         newline = {self._index["\n"]} if "\n" in self._index else set()
+        counts = torch.zeros(len(self.vocab))  # each character generated so far (OpenAI's penalties)
         model, device = self.model, self.device
         clock.begin(len(prompt_ids), seed)
         finish: Literal["stop", "length", "cancelled"] = "length"
@@ -467,8 +485,9 @@ class CharLSTM(TextGenerator):
                 if step:
                     out, state = model(torch.tensor([[token]], device=device), state)
                     logits = out[0, -1]
-                token = sample_next(logits, params, rng, history, breakers, newline)
+                token = sample_next(logits, params, rng, history, breakers, newline, counts)
             history = (history + [token])[-REPETITION_WINDOW:]
+            counts[token] += 1
             clock.token()
             text = stops.push(self.vocab[token])
             if text:

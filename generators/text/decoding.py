@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..base import SamplingParams
-from .logits_processing import DryPenalty, ExcludeTopChoices, PresenceFrequencyPenalty, ScoredToken, score_token
+from .logits_processing import (
+    DryPenalty,
+    ExcludeTopChoices,
+    LogitBias,
+    PresenceFrequencyPenalty,
+    ScoredToken,
+    score_token,
+)
 
 
 def last_token_ids(tokenizer: Any, texts: Sequence[str]) -> set[int]:
@@ -40,8 +47,8 @@ class Sampler:
         in `scored` (read by the plugin as the tokens are relayed); `tokenizer` maps DRY's sequence breakers
         to tokens and, with `eos_ids`, names the tokens XTC never removes (end of text, newline).
 
-        The order is text-generation-webui's: penalties, then temperature and the truncation samplers,
-        XTC last."""
+        The order is text-generation-webui's — penalties, then temperature and the truncation samplers, XTC
+        last — after OpenAI's logit bias, which applies to the model's own logits."""
         import torch
         from transformers.generation.logits_process import (
             LogitsProcessorList,
@@ -57,6 +64,8 @@ class Sampler:
         self.rng = torch.Generator(device="cpu").manual_seed(seed)
         self.greedy = params.temperature == 0.0
         procs: list[Any] = []
+        if params.logit_bias:
+            procs.append(LogitBias(params.logit_bias))
         if params.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if params.presence_penalty or params.frequency_penalty:

@@ -45,6 +45,7 @@ from ..base import (
     CAP_CANCEL,
     CAP_CHAT,
     CAP_COMPLETION,
+    CAP_LOGIT_BIAS,
     CAP_SEED,
     CAP_STREAM,
     BusyError,
@@ -107,7 +108,7 @@ class OpenAIRemote(TextGenerator):
         modality="text",
         family="remote",
         description="a model served by any OpenAI-compatible server (vLLM, TGI, llama.cpp server, another AIGC Studio)",
-        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_SEED}),
+        capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_SEED, CAP_LOGIT_BIAS}),
         params=SamplingParams,
         load_options=OpenAIRemoteOptions,
     )
@@ -241,6 +242,13 @@ class OpenAIRemote(TextGenerator):
         }
         if p.stop:
             body["stop"] = list(p.stop)
+        # OpenAI's own fields, sent when in use (logit_bias names the served model's token ids: the server checks them)
+        if p.presence_penalty:
+            body["presence_penalty"] = p.presence_penalty
+        if p.frequency_penalty:
+            body["frequency_penalty"] = p.frequency_penalty
+        if p.logit_bias:
+            body["logit_bias"] = {str(t): int(b) if float(b).is_integer() else b for t, b in p.logit_bias.items()}
         if self.options.send_extensions:
             body.update(top_k=p.top_k, min_p=p.min_p, repetition_penalty=p.repetition_penalty)
             # llama.cpp's server, koboldcpp and text-generation-webui read these; sent only when in use

@@ -23,6 +23,7 @@ from ..base import (
     CAP_COMPLETION,
     CAP_CONTINUE_TURN,
     CAP_INSTRUCT_TEMPLATE,
+    CAP_LOGIT_BIAS,
     CAP_LOGPROBS,
     CAP_QUANTIZATION,
     CAP_SEED,
@@ -79,7 +80,7 @@ class TransformersLM(TextGenerator):
         family="causal-lm",
         description="Hugging Face transformers causal LM (hub id, folder or GGUF); int4, int8, bitsandbytes",
         capabilities=frozenset({CAP_STREAM, CAP_CHAT, CAP_COMPLETION, CAP_CANCEL, CAP_QUANTIZATION, CAP_SEED,
-                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE, CAP_CONTINUE_TURN}),
+                                CAP_LOGPROBS, CAP_INSTRUCT_TEMPLATE, CAP_CONTINUE_TURN, CAP_LOGIT_BIAS}),
         params=SamplingParams,
         load_options=TransformersLoadOptions,
     )
@@ -137,6 +138,14 @@ class TransformersLM(TextGenerator):
             return self.options.context_length
         cfg = getattr(self.model, "config", None)
         return int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+
+    @property
+    def vocabulary_size(self) -> int | None:
+        """The tokenizer's ids that the model has logits for (a model's output may be padded past the tokenizer)."""
+        if self.model is None or self.tokenizer is None:
+            return None
+        logits = getattr(self.model.config, "vocab_size", None) or len(self.tokenizer)
+        return min(len(self.tokenizer), int(logits))
 
     @property
     def has_chat_template(self) -> bool:

@@ -100,6 +100,17 @@ def test_sample_next_filters() -> None:
             for _ in range(50)} == {1, 2}
     penalised = SamplingParams(temperature=0.0, repetition_penalty=2.0)
     assert sample_next(logits, penalised, rng, recent=[1]) == 2
+    assert sample_next(logits, SamplingParams(temperature=0.0, logit_bias={1: -100}), rng) == 2
+    only_top = SamplingParams(temperature=1.0, top_k=0, top_p=0.0)  # OpenAI allows 0: the likeliest alone
+    assert {sample_next(logits, only_top, rng) for _ in range(20)} == {1}
+    # OpenAI's penalties on the characters generated so far: 3.0 - 0.2 (frequency, once) < 2.9; - 0.5 (presence)
+    once = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    assert sample_next(logits, SamplingParams(temperature=0.0, frequency_penalty=0.2), rng, counts=once) == 2
+    assert sample_next(logits, SamplingParams(temperature=0.0, frequency_penalty=0.05), rng, counts=once) == 1
+    assert sample_next(logits, SamplingParams(temperature=0.0, frequency_penalty=0.05), rng, counts=once * 3) == 2
+    assert sample_next(logits, SamplingParams(temperature=0.0, presence_penalty=0.5), rng, counts=once * 9) == 2
+    forced = SamplingParams(temperature=2.0, top_k=0, top_p=1.0, logit_bias={3: 100})
+    assert {sample_next(logits, forced, rng) for _ in range(30)} == {3}
 
 
 def test_sample_next_typical_dry_and_xtc() -> None:
@@ -124,7 +135,7 @@ def test_plugin_is_registered_and_describes_itself(tiny_dir: Path) -> None:
     assert discover_plugins()["char-lstm"] is CharLSTM
     info = CharLSTM.info
     assert info.plugin == "char-lstm" and info.modality == "text" and info.family == "char-rnn"
-    assert info.capabilities == {"stream", "completion", "cancel", "seed"} and CAP_CHAT not in info.capabilities
+    assert info.capabilities == {"stream", "completion", "cancel", "seed", "logit-bias"} and CAP_CHAT not in info.capabilities
     reg = Registry({"char-lstm": CharLSTM})
     gen = reg.add(ModelSpec("lstm", "char-lstm", {"weights": str(tiny_dir), "device": "cpu"}))
     assert not gen.supports_chat() and gen.count_tokens("héllo") == 5 and gen.context_window >= 100_000
@@ -162,6 +173,24 @@ def test_greedy_ignores_the_seed(tiny: CharLSTM) -> None:
         expected.append(VOCAB[token])
         logits, state = tiny.model(torch.tensor([[token]]), state)
     assert greedy[0] == "".join(expected)
+
+
+def test_logit_bias_bans_and_forces_characters_by_their_vocabulary_index(tiny: CharLSTM) -> None:
+    plain, _ = _run(tiny, temperature=0.0, max_new_tokens=30)
+    banned, _ = _run(tiny, temperature=0.0, max_new_tokens=30, logit_bias={VOCAB.index(plain[0]): -100})
+    assert banned != plain and plain[0] not in banned
+    forced, last = _run(tiny, temperature=1.0, seed=4, max_new_tokens=10, logit_bias={VOCAB.index("z"): 100})
+    assert forced == "z" * 10 and last.stats.completion_tokens == 10
+    assert tiny.vocabulary_size == len(VOCAB)
+    with pytest.raises(InvalidOptionsError, match="not a token id") as info:
+        _run(tiny, logit_bias={len(VOCAB): 1})
+    assert info.value.param == "logit_bias"
+
+
+def test_presence_and_frequency_penalties_vary_the_text(tiny: CharLSTM) -> None:
+    plain, _ = _run(tiny, temperature=0.0, max_new_tokens=40)
+    penalised, _ = _run(tiny, temperature=0.0, max_new_tokens=40, presence_penalty=2.0, frequency_penalty=2.0)
+    assert len(set(penalised)) > len(set(plain))
 
 
 def test_stop_strings_end_the_text(tiny: CharLSTM) -> None:

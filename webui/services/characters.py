@@ -48,7 +48,7 @@ class UnknownAssetError(InvalidOptionsError):
     """A character or persona named in a request that the owner does not have; `field` names which."""
 
     def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
+        super().__init__(message, field)
         self.field = field
 
 

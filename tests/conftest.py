@@ -197,6 +197,20 @@ def make_ctx(tmp_path: Path, fake_plugin: type) -> Any:
         ctx.store.close()
 
 
+@pytest.fixture
+def jobs_ctx(make_ctx: Any) -> Any:
+    """A fake-model context whose job runner is started (polling fast) and can train the char-LSTM."""
+    from generators.text.char_lstm import CharLSTM
+    from webui.services import training
+
+    ctx = make_ctx()
+    ctx.registry.plugins["char-lstm"] = CharLSTM
+    ctx.jobs.poll_s = 0.1
+    training.start_jobs(ctx)
+    yield ctx
+    ctx.jobs.close()
+
+
 # ------------------------------------------------------------------ a running app (subprocess)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,17 @@ def build(cls: type[Generator], tiny: Tiny, kit: Kit, options: dict[str, Any] | 
                cache_dir=str(kit.tmp / "cache"))
 
 
+@contextmanager
+def loaded(cls: type[Generator], tiny: Tiny, kit: Kit) -> Iterator[Any]:
+    """The plugin's tiny build, loaded for the block and unloaded after it."""
+    gen = build(cls, tiny, kit)
+    gen.load()
+    try:
+        yield gen
+    finally:
+        gen.unload()
+
+
 # ------------------------------------------------------------------ every plugin
 
 
@@ -276,9 +288,7 @@ def test_text_streams_end_with_stats_reproduce_their_seed_and_cancel(plugin: tup
     cls, tiny = plugin
     if cls.info.modality != "text":
         pytest.skip("an image plugin")
-    gen = build(cls, tiny, kit)
-    gen.load()
-    try:
+    with loaded(cls, tiny, kit) as gen:
         chunks = list(gen.stream(text_request(tiny, seed=11)))
         *body, last = chunks
         assert all(c.finish_reason is None and c.stats is None for c in body)
@@ -295,8 +305,6 @@ def test_text_streams_end_with_stats_reproduce_their_seed_and_cancel(plugin: tup
             cancel.set()  # set before the first step: no step runs
             reply, end = gen.generate(text_request(tiny, seed=11), cancel)
             assert end.finish_reason == "cancelled" and reply == "" and end.stats.completion_tokens == 0
-    finally:
-        gen.unload()
 
 
 @by_plugin
@@ -305,9 +313,7 @@ def test_logit_bias_forces_a_token_where_declared_and_is_refused_where_not(plugi
     cls, tiny = plugin
     if cls.info.modality != "text":
         pytest.skip("an image plugin")
-    gen = build(cls, tiny, kit)
-    gen.load()
-    try:
+    with loaded(cls, tiny, kit) as gen:
         if CAP_LOGIT_BIAS not in cls.info.capabilities:  # what the API asks before it runs anything
             with pytest.raises(InvalidOptionsError, match="logit_bias"):
                 gen.check_request(text_request(tiny, seed=1, logit_bias={1: 1}))
@@ -322,8 +328,6 @@ def test_logit_bias_forces_a_token_where_declared_and_is_refused_where_not(plugi
         with pytest.raises(InvalidOptionsError, match="logit_bias") as info:
             gen.generate(text_request(tiny, seed=1, logit_bias={size: -100}))
         assert info.value.param == "logit_bias"
-    finally:
-        gen.unload()
 
 
 @by_plugin
@@ -341,12 +345,8 @@ def test_text_cancel_stops_within_one_token(plugin: tuple[type[Generator], Tiny]
                 cancel.set()
 
     monkeypatch.setattr(base, "StreamClock", StopAtThree)
-    gen = build(cls, tiny, kit)
-    gen.load()
-    try:
+    with loaded(cls, tiny, kit) as gen:
         reply, last = gen.generate(text_request(tiny, seed=5, max_new_tokens=40, temperature=1.0), cancel)
-    finally:
-        gen.unload()
     assert cancel.is_set(), "the reply ended before its third token: the tiny build must write more"
     assert last.finish_reason == "cancelled" and last.stats is not None
     assert 3 <= last.stats.completion_tokens <= 4  # at most one more token after Stop
@@ -380,16 +380,12 @@ def test_a_continued_turn_is_left_open(plugin: tuple[type[Generator], Tiny], kit
     cls, tiny = plugin
     if base.CAP_CONTINUE_TURN not in cls.info.capabilities:
         pytest.skip("does not declare continue-turn")
-    gen = build(cls, tiny, kit)
-    gen.load()
-    try:
+    with loaded(cls, tiny, kit) as gen:
         request = TextRequest(messages=(base.ChatMessage("user", "Write."), base.ChatMessage("assistant", "The sea was")),
                               params=SamplingParams(max_new_tokens=3, seed=1), continue_turn=True)
         assert gen.render_prompt(request).text.endswith("The sea was")
         _, last = gen.generate(request)
         assert last.stats is not None and last.stats.prompt_tokens == gen.render_prompt(request).tokens
-    finally:
-        gen.unload()
 
 
 # ------------------------------------------------------------------ image plugins

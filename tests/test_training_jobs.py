@@ -21,18 +21,6 @@ TEXT = "".join(f"Line {i}: the cat sat on the mat and looked at the hat.\n" for 
 TINY_LSTM = {"hidden": 16, "layers": 1, "seq_len": 16, "batch_size": 4, "max_steps": 3, "lr": 0.01}
 
 
-@pytest.fixture
-def jobs_ctx(make_ctx: Any) -> Any:
-    from generators.text.char_lstm import CharLSTM
-
-    ctx = make_ctx()
-    ctx.registry.plugins["char-lstm"] = CharLSTM
-    ctx.jobs.poll_s = 0.1
-    training.start_jobs(ctx)
-    yield ctx
-    ctx.jobs.close()
-
-
 def wait_for(predicate: Any, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

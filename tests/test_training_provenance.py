@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from generators.image.plots import draw_curves, save_grid
@@ -57,18 +56,6 @@ def test_signing_off_leaves_the_files_alone(make_ctx: Any, tmp_path: Path) -> No
     save_grid(torch.rand(4, 1, 8, 8), 2, grid)
     before = grid.read_bytes()
     assert training.sign_job_images(ctx, a_job(tmp_path), [grid]) == 0 and grid.read_bytes() == before
-
-
-@pytest.fixture
-def jobs_ctx(make_ctx: Any) -> Any:
-    from generators.text.char_lstm import CharLSTM
-
-    ctx = make_ctx()
-    ctx.registry.plugins["char-lstm"] = CharLSTM
-    ctx.jobs.poll_s = 0.1
-    training.start_jobs(ctx)
-    yield ctx
-    ctx.jobs.close()
 
 
 def test_the_curves_a_real_job_writes_are_signed_by_the_runner(jobs_ctx: Any) -> None:

@@ -53,8 +53,8 @@ def auto_threads(lane_threads: int, load_average: float | None = None) -> int:
 
     A UNet forward is ~300 short parallel regions, each ending at a barrier of the whole OpenMP team.
     When other programs keep the cores busy, one of the team's threads is often descheduled and every
-    barrier waits for the kernel to run it again: measured on this project's shared 2-core VM at load
-    average ~12, one forward at batch 128 took 1.6 s on 1 thread and 6.0 s on 2. So: more runnable work
+    barrier waits for the kernel to run it again, and on a loaded 2-core machine one thread ran a forward
+    several times faster than two (the README's speed section has the figures). So: more runnable work
     than cores over the last minute (our own run counts ``lane_threads`` of it) -> 1 thread."""
     if lane_threads <= 1:
         return 1

@@ -122,6 +122,10 @@ def _example_markov(kit: Kit) -> Tiny:
     return Tiny({}, {"corpus": str(kit.tmp / "no-such-corpus.txt")}, prompt=True)
 
 
+def _example_textures(kit: Kit) -> Tiny:
+    return Tiny({"size": 16}, {"size": 17}, {"steps": 3})  # 17: not a multiple of 16, refused as options
+
+
 TINY: dict[str, Callable[[Kit], Tiny]] = {
     "transformers": _transformers,
     "char-lstm": _char_lstm,
@@ -132,6 +136,7 @@ TINY: dict[str, Callable[[Kit], Tiny]] = {
     "diffusers": _diffusers,
     "echo": _echo,  # the third-party plugin below
     "example-markov": _example_markov,  # examples/text_plugin.py
+    "example-textures": _example_textures,  # examples/image_plugin.py
 }
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -144,12 +149,14 @@ def third_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     install_test_distribution(root, "aigc_contract_echo", PLUGIN_CODE, {"echo": "aigc_contract_echo:EchoPlugin"})
     install_test_distribution(root, "aigc_example_text", (EXAMPLES / "text_plugin.py").read_text(),
                               {"example-markov": "aigc_example_text:MarkovText"})
+    install_test_distribution(root, "aigc_example_image", (EXAMPLES / "image_plugin.py").read_text(),
+                              {"example-textures": "aigc_example_image:Textures"})
     sys.path.insert(0, str(root))
     try:
         yield discover_plugins()
     finally:
         sys.path.remove(str(root))
-        for module in ("aigc_contract_echo", "aigc_example_text"):
+        for module in ("aigc_contract_echo", "aigc_example_text", "aigc_example_image"):
             sys.modules.pop(module, None)
 
 
@@ -202,7 +209,7 @@ def loaded(cls: type[Generator], tiny: Tiny, kit: Kit) -> Iterator[Any]:
 
 
 def test_every_discovered_plugin_has_a_tiny_build(third_party: dict[str, type[Generator]]) -> None:
-    assert {"echo", "example-markov"} <= set(third_party)  # third-party plugins came through their entry points
+    assert {"echo", "example-markov", "example-textures"} <= set(third_party)  # came through their entry points
     missing = sorted(set(third_party) - set(TINY))
     assert not missing, f"plugins without a tiny build in tests/test_plugin_contract.py: {missing}"
 

@@ -31,6 +31,8 @@ from typing import Any
 
 from generators.base import InvalidOptionsError
 
+from .context import check_text
+
 V2, V3 = "chara_card_v2", "chara_card_v3"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_FILE_BYTES = 20 * 2**20  # cards with big avatars are a few MB
@@ -114,16 +116,9 @@ def _depth(value: Any, limit: int) -> int:
 def _clean_text(value: Any, where: str, limit: int = MAX_FIELD_CHARS) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # named as JSON names it: the file is JSON
         raise CardError(f"The card's {where} must be text, not {_json_type(value)}.")
-    if len(value) > limit:
-        raise CardError(f"The card's {where} is {len(value):,} characters long; the limit is {limit:,}.")
-    if "\x00" in value:
-        raise CardError(f"The card's {where} contains a NUL character.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise CardError(f"The card's {where} is not valid Unicode (a lone surrogate).") from None
+    check_text(value, f"card's {where}", limit, error=CardError)
     return value.replace("\r\n", "\n")
 
 

@@ -74,19 +74,21 @@ class CancelTokens:
             return len(self._events)
 
 
-def check_text(text: Any, what: str = "text", limit: int | None = None) -> None:
-    """Text a person typed must be a string, within the limit, and storable in any database."""
+def check_text(text: Any, what: str = "text", limit: int | None = None,
+               error: type[InvalidOptionsError] = InvalidOptionsError) -> None:
+    """Text a person typed (or a file they uploaded holds) must be a string, within the limit, and storable in
+    any database; `error` is the refusal's class (e.g. a card import's)."""
     if not isinstance(text, str):
-        raise InvalidOptionsError(f"The {what} must be text, not {type(text).__name__}.")
+        raise error(f"The {what} must be text, not {type(text).__name__}.")
     if limit is not None and len(text) > limit:
-        raise InvalidOptionsError(f"The {what} is {len(text):,} characters long; the limit is {limit:,}.")
+        raise error(f"The {what} is {len(text):,} characters long; the limit is {limit:,}.")
     if "\x00" in text:
-        raise InvalidOptionsError(f"The {what} contains a NUL character (\\x00); remove it and try again.")
+        raise error(f"The {what} contains a NUL character (\\x00); remove it and try again.")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidOptionsError(f"The {what} contains characters that are not valid Unicode (a lone surrogate, "
-                                  "e.g. from text decoded with errors='surrogateescape'); fix the encoding.") from None
+        raise error(f"The {what} contains characters that are not valid Unicode (a lone surrogate, "
+                    "e.g. from text decoded with errors='surrogateescape'); fix the encoding.") from None
 
 
 TITLE_LIMIT = 200

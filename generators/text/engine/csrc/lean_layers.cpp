@@ -11,6 +11,8 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales);  // quant_kernels.cpp
+
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -25,6 +27,7 @@ constexpr int64_t KIND_INT4 = 0;    // a: packed int4 weight, b: scales and zero
 constexpr int64_t KIND_LINEAR = 1;  // a: weight (N, K)
 constexpr int64_t KIND_MV = 2;      // a: weight (N, K); one row through at::mv
 constexpr int64_t KIND_ONEDNN = 3;  // a: weight packed for oneDNN (onednn.py), through mkldnn::_linear_pointwise
+constexpr int64_t KIND_INT4_AVX2 = 4;  // a: int4 weight, b: scales, in quant_kernels.cpp's layout (avx2.py)
 
 constexpr int64_t INTS_PER_LAYER = 15;   // (kind, group, parts) x 4 (qkv, o, gate_up, down), q + k width, v width, gate/up width
 constexpr int64_t FLOATS_PER_LAYER = 3;  // eps in, eps post, attention scaling
@@ -51,6 +54,11 @@ Tensor project(const Tensor& input, int64_t kind, int64_t group, const Tensor& a
   if (kind == KIND_INT4) {
     auto out = at::_weight_int4pack_mm_for_cpu(input.to(at::kBFloat16), a, group, b.value());
     return bias.has_value() ? at::add(out.to(dtype), *bias) : out;
+  }
+  if (kind == KIND_INT4_AVX2) {  // float32 out; back to the rows' dtype where they are not float32
+    auto out = int4_linear(input, a, b.value());
+    if (dtype != at::kFloat) out = out.to(dtype);
+    return bias.has_value() ? at::add(out, *bias) : out;
   }
   if (kind == KIND_ONEDNN) {
     return onednn_linear(input.to(at::kBFloat16), a, bias);

@@ -1,4 +1,4 @@
-"""The project's AVX2 int4/int8 kernels (csrc/quant_kernels.cpp) and their layers (engine/avx2.py)."""
+"""The project's AVX2 int4/int8 kernels (csrc/avx2_kernels.cpp) and their layers (engine/avx2.py)."""
 
 from __future__ import annotations
 
@@ -143,3 +143,36 @@ def test_malformed_inputs_are_refused_by_the_kernel(kernels: object) -> None:
         torch.ops.aigc.int4_linear(torch.randn(2, 32), layer.qweight, layer.scales)
     with pytest.raises(RuntimeError, match="scales must be"):
         torch.ops.aigc.int4_linear(torch.randn(2, 64), layer.qweight, layer.scales.float())
+
+
+@pytest.mark.parametrize(("rows", "heads", "kv_heads", "width", "head_dim"),
+                         [(1, 9, 3, 1, 64), (3, 9, 3, 37, 64), (16, 4, 4, 200, 32), (2, 8, 1, 130, 256)])
+def test_decode_attention_equals_scaled_dot_product_attention(kernels: object, rows: int, heads: int, kv_heads: int,
+                                                              width: int, head_dim: int) -> None:
+    """One query per row against the KV cache's views (a wider buffer, so strided), grouped-query heads, a
+    left-padding mask with different padding per row, and no mask: the same as PyTorch's attention."""
+    torch.manual_seed(width)
+    capacity = width + 11
+    keys = torch.randn(rows, kv_heads, capacity, head_dim)[:, :, :width]
+    values = torch.randn(rows, kv_heads, capacity, head_dim)[:, :, :width]
+    qk = torch.randn(rows, heads + kv_heads, 1, head_dim)  # the step's q is a view of q and k rows
+    q = qk[:, :heads]
+    mask = torch.ones(rows, 1, 1, width, dtype=torch.bool)
+    for row in range(rows):
+        mask[row, ..., :min(row * 3, width - 1)] = False  # row r: its first 3r columns are padding
+    scale = head_dim ** -0.5
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for m in (mask, None):
+        got = torch.ops.aigc.decode_attention(q, keys, values, m, scale)
+        want = sdpa(q, keys, values, attn_mask=m, scale=scale, enable_gqa=heads != kv_heads)
+        assert got.shape == want.shape == (rows, heads, 1, head_dim)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_refuses_what_it_does_not_compute(kernels: object) -> None:
+    q, kv = torch.randn(1, 2, 1, 12), torch.randn(1, 2, 5, 12)
+    with pytest.raises(RuntimeError, match="shapes"):  # a head size that is not a multiple of 8
+        torch.ops.aigc.decode_attention(q, kv, kv, None, 1.0)
+    q, kv = torch.randn(1, 2, 1, 16, dtype=torch.bfloat16), torch.randn(1, 2, 5, 16, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.aigc.decode_attention(q, kv, kv, None, 1.0)

@@ -1,4 +1,4 @@
-"""int4 and int8 weight-only layers on the project's AVX2 kernels (csrc/quant_kernels.cpp).
+"""int4 and int8 weight-only layers on the project's AVX2 kernels (csrc/avx2_kernels.cpp).
 
 PyTorch's CPU int4 kernel has its fast path for AVX-512: on an AVX2-only CPU a batch of 8–16 rows costs
 it nearly 8–16 single rows, and a continuous batch stops scaling (bench_int4_kernel.py). Its int8 kernel

@@ -1,5 +1,5 @@
 """Builds and loads the C++ layer loop of the lean decoding step (`csrc/lean_layers.cpp`) and the AVX2
-int4/int8 matmul kernels it can call (`csrc/quant_kernels.cpp`, used through avx2.py).
+int4/int8 matmul kernels it can call (`csrc/avx2_kernels.cpp`, used through avx2.py).
 
 The loop runs the same ATen operators as `LeanLlamaStep`'s Python loop, so its logits are the same
 bit for bit; it only removes the interpreter between them. It is compiled once per PyTorch version
@@ -21,7 +21,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lean_layers.cpp", "quant_kernels.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lean_layers.cpp", "avx2_kernels.cpp")]
 # -fopenmp: at::parallel_for is inline OpenMP (without it the kernels run on one thread); the library then
 # binds to the libgomp PyTorch has loaded already (the same soname): one thread pool.
 CFLAGS, LDFLAGS = ["-O2", "-fopenmp"], ["-fopenmp"]

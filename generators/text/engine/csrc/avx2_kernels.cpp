@@ -1,4 +1,5 @@
-// Weight-only int4 and int8 matmuls for AVX2 CPUs: float32 rows × quantized weights → float32 rows.
+// Kernels for AVX2 CPUs: weight-only int4 and int8 matmuls (float32 rows × quantized weights → float32
+// rows) and the attention of one new token per row over the KV cache.
 //
 // PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`) has its fast path for AVX-512; on an
 // AVX2-only CPU it computes a batch of 8–16 rows barely faster than 8–16 single rows, which is what
@@ -12,6 +13,12 @@
 //         scales bfloat16 (N/8, K/32, 16): the tile's 8 scales, then its 8 zeros; w = (q - 8) * scale + zero
 //         (the grid of int4.py's `quantize_weight`, so the same weights as `Int4Linear`).
 //   int8: qweight int8 (N/8, K, 8): tile t, input k, column 8t+j; scales bfloat16 (N/8, 8): w = q * scale.
+// Attention (`decode_attention`): what scaled_dot_product_attention computes for one query per row (a
+// decoding step), grouped-query heads and a padding mask included, in float32. PyTorch's CPU flash kernel
+// is built for long queries: for one it spent ~0.45 ms a layer on 16 rows × 200 cached tokens, several
+// times the arithmetic (bench: the README's batching section). Here each (row, key/value head) is one task:
+// scores of its query heads against every cached key (FMAs over the head size), PyTorch's softmax, then
+// the weighted sum of the values.
 // The functions carry `target("avx2,fma")`, so the library builds with the default flags and every other
 // function of it runs on any x86-64; callers check `quant_kernels_supported()` first.
 #include <ATen/ATen.h>
@@ -22,6 +29,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <optional>
 
 namespace {
 
@@ -101,6 +110,51 @@ at::Tensor rows_of(const at::Tensor& x, int64_t k_size, const char* name) {
   return x.to(at::kFloat).contiguous();
 }
 
+
+// Scores of `group` query heads (rows of q, stride q_stride) against `width` keys (stride k_stride),
+// times `scale`; masked-out keys get -inf. `d` is a multiple of 8.
+AVX2_FMA void attention_scores(const float* q, int64_t q_stride, int64_t group, const float* k, int64_t k_stride,
+                               int64_t width, int64_t d, const bool* keep, float scale, float* scores,
+                               int64_t scores_stride) {
+  for (int64_t w = 0; w < width; ++w) {
+    if (keep != nullptr && !keep[w]) {
+      for (int64_t g = 0; g < group; ++g) scores[g * scores_stride + w] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    const float* kw = k + w * k_stride;
+    for (int64_t g = 0; g < group; ++g) {
+      const float* qg = q + g * q_stride;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(kw + i), acc);
+      __m128 sum = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+      sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+      scores[g * scores_stride + w] = _mm_cvtss_f32(sum) * scale;
+    }
+  }
+}
+
+// out[g] = sum_w p[g][w] * v[w] for `group` heads; `d` a multiple of 8 (at most 256: 32 accumulators).
+AVX2_FMA void attention_values(const float* p, int64_t p_stride, int64_t group, const float* v, int64_t v_stride,
+                               int64_t width, int64_t d, float* out, int64_t out_stride) {
+  for (int64_t g = 0; g < group; ++g) {
+    const float* pg = p + g * p_stride;
+    float* og = out + g * out_stride;
+    for (int64_t i0 = 0; i0 < d; i0 += 64) {  // 8 vectors of the head at a time
+      const int64_t n = std::min<int64_t>(8, (d - i0) / 8);
+      __m256 acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+      for (int64_t w = 0; w < width; ++w) {
+        const float weight = pg[w];
+        if (weight == 0.0f) continue;  // masked-out keys (exp(-inf) = 0) cost nothing
+        const __m256 pw = _mm256_set1_ps(weight);
+        const float* vw = v + w * v_stride + i0;
+        for (int j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(pw, _mm256_loadu_ps(vw + 8 * j), acc[j]);
+      }
+      for (int j = 0; j < n; ++j) _mm256_storeu_ps(og + i0 + 8 * j, acc[j]);
+    }
+  }
+}
 }  // namespace
 
 bool quant_kernels_supported() { return supported(); }
@@ -162,13 +216,64 @@ at::Tensor int8_linear(const at::Tensor& x_in, const at::Tensor& qweight, const 
   return out;
 }
 
+
+// q (B, Hq, 1, D), k and v (B, Hkv, W, D) with the head size contiguous (the KV cache's views), mask None
+// or (B, 1, 1, W) bool (True: attend) → (B, Hq, 1, D) float32, as scaled_dot_product_attention with
+// enable_gqa (query head h reads key/value head h / (Hq / Hkv)).
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(supported(), "decode_attention: this CPU lacks AVX2/FMA");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1, "decode_attention: q (B, Hq, 1, D), k/v (B, Hkv, W, D)");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "decode_attention: float32 only");
+  const int64_t b = q.size(0), hq = q.size(1), d = q.size(3), hkv = k.size(1), width = k.size(2);
+  TORCH_CHECK(d % 8 == 0 && d <= 256 && k.size(3) == d && v.size(3) == d && v.size(2) == width && k.size(0) == b &&
+                  v.size(0) == b && v.size(1) == hkv && hq % hkv == 0,
+              "decode_attention: shapes ", q.sizes(), " ", k.sizes(), " ", v.sizes());
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: the head size must be contiguous");
+  const bool* keep = nullptr;
+  at::Tensor mask_rows;
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->numel() == b * width, "decode_attention: mask (B, 1, 1, W) bool");
+    mask_rows = mask->reshape({b, width}).contiguous();
+    keep = mask_rows.const_data_ptr<bool>();
+  }
+  const int64_t group = hq / hkv;
+  at::Tensor scores = at::empty({b, hq, width}, q.options());
+  at::Tensor out = at::empty({b, hq, 1, d}, q.options());
+  const float *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(), *vp = v.const_data_ptr<float>();
+  float *sp = scores.data_ptr<float>(), *op = out.data_ptr<float>();
+  const int64_t tasks = b * hkv, task_grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, width * d));
+  at::parallel_for(0, tasks, task_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / hkv, head = t % hkv;
+      attention_scores(qp + row * q.stride(0) + head * group * q.stride(1), q.stride(1), group,
+                       kp + row * k.stride(0) + head * k.stride(1), k.stride(2), width, d,
+                       keep == nullptr ? nullptr : keep + row * width, static_cast<float>(scale),
+                       sp + (row * hq + head * group) * width, width);
+    }
+  });
+  scores = at::softmax(scores, -1);
+  sp = scores.data_ptr<float>();
+  at::parallel_for(0, tasks, task_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / hkv, head = t % hkv;
+      attention_values(sp + (row * hq + head * group) * width, width, group, vp + row * v.stride(0) + head * v.stride(1),
+                       v.stride(2), width, d, op + (row * hq + head * group) * d, d);
+    }
+  });
+  return out;
+}
+
 TORCH_LIBRARY_FRAGMENT(aigc, m) {
   m.def("int4_linear(Tensor x, Tensor qweight, Tensor scales) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor qweight, Tensor scales) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def("quant_kernels_supported() -> bool", &quant_kernels_supported);
 }
 
 TORCH_LIBRARY_IMPL(aigc, CompositeExplicitAutograd, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
+  m.impl("decode_attention", &decode_attention);
 }

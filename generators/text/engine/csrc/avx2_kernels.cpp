@@ -105,6 +105,16 @@ int64_t grain(int64_t rows, int64_t k_size) {
   return std::max<int64_t>(1, (int64_t{1} << 12) / std::max<int64_t>(1, rows * k_size / TILE));
 }
 
+// fn(tile, first row, rows) for every tile and every block of up to MAX_ROWS rows; tiles split across threads.
+template <typename Fn>
+void over_tiles(int64_t m, int64_t tiles, int64_t k_size, const Fn& fn) {
+  at::parallel_for(0, tiles, grain(m, k_size), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t r = 0; r < m; r += MAX_ROWS) fn(t, r, static_cast<int>(std::min<int64_t>(MAX_ROWS, m - r)));
+    }
+  });
+}
+
 at::Tensor rows_of(const at::Tensor& x, int64_t k_size, const char* name) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k_size, name, ": input must be (rows, ", k_size, "), got ", x.sizes());
   return x.to(at::kFloat).contiguous();
@@ -176,14 +186,9 @@ at::Tensor int4_linear(const at::Tensor& x_in, const at::Tensor& qweight, const 
   const auto* qp = reinterpret_cast<const uint32_t*>(qweight.const_data_ptr<int32_t>());
   const auto* sp = reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::BFloat16>());
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, tiles, grain(m, k_size), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      for (int64_t r = 0; r < m; r += MAX_ROWS) {
-        const int rows = static_cast<int>(std::min<int64_t>(MAX_ROWS, m - r));
-        INT4_TILES[rows](xp + r * k_size, k_size, qp + t * groups * GROUP, sp + t * groups * 2 * TILE, groups,
-                         op + r * n + t * TILE, n);
-      }
-    }
+  over_tiles(m, tiles, k_size, [&](int64_t t, int64_t r, int rows) {
+    INT4_TILES[rows](xp + r * k_size, k_size, qp + t * groups * GROUP, sp + t * groups * 2 * TILE, groups,
+                     op + r * n + t * TILE, n);
   });
   return out;
 }
@@ -205,13 +210,8 @@ at::Tensor int8_linear(const at::Tensor& x_in, const at::Tensor& qweight, const 
   const int8_t* qp = qweight.const_data_ptr<int8_t>();
   const auto* sp = reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::BFloat16>());
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, tiles, grain(m, k_size), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      for (int64_t r = 0; r < m; r += MAX_ROWS) {
-        const int rows = static_cast<int>(std::min<int64_t>(MAX_ROWS, m - r));
-        INT8_TILES[rows](xp + r * k_size, k_size, qp + t * k_size * TILE, sp + t * TILE, k_size, op + r * n + t * TILE, n);
-      }
-    }
+  over_tiles(m, tiles, k_size, [&](int64_t t, int64_t r, int rows) {
+    INT8_TILES[rows](xp + r * k_size, k_size, qp + t * k_size * TILE, sp + t * TILE, k_size, op + r * n + t * TILE, n);
   });
   return out;
 }

@@ -4,8 +4,9 @@
         [--rows int4 ...]
 
 Rows: plain `model.generate` in float32 (the reference), then the plugin (one request, its
-default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head; bfloat16
-activations between the kernels by default, float32 in the next row), PyTorch
+default continuous batcher) loaded as float32, bfloat16, int4 (4-bit groups, 8-bit head; `dtype: auto`,
+then float32 and bfloat16 activations between the kernels, then without the native build: PyTorch's
+int4 kernel and the Python loop, what a machine without a compiler runs), PyTorch
 dynamic int8, and bitsandbytes 8-bit / 4-bit NF4; then llama.cpp (llama-cpp-python, the optional
 extra `pip install -r requirements-llamacpp.txt`) on the same GGUF file, with as many threads, in
 a child process (two OpenMP runtimes in one process spin against each other). All torch work runs
@@ -207,6 +208,8 @@ def main() -> None:
     text, text_name = held_out_text()
     variants = [("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("int4 (groups of 32)", {"quantization": "int4"}),
                 ("int4, float32 activations", {"quantization": "int4", "dtype": "float32"}),
+                ("int4, bfloat16 activations", {"quantization": "int4", "dtype": "bfloat16"}),
+                ("int4, PyTorch's kernels (native_step off)", {"quantization": "int4", "native_step": False}),
                 ("dynamic int8", {"quantization": "dynamic-int8"})]
     if not args.no_bnb:
         variants += [("bitsandbytes 8-bit", {"quantization": "8bit"}), ("bitsandbytes 4-bit NF4", {"quantization": "4bit"})]

@@ -59,6 +59,10 @@ def test_lean_steps_give_transformers_logits_and_cache_on_a_left_padded_batch(ov
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     lean = LeanLlamaStep(model, row_padding={3: 16} if padded else None)
     native = LeanLlamaStep(model, row_padding={3: 16} if padded else None, native=native_layers)
+    if "int4" in quantize and lean.attention is not None:
+        # the AVX2 attention (float32 rows on an AVX2 CPU) sums in another order than transformers' SDPA, and
+        # PyTorch's int4 kernel then rounds its bfloat16 inputs the other way now and then
+        tolerance = 3e-2
     # projections of several calls (dynamic int8; int4 k and v of 32 rows each) are not a kind the C++ loop knows
     several_calls = "dynamic-int8" in quantize or ("int4" in quantize and lean.fused < 2 * len(model.model.layers))
     assert (native.native is None) == several_calls, native.native_reason

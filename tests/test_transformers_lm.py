@@ -233,7 +233,7 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     the input embedding 8-bit ones (buffers, counted once each in the reported memory); it decodes
     alone and batched, and its next-token distribution stays close to float32's. SmolLM2's figures
     are in bench_precision."""
-    from generators.text.engine.int4 import Int4Linear, Int8Embedding, Int8Linear, int4_supported
+    from generators.text.engine.int4 import Int4Linear, Int8Embedding, Int8Linear, activations_dtype, int4_supported
 
     if not int4_supported():
         pytest.skip("this torch build has no CPU int4 kernel")
@@ -247,7 +247,8 @@ def test_int4_packs_4bit_layers_and_an_8bit_head_and_keeps_the_model_close(tiny_
     assert isinstance(gen.model.model.embed_tokens, Int8Embedding)
     packed = sum(b.numel() * b.element_size() for b in gen.model.buffers() if b.dtype in (torch.uint8, torch.int8))
     assert packed <= gen.memory_bytes() < full.memory_bytes() / 3
-    assert gen.model.model.norm.weight.dtype == torch.bfloat16  # dtype=auto: bfloat16 activations between the kernels
+    # dtype=auto: bfloat16 activations between the kernels where the CPU computes bfloat16 natively, else float32
+    assert gen.model.model.norm.weight.dtype == activations_dtype("auto")
     assert gen.model.model.rotary_emb.inv_freq.dtype == torch.float32
     _assert_close_to_float32_and_decodes_batched(full, gen, tiny_model_dir, "int4", "float16")
 
@@ -256,7 +257,7 @@ def test_auto_quantization_resolves_per_device_and_the_models_view_says_what_run
     """quantization=auto (the studio's default) is one entry of the quantizer table: on a CPU with the int4
     kernel it loads int4 (the layers are really 4-bit), on CUDA or with float16 the weights as they are;
     it refuses only what the quantizer it picks refuses. The Models view's precision names what runs."""
-    from generators.text.engine.int4 import Int4Linear, int4_supported
+    from generators.text.engine.int4 import Int4Linear, activations_dtype, int4_supported
     from generators.text.engine.quantizers import QUANTIZERS
 
     auto = QUANTIZERS["auto"]
@@ -272,7 +273,8 @@ def test_auto_quantization_resolves_per_device_and_the_models_view_says_what_run
     try:
         if int4_supported():
             assert isinstance(gen.model.model.layers[0].mlp.up_proj, Int4Linear)
-            assert gen.precision().startswith("int4 weights, bfloat16 between the kernels — auto")
+            compute = str(activations_dtype("auto")).replace("torch.", "")
+            assert gen.precision().startswith(f"int4 weights on PyTorch's kernel, {compute} between them — auto")
         else:
             assert gen.precision().startswith("float32 — auto: this PyTorch has no CPU int4 kernel")
         assert gen.describe()["precision"] == gen.precision()
@@ -572,6 +574,48 @@ def test_the_plugin_decodes_through_the_c_plus_plus_loop_with_the_python_loops_t
     fallback = load("fallback")
     assert fallback.describe()["decode_loop"] == "Python"
     fallback.unload()
+
+
+def test_int4_on_an_avx2_cpu_runs_the_projects_kernels_with_the_same_weights(
+        tiny_model_dir: Path, native_layers: object) -> None:
+    """With the native library (a cache folder) on an AVX2 CPU without AVX-512, an int4 model's layers move
+    onto the project's AVX2 kernels: the same 4-bit weights (next-token distribution within float32
+    rounding of PyTorch's kernel run), the Models view says so, and batched greedy rows equal each request
+    alone. On other CPUs PyTorch's kernel stays (and this test checks that instead)."""
+    from generators.text.engine.avx2 import Int4Avx2Linear, Int8Avx2Linear, TiledInt8Embedding
+    from generators.text.engine.int4 import Int4Linear, int4_supported
+    from tests.conftest import MODEL_CACHE
+
+    if not int4_supported():
+        pytest.skip("this torch build has no CPU int4 kernel")
+    options = {"source": str(tiny_model_dir), "quantization": "int4", "dtype": "float32", "max_batch": 4}
+    torch_kernel = TransformersLM("torch", {**options, "native_step": False}, cache_dir=str(MODEL_CACHE))
+    torch_kernel.load()
+    gen = TransformersLM("avx2", options, cache_dir=str(MODEL_CACHE))
+    gen.load()
+    try:
+        up = gen.model.model.layers[0].mlp.up_proj
+        if torch.backends.cpu.get_cpu_capability() != "AVX2":
+            assert isinstance(up, Int4Linear) and "PyTorch's kernel" in gen.precision()
+            return
+        assert isinstance(up, Int4Avx2Linear) and isinstance(gen.model.lm_head, Int8Avx2Linear)
+        assert isinstance(gen.model.model.embed_tokens, TiledInt8Embedding)
+        assert isinstance(torch_kernel.model.model.layers[0].mlp.up_proj, Int4Linear)
+        assert gen.precision().startswith("int4 weights on the AVX2 kernels, float32 between them")
+        ids = torch.tensor([gen.encode(chat("Tell me about the sea."))[0]])
+        with torch.inference_mode():
+            p = torch.softmax(torch_kernel.model(input_ids=ids).logits[0, -1], -1)
+            q = torch.softmax(gen.model(input_ids=ids).logits[0, -1], -1)
+        assert float((p - q).abs().sum()) < 1e-3
+        prompts = ["Tell me about the sea.", "a", "Count to ten, please"]
+        alone = [gen.generate(chat(text, temperature=0, max_new_tokens=10))[0] for text in prompts]
+        with ThreadPoolExecutor(3) as pool:
+            batched = list(pool.map(lambda text: gen.generate(chat(text, temperature=0, max_new_tokens=10))[0], prompts))
+        assert batched == alone and all(alone)
+        assert gen.describe()["decode_loop"] == "C++"
+    finally:
+        gen.unload()
+        torch_kernel.unload()
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])

@@ -58,7 +58,8 @@ class TransformersLoadOptions(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16 on CUDA; with quantization=int4, what runs between the "
-        "4-bit kernels (auto: bfloat16, as the kernels take and return it; the weights are quantized from float32)"
+        "4-bit kernels (auto: bfloat16 where the CPU computes it natively, else float32; the weights are quantized "
+        "from float32)"
     )
     context_length: int | None = Field(None, ge=16, description="override the model's context window")
     allow_download: bool = Field(False, description="let a hub id be downloaded (off: local files only)")
@@ -68,9 +69,9 @@ class TransformersLoadOptions(StrictModel):
                                "where that measures faster at load (the same results at decoding sizes)")
     adapter: str | None = Field(None, description="a PEFT adapter folder (LoRA, e.g. from the Train tab or made "
                                 "elsewhere for this base) merged into the base weights at load, before any quantization")
-    native_step: bool = Field(True, description="decode Llama models through the C++ layer loop (built once with g++ "
-                              "and ninja; same results, faster on small models); off, or without a compiler: the "
-                              "Python loop")
+    native_step: bool = Field(True, description="decode Llama models through the C++ layer loop, and on an AVX2 CPU "
+                              "run int4 models on the project's AVX2 kernels (built once with g++ and ninja; same "
+                              "weights, faster batches); off, or without a compiler: the Python loop and PyTorch's kernels")
 
 
 class TransformersLM(TextGenerator):

@@ -37,6 +37,23 @@ def int4_supported() -> bool:
     return all(hasattr(torch, name) for name in names)
 
 
+def bfloat16_is_native() -> bool:
+    """This CPU computes in bfloat16 natively (AVX-512 BF16 or AMX). Without it every bfloat16 operator
+    converts to float32 and back: attention over the cache and the norms then cost several times their
+    float32 selves (bench_precision), so an int4 model keeps float32 activations there."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def activations_dtype(dtype: str) -> torch.dtype:
+    """The dtype an int4 model computes in between its kernels for the `dtype` option: bfloat16 when asked
+    for, float32 when asked for, and for `auto` bfloat16 only where the CPU computes it natively."""
+    if dtype == "bfloat16" or (dtype == "auto" and bfloat16_is_native()):
+        return torch.bfloat16
+    return torch.float32
+
+
 def quantize_weight(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float weight → (packed int4 weight, scales_and_zeros (K/group, N, 2) bfloat16)."""
     n, k = weight.shape
@@ -61,24 +78,47 @@ def dequantize_weight(packed_q: torch.Tensor, scales_and_zeros: torch.Tensor, gr
     return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(n, k)
 
 
+@functools.cache
+def packing_block() -> int | None:
+    """The rows per block of this PyTorch's CPU int4 packing: blocks of B rows, each stored K-major as
+    B/2 bytes per input column, byte j holding row j (low nibble) and row j + B/2 (high nibble). The
+    kernel picks B by the CPU (64 on AVX-512, 32 on AVX2): found by packing known integers. None: a
+    layout this code does not read (a later release), and nothing unpacks (the kernel keeps working)."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (128, 64), generator=generator, dtype=torch.int32)
+    packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+    for block in (64, 32, 16):
+        if torch.equal(int4_integers(packed, 64, block), q):
+            return block
+    return None
+
+
+def int4_integers(packed: torch.Tensor, k: int, block: int | None = None) -> torch.Tensor:
+    """The (N, K) 4-bit integers (0..15) of a packed layer (`packing_block` rows per block)."""
+    block = block or packing_block()
+    n = packed.shape[0]
+    if block is None or n % block:
+        raise ValueError(f"{n} rows are not whole blocks of this PyTorch's int4 packing ({block})")
+    blocks = packed.view(n // block, k, block // 2)
+    q = torch.stack([blocks & 15, blocks >> 4], dim=2)  # (N/B, K, 2, B/2): row (B/2) h + j of the block
+    return q.permute(0, 2, 3, 1).reshape(n, k).to(torch.int32)
+
+
 def unpack_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int = GROUP_SIZE) -> torch.Tensor:
-    """The transposed weights (K, N), in bfloat16, of a packed int4 layer, from PyTorch's CPU packing:
-    blocks of 64 rows, each stored K-major as 32 bytes per input column, byte j holding row j (low
-    nibble) and row j + 32 (high nibble). Transposed because that layout is K-major already (cheaper
-    to unpack than (N, K)). `dense_unpacking_works()` checks the layout."""
-    n, k = packed.shape[0], packed.shape[1] * 2
-    blocks = packed.view(n // 64, k, 32)
-    q = torch.stack([blocks & 15, blocks >> 4], dim=2)  # (N/64, K, 2, 32)
-    q = q.permute(1, 0, 2, 3).reshape(k // group_size, group_size, n).to(torch.bfloat16)
+    """The transposed weights (K, N), in bfloat16, of a packed int4 layer (a prefill's dense matmul)."""
+    k = packed.shape[1] * 2
+    q = int4_integers(packed, k).t().reshape(k // group_size, group_size, -1).to(torch.bfloat16)
     scale = scales_and_zeros[..., 0].unsqueeze(1)  # (K/group, 1, N)
     offset = (scales_and_zeros[..., 1] - 8 * scales_and_zeros[..., 0]).unsqueeze(1)  # w = (q - 8) * scale + zero
-    return torch.addcmul(offset, q, scale).reshape(k, n)
+    return torch.addcmul(offset, q, scale).reshape(k, -1)
 
 
 @functools.cache
 def dense_unpacking_works() -> bool:
     """`unpack_int4` reads this PyTorch's packing (a layout change in a later release turns the dense
     path off instead of computing garbage)."""
+    if packing_block() is None:
+        return False
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn((128, 64), generator=generator)
     packed, scales_and_zeros = quantize_weight(weight)
@@ -126,7 +166,7 @@ class Int4Linear(_WeightOnlyLinear):
         self._keep_bias(linear)
 
     def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
-        if flat.shape[0] >= DENSE_FROM_ROWS and dense_unpacking_works():  # a prefill: unpack once, dense matmul
+        if flat.shape[0] >= DENSE_FROM_ROWS and dense_unpacking_works() and self.out_features % packing_block() == 0:  # a prefill
             return flat @ unpack_int4(self.packed_weight, self.scales_and_zeros, self.group_size)
         return torch._weight_int4pack_mm_for_cpu(flat, self.packed_weight, self.group_size, self.scales_and_zeros)
 

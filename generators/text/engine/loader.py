@@ -3,8 +3,9 @@
 `load_causal_lm` does the whole load in the order the choices depend on each other: the device, the
 quantizer that runs there (`quantizers.QUANTIZERS`, with `auto` resolved), the source (a GGUF file is
 converted once into a safetensors cache), the weights through transformers, an optional PEFT adapter
-merged in, the quantizer applied, oneDNN packing where it measures faster, and the C++ layer loop of the
-lean step where the model allows it. Every refusal is a `LoadFailedError` a person can act on. The
+merged in, the quantizer applied, oneDNN packing where it measures faster, the C++ layer loop of the
+lean step where the model allows it, and on an AVX2 CPU an int4 model's layers moved onto the project's
+AVX2 kernels (avx2.py), which that library carries. Every refusal is a `LoadFailedError` a person can act on. The
 transformers plugin adapts the result to the plugin contract; the memory helpers here serve its
 estimates. Importing this module imports no torch.
 """
@@ -118,6 +119,10 @@ def load_causal_lm(spec: LoadSpec, name: str, cache_dir: str | None, progress: P
         loaded.packed_layers = pack_linear_layers_if_faster(model)
     if spec.max_batch > 1 and spec.native_step and cache_dir:
         loaded.native = native_layers(model, cache_dir, name, progress)
+    if quantizer.name == "int4" and spec.native_step and cache_dir:
+        from .avx2 import use_avx2_kernels_where_they_pay
+
+        use_avx2_kernels_where_they_pay(model, Path(cache_dir) / "_native")
     return loaded
 
 

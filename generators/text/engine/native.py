@@ -1,4 +1,5 @@
-"""Builds and loads the C++ layer loop of the lean decoding step (`csrc/lean_layers.cpp`).
+"""Builds and loads the C++ layer loop of the lean decoding step (`csrc/lean_layers.cpp`) and the AVX2
+int4/int8 matmul kernels it can call (`csrc/avx2_kernels.cpp`, used through avx2.py).
 
 The loop runs the same ATen operators as `LeanLlamaStep`'s Python loop, so its logits are the same
 bit for bit; it only removes the interpreter between them. It is compiled once per PyTorch version
@@ -20,7 +21,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "lean_layers.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lean_layers.cpp", "avx2_kernels.cpp")]
+# -fopenmp: at::parallel_for is inline OpenMP (without it the kernels run on one thread); the library then
+# binds to the libgomp PyTorch has loaded already (the same soname): one thread pool.
+CFLAGS, LDFLAGS = ["-O2", "-fopenmp"], ["-fopenmp"]
 _build_lock = threading.Lock()  # one build at a time in this process (the library registers once per process)
 
 
@@ -37,7 +41,8 @@ def build_folder(root: str | Path) -> Path:
     """Where the library for this source and this PyTorch is built under `root`."""
     import torch
 
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(CFLAGS + LDFLAGS).encode()
+                            ).hexdigest()[:12]
     return Path(root) / f"lean_layers-torch{torch.__version__.replace('+', '_')}-{digest}"
 
 
@@ -86,8 +91,8 @@ def load_native_layers(root: str | Path) -> tuple[Any, str]:
         folder.mkdir(parents=True, exist_ok=True)
         _clear_stale_lock(folder)
         try:
-            load("aigc_lean_layers", [str(SOURCE)], extra_cflags=["-O2"], build_directory=str(folder),
-                 is_python_module=False, verbose=False)
+            load("aigc_lean_layers", [str(source) for source in SOURCES], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                 build_directory=str(folder), is_python_module=False, verbose=False)
         except (RuntimeError, OSError, ImportError) as exc:  # a compiler error, a missing header, a broken build folder
             log.warning("The C++ decoding loop did not build in %s: %s", folder, exc)
             return None, f"the C++ loop did not build: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"

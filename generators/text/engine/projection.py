@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .avx2 import Int4Avx2Linear
 from .hooks import forward_of, has_hooks
 from .int4 import Int4Linear
 from .onednn import PackedLinear
@@ -23,7 +24,7 @@ from .onednn import PackedLinear
 INT4_ROW_BLOCK = 64  # the CPU int4 kernel lays out rows in blocks of 64: packed rows concatenate in whole blocks
 
 # projection kinds of the C++ layer loop (csrc/lean_layers.cpp, KIND_*)
-NATIVE_INT4, NATIVE_LINEAR, NATIVE_MV, NATIVE_ONEDNN = 0, 1, 2, 3
+NATIVE_INT4, NATIVE_LINEAR, NATIVE_MV, NATIVE_ONEDNN, NATIVE_INT4_AVX2 = 0, 1, 2, 3, 4
 
 # (kind, group size, [(a, b, bias)] parts whose outputs are concatenated): see csrc/lean_layers.cpp
 NativeParts = tuple[int, int, list[tuple[Any, Any, Any]]]
@@ -92,6 +93,25 @@ class Int4Projection(Projection):
 
     def native_parts(self) -> NativeParts:
         return (NATIVE_INT4, self.group, [(self.packed, self.scales_and_zeros, self.bias)])
+
+
+class Int4Avx2Projection(Projection):
+    """The project's AVX2 int4 kernel (avx2.py) on float32 rows; its output comes back in `dtype`."""
+
+    def __init__(self, qweight: Any, scales: Any, bias: Any, dtype: Any, fused: bool) -> None:
+        kernel = torch.ops.aigc.int4_linear
+        if dtype == torch.float32:
+            call = (lambda x: kernel(x, qweight, scales)) if bias is None else (  # noqa: E731
+                lambda x: kernel(x, qweight, scales) + bias)
+        else:
+            bias = None if bias is None else bias.to(dtype)
+            call = (lambda x: kernel(x, qweight, scales).to(dtype)) if bias is None else (  # noqa: E731
+                lambda x: kernel(x, qweight, scales).to(dtype) + bias)
+        super().__init__(call, torch.float32, fused)
+        self.qweight, self.scales, self.bias = qweight, scales, bias
+
+    def native_parts(self) -> NativeParts:
+        return (NATIVE_INT4_AVX2, 0, [(self.qweight, self.scales, self.bias)])
 
 
 class OneDNNProjection(Projection):
@@ -165,6 +185,19 @@ def _int4(modules: list[Any], dtype: Any) -> Projection | None:
     return Int4Projection(packed, scales_and_zeros, modules[0].group_size, bias, dtype, fused=len(modules) > 1)
 
 
+def _int4_avx2(modules: list[Any], dtype: Any) -> Projection | None:
+    """`Int4Avx2Linear` layers as one kernel call: their tiles of 8 outputs concatenate."""
+    ok, bias = _joined_bias(modules)
+    if not ok:
+        return None
+    qweight = torch.cat([m.qweight for m in modules])
+    scales = torch.cat([m.scales for m in modules])
+    for m, start, size in zip(modules, _offsets([m.qweight.shape[0] for m in modules]),
+                              [m.qweight.shape[0] for m in modules], strict=True):
+        m.qweight, m.scales = qweight[start:start + size], scales[start:start + size]
+    return Int4Avx2Projection(qweight, scales, bias, dtype, fused=len(modules) > 1)
+
+
 def _onednn(modules: list[Any], dtype: Any) -> Projection:
     return OneDNNProjection([(m.packed_weight, m.bias) for m in modules])
 
@@ -173,6 +206,7 @@ def _onednn(modules: list[Any], dtype: Any) -> Projection:
 PROJECTIONS: dict[type, Callable[[list[Any], Any], Projection | None]] = {
     nn.Linear: _linear,
     Int4Linear: _int4,
+    Int4Avx2Linear: _int4_avx2,
     PackedLinear: _onednn,
 }
 

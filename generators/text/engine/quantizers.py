@@ -107,11 +107,13 @@ class Int4(Quantizer):
         return torch.float32  # quantized from float32 weights; the activations' dtype is set in `apply`
 
     def apply(self, model: Any, dtype: str, progress: ProgressFn) -> Any:
-        from .int4 import quantize_int4, use_bfloat16_activations
+        import torch
+
+        from .int4 import activations_dtype, quantize_int4, use_bfloat16_activations
 
         progress("Packing the weights as 4-bit groups…")
         quantize_int4(model)
-        if dtype in ("auto", "bfloat16"):  # the kernels take and return bfloat16: no conversion around each
+        if activations_dtype(dtype) == torch.bfloat16:  # the kernels take and return bfloat16: no conversion around each
             use_bfloat16_activations(model)
         return model
 
@@ -189,7 +191,11 @@ def describe_precision(chosen: str, running: Quantizer, device: str, dtype: str,
     if chosen == "auto" and device == "cpu" and running.name == "none":
         why = " — auto: this PyTorch has no CPU int4 kernel, or int4 cannot compute in this dtype"
     if running.name == "int4":
-        compute = "bfloat16" if dtype in ("auto", "bfloat16") else "float32"
-        return f"int4 weights, {compute} between the kernels{why}"
+        from .avx2 import Int4Avx2Linear
+        from .int4 import activations_dtype
+
+        compute = str(activations_dtype(dtype)).replace("torch.", "")
+        kernel = "the AVX2 kernels" if any(isinstance(m, Int4Avx2Linear) for m in model.modules()) else "PyTorch's kernel"
+        return f"int4 weights on {kernel}, {compute} between them{why}"
     model_dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
     return f"{running.name if running.name != 'none' else model_dtype}{why}"

@@ -116,6 +116,12 @@ class LeanLlamaStep:
         if matrix_vector if matrix_vector is not None else (widest is not None and matrix_vector_is_faster(widest)):
             for p in self._projections():
                 p.use_matrix_vector()
+        # one new token's attention over the cache on the AVX2 kernel (avx2.py) where it runs: float32 rows,
+        # a head size it takes, an AVX2 CPU; else scaled_dot_product_attention
+        from .avx2 import avx2_kernels_pay
+
+        self.attention = torch.ops.aigc.decode_attention if dtype == torch.float32 and self.head_dim % 8 == 0 and \
+            self.head_dim <= 256 and avx2_kernels_pay() else None
         self.native, self.native_reason, self._native_args = None, "not requested", ()
         if native is not None:
             self._native_args, self.native_reason = self._native_arguments()
@@ -142,6 +148,7 @@ class LeanLlamaStep:
                 ints += [kind, group, len(triples)]
             ints += [*layer.split_qkv, layer.width]
             floats += [norms[0][1], norms[1][1], layer.scaling]
+        ints.append(1 if self.attention is not None else 0)  # which attention (see `attention`)
         return (tensors, ints, floats), ""
 
     def _projections(self) -> list[Projection]:
@@ -206,7 +213,8 @@ class LeanLlamaStep:
         """The decoder layers on residual rows x (padded rows, hidden), the first `rows` real (see `__call__`);
         csrc/lean_layers.cpp is the same loop in C++."""
         torch = self._torch
-        sdpa, silu, dtype = torch.nn.functional.scaled_dot_product_attention, torch.nn.functional.silu, self.dtype
+        sdpa, silu, dtype, attention = torch.nn.functional.scaled_dot_product_attention, torch.nn.functional.silu, \
+            self.dtype, self.attention
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         padded = x.shape[0]
         one, gqa = padded == 1, heads != kv_heads
@@ -222,7 +230,10 @@ class LeanLlamaStep:
             q, k = qk.view(rows, heads + kv_heads, 1, head_dim).split_with_sizes(qk_heads, 1)
             key_columns[index].copy_(k)
             value_columns[index].copy_(v.view(v_shape))
-            attn = sdpa(q, keys[index], values[index], attn_mask=attn_mask, scale=scaling, enable_gqa=gqa)
+            if attention is not None:
+                attn = attention(q, keys[index], values[index], attn_mask, scaling)
+            else:
+                attn = sdpa(q, keys[index], values[index], attn_mask=attn_mask, scale=scaling, enable_gqa=gqa)
             attn = attn.reshape(rows, heads * head_dim)
             if padded > rows:
                 attn_rows[:rows] = attn

@@ -11,6 +11,10 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales);  // avx2_kernels.cpp
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale);  // avx2_kernels.cpp
+
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -25,6 +29,7 @@ constexpr int64_t KIND_INT4 = 0;    // a: packed int4 weight, b: scales and zero
 constexpr int64_t KIND_LINEAR = 1;  // a: weight (N, K)
 constexpr int64_t KIND_MV = 2;      // a: weight (N, K); one row through at::mv
 constexpr int64_t KIND_ONEDNN = 3;  // a: weight packed for oneDNN (onednn.py), through mkldnn::_linear_pointwise
+constexpr int64_t KIND_INT4_AVX2 = 4;  // a: int4 weight, b: scales, in avx2_kernels.cpp's layout (avx2.py)
 
 constexpr int64_t INTS_PER_LAYER = 15;   // (kind, group, parts) x 4 (qkv, o, gate_up, down), q + k width, v width, gate/up width
 constexpr int64_t FLOATS_PER_LAYER = 3;  // eps in, eps post, attention scaling
@@ -52,6 +57,11 @@ Tensor project(const Tensor& input, int64_t kind, int64_t group, const Tensor& a
     auto out = at::_weight_int4pack_mm_for_cpu(input.to(at::kBFloat16), a, group, b.value());
     return bias.has_value() ? at::add(out.to(dtype), *bias) : out;
   }
+  if (kind == KIND_INT4_AVX2) {  // float32 out; back to the rows' dtype where they are not float32
+    auto out = int4_linear(input, a, b.value());
+    if (dtype != at::kFloat) out = out.to(dtype);
+    return bias.has_value() ? at::add(out, *bias) : out;
+  }
   if (kind == KIND_ONEDNN) {
     return onednn_linear(input.to(at::kBFloat16), a, bias);
   }
@@ -73,7 +83,9 @@ Tensor lean_layers(Tensor x, const Tensor& cos, const Tensor& sin, const std::op
                    at::ArrayRef<double> floats, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t rows,
                    const std::optional<Tensor>& attn_rows) {
   const int64_t layers = static_cast<int64_t>(keys.size());
-  TORCH_CHECK(static_cast<int64_t>(ints.size()) == layers * INTS_PER_LAYER, "lean_layers: ints per layer");
+  // per layer INTS_PER_LAYER, then which attention: 0 scaled_dot_product_attention, 1 decode_attention (AVX2)
+  TORCH_CHECK(static_cast<int64_t>(ints.size()) == layers * INTS_PER_LAYER + 1, "lean_layers: ints per layer");
+  const bool avx2_attention = ints.back() == 1;
   TORCH_CHECK(static_cast<int64_t>(floats.size()) == layers * FLOATS_PER_LAYER, "lean_layers: floats per layer");
   const at::ScalarType dtype = x.scalar_type();
   const int64_t padded = x.size(0);
@@ -114,7 +126,9 @@ Tensor lean_layers(Tensor x, const Tensor& cos, const Tensor& sin, const std::op
     auto q_k = at::split_with_sizes(qk.view({rows, heads + kv_heads, 1, head_dim}), {heads, kv_heads}, 1);
     key_columns[layer].copy_(q_k[1]);
     value_columns[layer].copy_(v.view({rows, kv_heads, 1, head_dim}));
-    auto attn = at::scaled_dot_product_attention(q_k[0], keys[layer], values[layer], mask, 0.0, false, f[2], gqa)
+    auto attn = (avx2_attention ? decode_attention(q_k[0], keys[layer], values[layer], mask, f[2])
+                                : at::scaled_dot_product_attention(q_k[0], keys[layer], values[layer], mask, 0.0, false,
+                                                                   f[2], gqa))
                     .reshape({rows, heads * head_dim});
     if (padded > rows) {
       attn_rows.value().narrow(0, 0, rows).copy_(attn);

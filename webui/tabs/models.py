@@ -45,7 +45,9 @@ def build(ctx: AppContext) -> tuple[Any, gr.Dataframe]:
     """Lay out the Models view; returns (refresh function, table) so the app refreshes it on show."""
     names = ctx.registry.names()
     first = settings_of(ctx, names[0] if names else None)  # the radios start at the selected model's settings
-    table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table")
+    # wrapped, with room for the Precision cell: it says what runs and why, which is longer than a column
+    table = gr.Dataframe(model_rows(ctx), headers=COLUMNS, interactive=False, label="Models", elem_id="models-table",
+                         wrap=True, column_widths=["150px", "110px", "80px", "90px", "80px", "70px", "300px", "80px", "200px"])
     with gr.Row():
         model = gr.Dropdown(names, value=names[0] if names else None, label="Model", scale=2)
         quantization = gr.Radio(list(QUANTIZATION_CHOICES), value=first[0], label="Quantization",

@@ -171,8 +171,8 @@ QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
     Quantizer("none", "weights as loaded (dtype)"),
     BitsAndBytes("8bit", "bitsandbytes 8-bit", memory_factor=0.3, bits=8),
     BitsAndBytes("4bit", "bitsandbytes 4-bit NF4, bfloat16 compute", memory_factor=0.2, bits=4),
-    Int4("int4", "4-bit groups of 32 on PyTorch's CPU kernel, 8-bit head (the fastest CPU choice; a Q4_1 GGUF "
-         "keeps its own 4-bit weights)", memory_factor=0.2),
+    Int4("int4", "4-bit groups of 32, 8-bit head, on PyTorch's CPU kernel or, on an AVX2 CPU, the project's AVX2 "
+         "kernels (the fastest CPU choice; a Q4_1 GGUF keeps its own 4-bit weights)", memory_factor=0.2),
     DynamicInt8("dynamic-int8", "PyTorch dynamic int8 Linear layers (CPU; models with activation outliers lose "
                 "accuracy)", memory_factor=0.35),
 )}

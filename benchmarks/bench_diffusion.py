@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_diffusion.py [--repeats 3] [--threads N] [--scheduler "DPM++ 2M"]
                                                    [--steps 10 25 50] [--no-old] [--old-max-steps 25]
+                                                   [--weights builtin:diffusion-mnist32 | RUN_FOLDER]
 
 64 digits (one batch, classes 0-9 in turn) through the plugins (what the Image tab calls): the GAN, and
 the digit diffusion model at 10 / 25 / 50 steps with classifier-free guidance (the plugin's default
@@ -10,7 +11,8 @@ scale: every step runs class and null class together, a UNet batch of 128) and a
 ``fast_path: false``) and the new one (the plugin's default) turn about, medians, and says whether
 their pixels are the same. Then the floor: the UNet's multiply-adds per step and the time its
 convolutions alone take at their real shapes on this CPU, which no sampler around them can beat.
-Aim: 64 digits at 25 steps with guidance in <= 2 s. All tensor work runs on the compute lane.
+Aim: 64 digits at 25 steps with guidance in <= 2 s. ``--weights`` times another exported model (a training
+run's folder) the same way, to compare a candidate with the shipped one. All tensor work runs on the compute lane.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--scheduler", default="DPM++ 2M")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--weights", default=WEIGHTS,
+                        help="the diffusion model: builtin:NAME or an exported folder (config.json + model.safetensors)")
     parser.add_argument("--no-old", action="store_true", help="time only the new path (the old one is slow)")
     parser.add_argument("--old-max-steps", type=int, default=50, help="time the old path only up to this many steps")
     args = parser.parse_args()
@@ -74,9 +78,9 @@ def main() -> None:
     threads = lane().call(torch.get_num_threads)
     ends = [ImageEnd(i % 10, 1000 + i) for i in range(64)]
     gan = GANPlugin("gan-mnist32", {"weights": "builtin:gan-mnist32"})
-    paths = {"new": DigitDiffusionPlugin("diffusion-mnist32", {"weights": WEIGHTS})}
+    paths = {"new": DigitDiffusionPlugin("diffusion-mnist32", {"weights": args.weights})}
     if not args.no_old:
-        paths["old"] = DigitDiffusionPlugin("diffusion-mnist32-old", {"weights": WEIGHTS, "fast_path": False})
+        paths["old"] = DigitDiffusionPlugin("diffusion-mnist32-old", {"weights": args.weights, "fast_path": False})
     for plugin in (gan, *paths.values()):
         plugin.load()
     gan_s = median_seconds(lambda: gan.sample(ends, GANParams()), max(5, args.repeats))
@@ -96,6 +100,8 @@ def main() -> None:
             same = "identical" if not diff.any() else f"{int((diff > 0).sum())} of {diff.size:,} differ, by <= {diff.max()}/255"
         rows.append((steps, guidance, seconds.get("old"), seconds["new"], same))
 
+    model = paths["new"].model
+    print(f"{args.weights}: {sum(p.numel() for p in model.parameters()):,} parameters\n")
     print(f"torch {torch.__version__}, {threads} thread(s) on the compute lane; 64 digits per call, "
           f"{args.scheduler}, median of {args.repeats} runs taken turn about\n")
     print(f"gan-mnist32: 64 digits in {gan_s:.3f} s\n")
